@@ -1,0 +1,92 @@
+"""Preallocated per-layer self-attention K/V for one stream.
+
+Keys are stored UN-roped: a position policy decides, at read time, which temporal index every cached frame has
+(absolute, block-relative, tri-region ...), so the same stored keys can be re-positioned without recomputation.
+
+All tensors are allocated once, ``[num_layers, B, num_slots * tokens_per_frame, H, D]``; a chunk's writes are
+in-place copies into the slots the :class:`SlotTable` assigned to its frames, so memory never grows with stream
+length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .regions import RegionLayout, SlotTable
+
+
+def _token_selection(slots: list[int], tokens_per_frame: int) -> slice | torch.Tensor:
+    """Token positions of ``slots`` (in the given order): a slice when they are consecutive, else an index."""
+    if slots and slots == list(range(slots[0], slots[0] + len(slots))):
+        return slice(slots[0] * tokens_per_frame, (slots[-1] + 1) * tokens_per_frame)
+    return torch.tensor(
+        [s * tokens_per_frame + i for s in slots for i in range(tokens_per_frame)], dtype=torch.long
+    )
+
+
+class KVCache:
+    def __init__(
+        self,
+        layout: RegionLayout,
+        *,
+        num_layers: int,
+        batch_size: int,
+        tokens_per_frame: int,
+        num_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
+        self.layout = layout
+        self.tokens_per_frame = tokens_per_frame
+        shape = (num_layers, batch_size, layout.num_slots * tokens_per_frame, num_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.slots = SlotTable(layout)
+        self._write: slice | torch.Tensor = slice(0, 0)
+        self._read: slice | torch.Tensor = slice(0, 0)
+        self._read_slots: list[int] = []
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    # ---- bookkeeping (once per chunk) -------------------------------------------------------------------------
+    def begin_chunk(self, frames: list[int]) -> list[int]:
+        """Place the frames of the chunk about to be denoised; its K/V are (over)written by every forward."""
+        slots = [self.slots.place(f) for f in frames]
+        self._write = self._on_device(_token_selection(slots, self.tokens_per_frame))
+        self._read_slots = self.slots.occupied()
+        self._read = self._on_device(_token_selection(self._read_slots, self.tokens_per_frame))
+        return slots
+
+    def clear(self, region: str) -> None:
+        """Drop every frame held by ``region`` (its tensors are simply overwritten later)."""
+        self.slots.clear(region)
+
+    def attention_frames(self) -> list[tuple[int, str]]:
+        """(latent frame index, region name) of every key frame the current chunk attends to, in read order."""
+        return [(self.slots.frame_of_slot[s], self.slots.region_of_slot[s]) for s in self._read_slots]
+
+    def frames_in(self, region: str) -> list[int]:
+        """Latent frame indices held by ``region``, oldest first."""
+        return [self.slots.frame_of_slot[s] for s in self.slots.slots_of(region)]
+
+    def _on_device(self, sel):
+        return sel if isinstance(sel, slice) else sel.to(self.k.device)
+
+    # ---- tensor traffic (once per layer per forward) ----------------------------------------------------------
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the current chunk's un-roped ``k``, ``v`` [B, n_tokens, H, D] in its slots."""
+        if isinstance(self._write, slice):
+            self.k[layer, :, self._write] = k
+            self.v[layer, :, self._write] = v
+        else:
+            self.k[layer].index_copy_(1, self._write, k)
+            self.v[layer].index_copy_(1, self._write, v)
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Un-roped K/V [B, N_keys, H, D] of every attended frame (current chunk included), in read order."""
+        if isinstance(self._read, slice):
+            return self.k[layer, :, self._read], self.v[layer, :, self._read]
+        return self.k[layer].index_select(1, self._read), self.v[layer].index_select(1, self._read)

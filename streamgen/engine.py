@@ -1,0 +1,134 @@
+"""StreamEngine: the state of one live stream and the story of one chunk.
+
+One chunk, start to end (:meth:`StreamEngine.generate_chunk`):
+
+1. the cache places the chunk's frames (evicting per its regions) and the position policy gives every key and
+   query frame its temporal RoPE index;
+2. the sampler denoises the chunk's noise in a few steps; every transformer call reads the cache and writes the
+   chunk's own (noisy) K/V into its slots;
+3. the clean chunk is run once more at the context timestep, leaving its clean K/V in the cache;
+4. the clean latents are kept in a bounded history, so a switch strategy can re-encode them under a new prompt.
+
+At a prompt switch (:meth:`StreamEngine.set_prompt`) the cross-attention K/V are replaced and the preset's switch
+strategy rewrites the cache. Everything is preallocated: memory does not grow with stream length.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from .cache.kv_cache import KVCache
+from .cache.presets import CachePreset
+from .models.causal_wan import CausalWanTransformer3DModel, ChunkRotary, PromptKV
+
+
+class LatentHistory:
+    """The clean latents of the last ``capacity`` frames, in a preallocated ring [B, C, capacity, h, w]."""
+
+    def __init__(self, capacity: int, like: torch.Tensor):
+        batch, channels, _, height, width = like.shape
+        self.capacity = capacity
+        self.latents = torch.zeros(batch, channels, capacity, height, width, dtype=like.dtype, device=like.device)
+        self.frame_of_slot = [-1] * capacity
+
+    def push(self, first_frame: int, latents: torch.Tensor) -> None:
+        for i in range(latents.shape[2]):
+            slot = (first_frame + i) % self.capacity
+            self.latents[:, :, slot] = latents[:, :, i]
+            self.frame_of_slot[slot] = first_frame + i
+
+    def get(self, frames: list[int]) -> torch.Tensor:
+        missing = [f for f in frames if self.frame_of_slot[f % self.capacity] != f]
+        if missing:
+            raise KeyError(f"latent frames {missing} are no longer in the history (it keeps {self.capacity})")
+        return self.latents[:, :, [f % self.capacity for f in frames]]
+
+
+class StreamEngine:
+    def __init__(
+        self,
+        transformer: CausalWanTransformer3DModel,
+        preset: CachePreset,
+        sampler,
+        *,
+        batch_size: int,
+        latent_channels: int,
+        latent_height: int,
+        latent_width: int,
+        chunk_frames: int,
+        stream_frames: int | None = None,
+        switch: str | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        self.transformer = transformer
+        self.sampler = sampler
+        self.chunk_frames = chunk_frames
+        self.latent_hw = (latent_height, latent_width)
+        self.generator = generator
+        self.preset = preset
+
+        layout = preset.layout(stream_frames)
+        if layout.num_slots < chunk_frames:
+            raise ValueError(f"cache preset {preset.name!r} holds {layout.num_slots} frames, fewer than a chunk ({chunk_frames})")
+        self.cache = KVCache(
+            layout,
+            num_layers=len(transformer.blocks),
+            batch_size=batch_size,
+            tokens_per_frame=transformer.tokens_per_frame(latent_height, latent_width),
+            num_heads=transformer.num_heads,
+            head_dim=transformer.head_dim,
+            dtype=transformer.dtype,
+            device=transformer.device,
+        )
+        self.positions = preset.position_policy(layout, chunk_frames)
+        self.switch_strategy = preset.switch_strategy(switch)
+        like = torch.empty(batch_size, latent_channels, 1, latent_height, latent_width, device=transformer.device)
+        self.history = LatentHistory(layout.num_slots, like)
+        self.frame = 0  # latent frames generated so far
+        self.prompt_kv: PromptKV | None = None
+        self.transformer_seconds = 0.0  # wall time inside transformer forwards (for overhead accounting)
+
+    # ---- prompts ------------------------------------------------------------------------------------------------
+    def set_prompt(self, prompt_kv: PromptKV, transition: str = "smooth") -> None:
+        """Use ``prompt_kv`` from the next chunk on; after the first prompt this is a switch."""
+        switching = self.prompt_kv is not None and self.frame > 0
+        self.prompt_kv = prompt_kv
+        if switching:
+            self.switch_strategy(self, transition)
+
+    # ---- chunks -------------------------------------------------------------------------------------------------
+    def generate_chunk(self, noise: torch.Tensor) -> torch.Tensor:
+        """Denoise ``noise`` [B, C, f, h, w] into the next f clean latent frames, writing their K/V to the cache."""
+        if self.prompt_kv is None:
+            raise RuntimeError("set_prompt() must be called before generating")
+        frames = list(range(self.frame, self.frame + noise.shape[2]))
+        rotary = self._begin(frames)
+        x0 = self.sampler.sample(lambda x, t: self._forward(x, t, rotary), noise, self.generator)
+        self._forward(x0, self.sampler.context_timestep, rotary)
+        self.history.push(self.frame, x0)
+        self.frame += len(frames)
+        return x0
+
+    def reencode(self, frames: list[int]) -> None:
+        """Rewrite the K/V of already generated ``frames`` from their clean latents under the current prompt."""
+        for start in range(0, len(frames), self.chunk_frames):
+            run = frames[start : start + self.chunk_frames]
+            rotary = self._begin(run)
+            self._forward(self.history.get(run), self.sampler.context_timestep, rotary)
+
+    def _begin(self, frames: list[int]) -> ChunkRotary:
+        self.cache.begin_chunk(frames)
+        key_pos, query_pos = self.positions(self.cache.attention_frames(), frames)
+        return self.transformer.rotary(key_pos, query_pos, *self.latent_hw)
+
+    def _forward(self, x: torch.Tensor, t: float, rotary: ChunkRotary) -> torch.Tensor:
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = self.transformer.forward_chunk(x, t, self.prompt_kv, self.cache, rotary)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        self.transformer_seconds += time.perf_counter() - start
+        return out.to(x.dtype)

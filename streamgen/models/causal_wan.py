@@ -1,0 +1,192 @@
+"""CausalWanTransformer3DModel: diffusers' Wan transformer, run one chunk of latent frames at a time.
+
+It *is* a ``WanTransformer3DModel`` (same modules, same state-dict keys, same config), so ``from_pretrained`` on any
+diffusers Wan transformer folder just works, and the inherited ``forward`` is still the full bidirectional one.
+``forward_chunk`` adds the streaming path:
+
+- self-attention: the chunk's tokens attend to every frame the KV cache exposes plus themselves (bidirectional
+  inside the chunk); the chunk's own K/V are written into the cache un-roped, and RoPE is applied at read time
+  from temporal positions chosen by a position policy (see :mod:`streamgen.cache.positions`);
+- cross-attention: text K/V are computed once per prompt (:meth:`encode_prompt_kv`) and reused by every chunk.
+
+Every size (tokens per frame, heads, head dim, layers) comes from the config and the input shape, so the tiny test
+model and Wan2.1-T2V-1.3B take the same code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_wan import WanAttention, WanTransformer3DModel
+
+from ..cache.kv_cache import KVCache
+from .rope import Rotary, WanRope
+
+
+@dataclass
+class PromptKV:
+    """Cross-attention K/V of one prompt, per layer: ``k[layer]``, ``v[layer]`` are [B, L_text, H, D]."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+
+@dataclass
+class ChunkRotary:
+    """RoPE tables for one chunk: its query tokens and the key tokens it reads from the cache."""
+
+    query: Rotary
+    key: Rotary
+
+
+def _heads(attn: WanAttention, *tensors: torch.Tensor):
+    return tuple(t.unflatten(2, (attn.heads, -1)) for t in tensors)
+
+
+def _self_qkv(attn: WanAttention, x: torch.Tensor):
+    """Projected, normalised q, k, v [B, n, H, D] of a self-attention layer."""
+    if getattr(attn, "fused_projections", False):
+        q, k, v = attn.to_qkv(x).chunk(3, dim=-1)
+    else:
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    return _heads(attn, attn.norm_q(q), attn.norm_k(k), v)
+
+
+def _cross_kv(attn: WanAttention, context: torch.Tensor):
+    """Projected, normalised k, v [B, L, H, D] of a cross-attention layer for text states ``context``."""
+    if getattr(attn, "fused_projections", False):
+        k, v = attn.to_kv(context).chunk(2, dim=-1)
+    else:
+        k, v = attn.to_k(context), attn.to_v(context)
+    return _heads(attn, attn.norm_k(k), v)
+
+
+def _attend(attn: WanAttention, q, k, v) -> torch.Tensor:
+    # The backend is whatever diffusers' dispatcher has for this processor (native SDPA, flash, xformers, ...).
+    backend = getattr(attn.processor, "_attention_backend", None)
+    out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, backend=backend)
+    out = out.flatten(2, 3).type_as(q)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+class CausalWanTransformer3DModel(WanTransformer3DModel):
+    """Wan transformer with a chunk-causal, KV-cached forward (:meth:`forward_chunk`)."""
+
+    @classmethod
+    def from_wan(cls, model: WanTransformer3DModel) -> "CausalWanTransformer3DModel":
+        """Reuse an already loaded diffusers Wan transformer (no copy: the class only adds methods)."""
+        if not isinstance(model, WanTransformer3DModel):
+            raise TypeError(f"expected a WanTransformer3DModel, got {type(model).__name__}")
+        model.__class__ = cls
+        return model
+
+    # ---- sizes derived from the config ------------------------------------------------------------------------
+    @property
+    def num_heads(self) -> int:
+        return self.config.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.config.attention_head_dim
+
+    def token_grid(self, latent_height: int, latent_width: int) -> tuple[int, int]:
+        p_t, p_h, p_w = self.config.patch_size
+        if p_t != 1:
+            raise NotImplementedError(f"streaming needs a temporal patch size of 1, this model has {p_t}")
+        if latent_height % p_h or latent_width % p_w:
+            raise ValueError(
+                f"latent size {latent_height}x{latent_width} is not divisible by the patch size {p_h}x{p_w}"
+            )
+        return latent_height // p_h, latent_width // p_w
+
+    def tokens_per_frame(self, latent_height: int, latent_width: int) -> int:
+        grid_h, grid_w = self.token_grid(latent_height, latent_width)
+        return grid_h * grid_w
+
+    def _rope(self) -> WanRope:
+        if getattr(self, "_streamgen_rope", None) is None:
+            self._streamgen_rope = WanRope(self.head_dim)
+        return self._streamgen_rope
+
+    def rotary(
+        self, key_positions: torch.Tensor, query_positions: torch.Tensor, latent_height: int, latent_width: int
+    ) -> ChunkRotary:
+        """RoPE tables for a chunk whose query frames / cached key frames sit at the given temporal positions."""
+        grid = self.token_grid(latent_height, latent_width)
+        device = self.proj_out.weight.device
+        rope = self._rope()
+        return ChunkRotary(query=rope.rotary(query_positions, *grid, device), key=rope.rotary(key_positions, *grid, device))
+
+    # ---- prompt ------------------------------------------------------------------------------------------------
+    def encode_prompt_kv(self, encoder_hidden_states: torch.Tensor) -> PromptKV:
+        """Cross-attention K/V of every layer for text states [B, L_text, text_dim]; computed once per prompt."""
+        if self.config.added_kv_proj_dim is not None:
+            raise NotImplementedError("image-conditioned Wan (added_kv_proj_dim) is not supported for streaming yet")
+        context = self.condition_embedder.text_embedder(encoder_hidden_states.to(self.dtype))
+        ks, vs = [], []
+        for block in self.blocks:
+            k, v = _cross_kv(block.attn2, context)
+            ks.append(k)
+            vs.append(v)
+        return PromptKV(ks, vs)
+
+    # ---- one chunk ----------------------------------------------------------------------------------------------
+    def forward_chunk(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float,
+        prompt_kv: PromptKV,
+        cache: KVCache | None,
+        rotary: ChunkRotary,
+    ) -> torch.Tensor:
+        """Flow prediction for one chunk of latents [B, C, f, h, w] at ``timestep``.
+
+        With a ``cache``, the chunk's self-attention K/V are written into the slots ``cache.begin_chunk`` assigned
+        and attention reads ``cache.read``; ``rotary.key`` must describe those keys. With ``cache=None`` the chunk
+        attends only to itself (``rotary.key`` is then ignored).
+        """
+        batch, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config.patch_size
+        grid_h, grid_w = self.token_grid(height, width)
+
+        x = self.patch_embedding(hidden_states.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()
+
+        # Timestep conditioning: one timestep for the whole chunk.
+        t = torch.as_tensor(timestep, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
+        emb = self.condition_embedder
+        t_freq = emb.timesteps_proj(t).to(next(emb.time_embedder.parameters()).dtype)
+        temb = emb.time_embedder(t_freq).type_as(x)  # [B, dim]
+        timestep_proj = emb.time_proj(emb.act_fn(temb)).unflatten(1, (6, -1))  # [B, 6, dim]
+
+        for layer, block in enumerate(self.blocks):
+            x = self._block(block, layer, x, timestep_proj, prompt_kv, cache, rotary)
+
+        shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+        x = self.proj_out(x)
+        x = x.reshape(batch, frames, grid_h, grid_w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def _block(self, block, layer, x, timestep_proj, prompt_kv, cache, rotary):
+        # Same arithmetic (and fp32 islands) as WanTransformerBlock.forward, with cached attention.
+        shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table + timestep_proj.float()).chunk(6, dim=1)
+
+        h = (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+        x = (x.float() + self._self_attention(block.attn1, layer, h, cache, rotary) * gate).type_as(x)
+
+        h = block.norm2(x.float()).type_as(x)
+        (q,) = _heads(block.attn2, block.attn2.norm_q(block.attn2.to_q(h)))
+        x = x + _attend(block.attn2, q, prompt_kv.k[layer], prompt_kv.v[layer])
+
+        h = (block.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
+        return (x.float() + block.ffn(h).float() * c_gate).type_as(x)
+
+    def _self_attention(self, attn, layer, h, cache, rotary):
+        q, k, v = _self_qkv(attn, h)  # [B, n, H, D]
+        if cache is None:
+            return _attend(attn, rotary.query.apply(q), rotary.query.apply(k), v)
+        cache.write(layer, k, v)
+        k_all, v_all = cache.read(layer)
+        return _attend(attn, rotary.query.apply(q), rotary.key.apply(k_all), v_all)
