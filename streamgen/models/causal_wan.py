@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' loader looks the base class up here)
 from diffusers.models.transformers.transformer_wan import WanAttention, WanTransformer3DModel
 
 from ..cache.kv_cache import KVCache

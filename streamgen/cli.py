@@ -1,0 +1,173 @@
+"""The ``streamgen`` command: generate, info, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO_PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def default_pipeline() -> Path:
+    """The embedded default pipeline folder shipped in the repository."""
+    for name in ("shapeworld-tiny", "tiny-random"):
+        if (REPO_PIPELINES / name / "model_index.json").is_file():
+            return REPO_PIPELINES / name
+    raise SystemExit(f"no default pipeline found under {REPO_PIPELINES}; pass --pipeline DIR")
+
+
+def _load_pipeline(path: str | None, device: str = "cpu"):
+    import torch
+
+    from .pipeline import StreamingVideoPipeline
+
+    folder = Path(path) if path else default_pipeline()
+    if not (folder / "model_index.json").is_file():
+        raise SystemExit(f"--pipeline {folder}: not a pipeline folder (no model_index.json)")
+    pipe = StreamingVideoPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(torch.device(device))
+
+
+def _schedule(args):
+    from .schedule import Schedule, ScheduleError, load_schedules
+
+    if (args.prompt is None) == (args.prompts is None):
+        raise SystemExit("pass exactly one of --prompt TEXT or --prompts FILE")
+    if args.prompt is not None:
+        return Schedule.single(args.prompt)
+    try:
+        schedules = load_schedules(args.prompts, switch_frame_indices=args.switch_frame_indices)
+    except ScheduleError as err:
+        raise SystemExit(f"error: {err}") from None
+    if not 0 <= args.index < len(schedules):
+        raise SystemExit(f"--index {args.index}: {args.prompts} holds {len(schedules)} schedule(s)")
+    return schedules[args.index]
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .video_io import Mp4StreamWriter
+
+    schedule = _schedule(args)
+    pipe = _load_pipeline(args.pipeline, args.device)
+    generator = torch.Generator(pipe.transformer.device).manual_seed(args.seed)
+    stream = pipe.stream(
+        schedule=schedule, num_frames=args.frames, cache=args.cache, switch=args.switch, height=args.height,
+        width=args.width, num_inference_steps=args.steps, generator=generator,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    # Each chunk is on disk before the next is generated: killing the process leaves a playable file.
+    with Mp4StreamWriter(out, fps=pipe.config.fps) as writer:
+        for chunk in stream:
+            frames = chunk.frames[0]
+            writer.write(frames)
+            written += len(frames)
+            print(
+                f"chunk {chunk.index}: latent frames {chunk.latent_start}-{chunk.latent_start + chunk.latents.shape[2] - 1}"
+                f", {written} video frames written | {chunk.prompt}",
+                file=sys.stderr, flush=True,
+            )
+    print(f"wrote {out} ({written} frames, {pipe.config.fps:g} fps)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .cache.presets import load_preset
+
+    pipe = _load_pipeline(args.pipeline)
+    t = pipe.transformer
+    height, width = args.height or pipe.config.height, args.width or pipe.config.width
+    spatial = pipe.vae_scale_factor_spatial
+    tpf = t.tokens_per_frame(height // spatial, width // spatial)
+    preset = load_preset(args.cache or pipe.config.default_cache)
+    frames = preset.layout(pipe.num_latent_frames(args.frames) if preset.needs_stream_length else None).num_slots
+    itemsize = t.dtype.itemsize
+    cache_bytes = 2 * len(t.blocks) * frames * tpf * t.num_heads * t.head_dim * itemsize
+    params = sum(p.numel() for p in t.parameters())
+    rows = [
+        ("pipeline", str(Path(args.pipeline) if args.pipeline else default_pipeline())),
+        ("transformer parameters", f"{params:,}"),
+        ("layers / heads / head dim", f"{len(t.blocks)} / {t.num_heads} / {t.head_dim}"),
+        ("video size", f"{height}x{width}, {pipe.config.fps:g} fps"),
+        ("tokens per latent frame", str(tpf)),
+        ("chunk", f"{pipe.config.chunk_frames} latent frames"),
+        ("cache preset", f"{preset.name}: " + ", ".join(f"{r.name} {r.frames or 'auto'}" for r in preset.regions)),
+        ("cache budget", f"{cache_bytes:,} bytes ({frames} latent frames, batch 1, {t.dtype})"),
+    ]
+    width_ = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width_}}  {value}")
+    return 0
+
+
+def cmd_bench_speed(args) -> int:
+    from .bench.speed import run_speed_benchmark, summarize, write_json
+
+    pipe = _load_pipeline(args.pipeline, args.device)
+    result = run_speed_benchmark(
+        pipe, prompt=args.prompt, num_frames=args.frames, cache=args.cache, seed=args.seed,
+        height=args.height, width=args.width, num_inference_steps=args.steps,
+    )
+    print(summarize(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamgen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, frames_default):
+        p.add_argument("--pipeline", help="pipeline folder (default: the embedded one under pipelines/)")
+        p.add_argument("--frames", type=int, default=frames_default, help="number of video frames")
+        p.add_argument("--cache", help="cache preset name or YAML path (default: the pipeline's)")
+        p.add_argument("--height", type=int)
+        p.add_argument("--width", type=int)
+
+    gen = sub.add_parser("generate", help="generate a video, written to mp4 chunk by chunk")
+    common(gen, 48)
+    gen.add_argument("--prompt", help="one prompt for the whole video")
+    gen.add_argument("--prompts", help="schedule file: .yaml/.json, LongLive .jsonl or Echo-Forcing .txt")
+    gen.add_argument("--index", type=int, default=0, help="which schedule of a multi-line file (default 0)")
+    gen.add_argument("--switch-frame-indices", type=lambda s: [int(x) for x in s.split(",")],
+                     help="LongLive JSONL switch points in latent frames, comma-separated")
+    gen.add_argument("--switch", help="switch strategy override: none | recache")
+    gen.add_argument("--steps", type=int, help="use the deterministic Euler sampler with this many steps")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--out", default="out.mp4")
+    gen.set_defaults(func=cmd_generate)
+
+    info = sub.add_parser("info", help="model size, tokens per frame and cache budget of a pipeline")
+    common(info, 81)
+    info.set_defaults(func=cmd_info)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="suite", required=True)
+    speed = bench.add_parser("speed", help="FPS, latency, memory and overhead of one stream")
+    common(speed, 300)
+    speed.add_argument("--prompt", default="a red circle drifting left over a blue backdrop")
+    speed.add_argument("--steps", type=int, help="Euler steps instead of the few-step schedule")
+    speed.add_argument("--seed", type=int, default=0)
+    speed.add_argument("--device", default="cpu")
+    speed.add_argument("--json", help="write the full result here")
+    speed.set_defaults(func=cmd_bench_speed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:  # bad input: one clear line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""StreamingVideoPipeline: a diffusers pipeline that generates video chunk by chunk, live.
+
+```py
+>>> from streamgen import StreamingVideoPipeline
+>>> pipe = StreamingVideoPipeline.from_pretrained("pipelines/tiny-random")
+>>> video = pipe("a red circle drifting left over a blue backdrop", num_frames=48, cache="rolling").frames[0]
+
+>>> stream = pipe.stream("a red circle drifting left", cache="rolling")   # open-ended, chunk by chunk
+>>> for i, chunk in enumerate(stream):
+...     show(chunk.frames[0])                       # uint8 [F, H, W, 3]
+...     if i == 4:
+...         stream.switch("a yellow square drifting right", mode="smooth")
+...     if i == 10:
+...         break
+```
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+from diffusers.utils import BaseOutput
+
+from .cache.presets import CachePreset, load_preset
+from .decoding import streaming_decoder_for, to_uint8_frames
+from .engine import StreamEngine
+from .models.causal_wan import CausalWanTransformer3DModel, PromptKV
+from .sampling import EulerSampler, FewStepSampler
+from .schedule import PlannedSegment, Schedule
+
+TRANSITIONS = ("smooth", "cut", "recall")
+
+
+@dataclass
+class StreamChunk:
+    """One generated chunk: its decoded video and where it sits in the stream."""
+
+    index: int
+    latent_start: int  # first latent frame of the chunk
+    latents: torch.Tensor  # [B, C, f, h, w]
+    video: torch.Tensor  # [B, 3, F, H, W] in [-1, 1]
+    prompt: str
+
+    @property
+    def frames(self) -> np.ndarray:
+        """uint8 [B, F, H, W, 3]."""
+        return to_uint8_frames(self.video)
+
+
+@dataclass
+class StreamingVideoPipelineOutput(BaseOutput):
+    """``frames``: [B, F, H, W, 3] float in [0, 1] ("np"), [B, F, 3, H, W] ("pt") or latents ("latent")."""
+
+    frames: np.ndarray | torch.Tensor
+
+
+class VideoStream:
+    """An iterator over the chunks of one live stream. Each stream owns its cache, RNG and schedule, so several
+    streams of one pipeline never see each other's frames. :meth:`switch` changes the prompt before the next chunk.
+    """
+
+    def __init__(
+        self,
+        pipe: "StreamingVideoPipeline",
+        engine: StreamEngine,
+        plan: list[PlannedSegment],
+        num_latent_frames: int | None,
+        latents: torch.Tensor | None,
+        generator: torch.Generator | None,
+        callback_on_chunk_end: Callable | None = None,
+    ):
+        self.pipe = pipe
+        self.engine = engine
+        self.plan = plan
+        self.num_latent_frames = num_latent_frames
+        self.latents = latents
+        self.generator = generator
+        self.callback_on_chunk_end = callback_on_chunk_end
+        self.decoder = streaming_decoder_for(pipe.vae)
+        self.decoder.reset()
+        self.prompt: str | None = None
+        self._pending: tuple[str, str] | None = None
+        self._chunks = 0
+
+    @property
+    def latent_frame(self) -> int:
+        return self.engine.frame
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.engine.cache.nbytes
+
+    def switch(self, prompt: str, mode: str = "smooth") -> None:
+        """Play ``prompt`` from the next chunk on, entering it with transition ``mode`` (smooth | cut | recall)."""
+        if mode not in TRANSITIONS:
+            raise ValueError(f"transition mode must be one of {TRANSITIONS}, got {mode!r}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("switch() needs a non-empty prompt")
+        self._pending = (prompt, mode)
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        return self
+
+    def __next__(self) -> StreamChunk:
+        start = self.engine.frame
+        if self.num_latent_frames is not None and start >= self.num_latent_frames:
+            raise StopIteration
+        self._apply_prompt_changes(start)
+        size = self.pipe.config.chunk_frames
+        if self.num_latent_frames is not None:
+            size = min(size, self.num_latent_frames - start)
+        size = min(size, self._frames_to_next_switch(start))
+        noise = self._noise(start, size)
+        x0 = self.engine.generate_chunk(noise)
+        chunk = StreamChunk(self._chunks, start, x0, self.decoder.decode(x0), self.prompt)
+        self._chunks += 1
+        if self.callback_on_chunk_end is not None:
+            self.callback_on_chunk_end(self.pipe, chunk)
+        return chunk
+
+    def _apply_prompt_changes(self, start: int) -> None:
+        segment = next((s for s in self.plan if s.start == start), None)
+        if segment is not None:
+            if segment.seed is not None and self.generator is not None:
+                self.generator.manual_seed(segment.seed)
+            self._set_prompt(segment.prompt, segment.transition if start > 0 else "smooth")
+        if self._pending is not None:
+            prompt, mode = self._pending
+            self._pending = None
+            self._set_prompt(prompt, mode)
+
+    def _set_prompt(self, prompt: str, transition: str) -> None:
+        if prompt == self.prompt:
+            return
+        self.engine.set_prompt(self.pipe.prompt_kv(prompt, self.engine.cache.k.shape[1]), str(transition))
+        self.prompt = prompt
+
+    def _frames_to_next_switch(self, start: int) -> int:
+        # The schedule already puts switches on chunk boundaries; this only matters for a short first segment.
+        later = [s.start for s in self.plan if s.start > start]
+        return (min(later) - start) if later else self.pipe.config.chunk_frames
+
+    def _noise(self, start: int, size: int) -> torch.Tensor:
+        if self.latents is not None:
+            return self.latents[:, :, start : start + size].to(self.engine.transformer.device)
+        batch, channels, _, h, w = self.engine.history.latents.shape
+        return torch.randn(
+            (batch, channels, size, h, w), generator=self.generator, device=self.engine.transformer.device,
+        )
+
+
+class StreamingVideoPipeline(DiffusionPipeline):
+    r"""Autoregressive streaming text-to-video over a causal Wan transformer and a tiered KV cache.
+
+    Components: ``transformer`` (any diffusers ``WanTransformer3DModel`` checkpoint), ``vae`` (``AutoencoderKLWan``
+    or the pixel-space :class:`~streamgen.vae.PixelSpaceVAE`), ``text_encoder`` + ``tokenizer`` (any transformers
+    encoder: UMT5 for Wan, a tiny one for tests) and ``scheduler`` (a flow-matching scheduler; its ``shift`` /
+    ``flow_shift`` and ``num_train_timesteps`` configure the samplers).
+
+    Pipeline config: ``chunk_frames`` latent frames per chunk, the few-step ``denoising_timesteps``, the
+    ``context_timestep`` at which clean chunks are written to the cache, ``max_sequence_length`` of prompts,
+    ``fps`` of the output video, the ``default_cache`` preset and the default ``height`` / ``width``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = []
+
+    def __init__(
+        self,
+        tokenizer,
+        text_encoder,
+        transformer,
+        vae,
+        scheduler,
+        chunk_frames: int = 3,
+        denoising_timesteps: list[float] = (1000.0, 750.0, 500.0, 250.0),
+        context_timestep: float = 0.0,
+        max_sequence_length: int = 512,
+        fps: float = 16.0,
+        default_cache: str = "rolling",
+        height: int | None = None,
+        width: int | None = None,
+    ):
+        super().__init__()
+        if type(transformer) is WanTransformer3DModel:  # a plain diffusers Wan folder: add the streaming methods
+            transformer = CausalWanTransformer3DModel.from_wan(transformer)
+        self.register_modules(
+            tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+        )
+        self.register_to_config(
+            chunk_frames=chunk_frames,
+            denoising_timesteps=list(denoising_timesteps),
+            context_timestep=context_timestep,
+            max_sequence_length=max_sequence_length,
+            fps=fps,
+            default_cache=default_cache,
+            height=height,
+            width=width,
+        )
+        self._prompt_kv: dict[tuple[str, int], PromptKV] = {}
+        self._active_stream: VideoStream | None = None
+
+    # ---- sizes ------------------------------------------------------------------------------------------------
+    @property
+    def vae_scale_factor_temporal(self) -> int:
+        return int(self.vae.config.scale_factor_temporal)
+
+    @property
+    def vae_scale_factor_spatial(self) -> int:
+        return int(self.vae.config.scale_factor_spatial)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    def num_latent_frames(self, num_frames: int) -> int:
+        t = self.vae_scale_factor_temporal
+        return num_frames if t == 1 else (num_frames - 1) // t + 1
+
+    def num_video_frames(self, num_latent_frames: int) -> int:
+        t = self.vae_scale_factor_temporal
+        return num_latent_frames if t == 1 else 1 + t * (num_latent_frames - 1)
+
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) in pixels from the pipeline config."""
+        if self.config.height is None or self.config.width is None:
+            raise ValueError("this pipeline has no default size: pass height= and width=")
+        return int(self.config.height), int(self.config.width)
+
+    # ---- prompts ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str | list[str], batch_size: int = 1) -> torch.Tensor:
+        """Text encoder states [B, max_sequence_length, text_dim], zero past each prompt's end (as WanPipeline)."""
+        prompts = [prompt] * batch_size if isinstance(prompt, str) else list(prompt)
+        max_len = self.config.max_sequence_length
+        tokens = self.tokenizer(
+            prompts, padding="max_length", max_length=max_len, truncation=True, add_special_tokens=True,
+            return_attention_mask=True, return_tensors="pt",
+        )
+        mask = tokens.attention_mask.to(self.text_encoder.device)
+        states = self.text_encoder(tokens.input_ids.to(self.text_encoder.device), mask).last_hidden_state
+        return (states * mask[..., None]).to(self.transformer.dtype)
+
+    def prompt_kv(self, prompt: str, batch_size: int) -> PromptKV:
+        """Cross-attention K/V for ``prompt``, computed once and reused by every chunk and every stream."""
+        key = (prompt, batch_size)
+        if key not in self._prompt_kv:
+            if len(self._prompt_kv) >= 64:  # bounded: a long interactive session may see many prompts
+                self._prompt_kv.pop(next(iter(self._prompt_kv)))
+            with torch.no_grad():
+                self._prompt_kv[key] = self.transformer.encode_prompt_kv(self.encode_prompt(prompt, batch_size))
+        return self._prompt_kv[key]
+
+    # ---- inputs -------------------------------------------------------------------------------------------------
+    def check_inputs(self, prompt, schedule, num_frames, height, width, latents, preset: CachePreset, batch_size):
+        if (prompt is None) == (schedule is None):
+            raise ValueError("pass exactly one of `prompt` or `schedule`")
+        if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+            raise ValueError(f"`prompt` must be a non-empty string, got {prompt!r}")
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise ValueError(f"`schedule` must be a streamgen.schedule.Schedule, got {type(schedule).__name__}")
+        if num_frames is not None:
+            if not isinstance(num_frames, int) or num_frames < 1:
+                raise ValueError(f"`num_frames` must be a positive int, got {num_frames!r}")
+            t = self.vae_scale_factor_temporal
+            if t > 1 and (num_frames - 1) % t:
+                raise ValueError(f"`num_frames - 1` must be divisible by {t} for this VAE, got num_frames={num_frames}")
+        multiple = self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % multiple:
+                raise ValueError(f"`{name}` must be a positive multiple of {multiple}, got {value!r}")
+        if preset.needs_stream_length and num_frames is None:
+            raise ValueError(f"cache preset {preset.name!r} keeps the whole stream, so `num_frames` is required")
+        if latents is not None:
+            expected = (
+                batch_size, self.latent_channels, self.num_latent_frames(num_frames) if num_frames else None,
+                height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial,
+            )
+            if num_frames is None:
+                raise ValueError("`latents` needs `num_frames`")
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"`latents` must have shape {expected}, got {tuple(latents.shape)}")
+
+    def make_sampler(self, num_inference_steps: int | None = None):
+        config = self.scheduler.config
+        shift = config.get("shift", config.get("flow_shift", 1.0))
+        common = dict(
+            shift=float(shift), num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+            context_timestep=float(self.config.context_timestep),
+        )
+        if num_inference_steps is not None:
+            return EulerSampler(num_inference_steps=num_inference_steps, **common)
+        return FewStepSampler(timesteps=tuple(self.config.denoising_timesteps), **common)
+
+    # ---- streaming ----------------------------------------------------------------------------------------------
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        schedule: Schedule | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        cache: str | CachePreset | None = None,
+        switch: str | None = None,
+        num_inference_steps: int | None = None,
+        batch_size: int = 1,
+        latents: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        callback_on_chunk_end: Callable[["StreamingVideoPipeline", StreamChunk], None] | None = None,
+    ) -> VideoStream:
+        """Start a stream; iterate it for :class:`StreamChunk` s. ``num_frames=None`` streams until you stop."""
+        if height is None or width is None:
+            default_h, default_w = self.default_size()
+            height, width = height or default_h, width or default_w
+        preset = load_preset(cache or self.config.default_cache)
+        self.check_inputs(prompt, schedule, num_frames, height, width, latents, preset, batch_size)
+        num_latent = self.num_latent_frames(num_frames) if num_frames is not None else None
+        if schedule is None:
+            schedule = Schedule.single(prompt)
+        plan = schedule.plan(
+            num_latent if num_latent is not None else 2**40,
+            temporal_compression=self.vae_scale_factor_temporal,
+            fps=float(self.config.fps),
+            chunk_frames=self.config.chunk_frames,
+        )
+        if generator is None and schedule.seed is not None:
+            generator = torch.Generator(self.transformer.device).manual_seed(schedule.seed)
+        engine = StreamEngine(
+            self.transformer, preset, self.make_sampler(num_inference_steps),
+            batch_size=batch_size, latent_channels=self.latent_channels,
+            latent_height=height // self.vae_scale_factor_spatial, latent_width=width // self.vae_scale_factor_spatial,
+            chunk_frames=self.config.chunk_frames, stream_frames=num_latent, switch=switch, generator=generator,
+        )
+        self._active_stream = VideoStream(self, engine, plan, num_latent, latents, generator, callback_on_chunk_end)
+        return self._active_stream
+
+    def switch(self, prompt: str, mode: str = "smooth") -> None:
+        """Switch the prompt of the most recently started stream (see :meth:`VideoStream.switch`)."""
+        if self._active_stream is None:
+            raise RuntimeError("no stream is running: start one with pipe.stream(...)")
+        self._active_stream.switch(prompt, mode)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | None = None,
+        *,
+        schedule: Schedule | None = None,
+        num_frames: int = 33,
+        height: int | None = None,
+        width: int | None = None,
+        cache: str | CachePreset | None = None,
+        switch: str | None = None,
+        num_inference_steps: int | None = None,
+        batch_size: int = 1,
+        latents: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_chunk_end: Callable[["StreamingVideoPipeline", StreamChunk], None] | None = None,
+    ):
+        """Generate ``num_frames`` video frames for a prompt or a :class:`~streamgen.schedule.Schedule`."""
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'np', 'pt' or 'latent', got {output_type!r}")
+        stream = self.stream(
+            prompt, schedule=schedule, num_frames=num_frames, height=height, width=width, cache=cache,
+            switch=switch, num_inference_steps=num_inference_steps, batch_size=batch_size, latents=latents,
+            generator=generator, callback_on_chunk_end=callback_on_chunk_end,
+        )
+        total = math.ceil(stream.num_latent_frames / self.config.chunk_frames)
+        chunks = []
+        with self.progress_bar(total=total) as progress:
+            for chunk in stream:
+                chunks.append(chunk)
+                progress.update()
+        if output_type == "latent":
+            frames = torch.cat([c.latents for c in chunks], dim=2)
+        else:
+            video = (torch.cat([c.video for c in chunks], dim=2).float() + 1) / 2  # [B, 3, F, H, W] in [0, 1]
+            frames = video.permute(0, 2, 1, 3, 4)  # [B, F, 3, H, W]
+            if output_type == "np":
+                frames = frames.permute(0, 1, 3, 4, 2).cpu().numpy()
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return StreamingVideoPipelineOutput(frames=frames)
