@@ -64,6 +64,7 @@ def build_tiny_pipeline(
         torch.manual_seed(seed)
         autoencoder = AutoencoderKLWan(
             base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+            latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
         ).eval()
         latent_channels = autoencoder.config.z_dim
     else:
