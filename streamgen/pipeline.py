@@ -35,6 +35,8 @@ from .sampling import EulerSampler, FewStepSampler
 from .schedule import PlannedSegment, Schedule
 
 TRANSITIONS = ("smooth", "cut", "recall")
+# An open-ended stream plans its schedule over a horizon no real stream reaches (nothing is allocated for it).
+OPEN_ENDED_LATENT_FRAMES = 2**40
 
 
 @dataclass
@@ -325,7 +327,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         if schedule is None:
             schedule = Schedule.single(prompt)
         plan = schedule.plan(
-            num_latent if num_latent is not None else 2**40,
+            num_latent if num_latent is not None else OPEN_ENDED_LATENT_FRAMES,
             temporal_compression=self.vae_scale_factor_temporal,
             fps=float(self.config.fps),
             chunk_frames=self.config.chunk_frames,
