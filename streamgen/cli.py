@@ -17,7 +17,10 @@ def default_pipeline() -> Path:
     raise SystemExit(f"no default pipeline found under {REPO_PIPELINES}; pass --pipeline DIR")
 
 
-def _load_pipeline(path: str | None, device: str = "cpu"):
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _load_pipeline(path: str | None, device: str = "cpu", dtype: str = "fp32"):
     import torch
 
     from .pipeline import StreamingVideoPipeline
@@ -25,7 +28,7 @@ def _load_pipeline(path: str | None, device: str = "cpu"):
     folder = Path(path) if path else default_pipeline()
     if not (folder / "model_index.json").is_file():
         raise SystemExit(f"--pipeline {folder}: not a pipeline folder (no model_index.json)")
-    pipe = StreamingVideoPipeline.from_pretrained(folder)
+    pipe = StreamingVideoPipeline.from_pretrained(folder, dtype=getattr(torch, DTYPES[dtype]))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(torch.device(device))
 
@@ -52,11 +55,12 @@ def cmd_generate(args) -> int:
     from .video_io import Mp4StreamWriter
 
     schedule = _schedule(args)
-    pipe = _load_pipeline(args.pipeline, args.device)
+    pipe = _load_pipeline(args.pipeline, args.device, args.dtype)
     generator = torch.Generator(pipe.transformer.device).manual_seed(args.seed)
     stream = pipe.stream(
         schedule=schedule, num_frames=args.frames, cache=args.cache, switch=args.switch, height=args.height,
-        width=args.width, num_inference_steps=args.steps, generator=generator,
+        width=args.width, num_inference_steps=args.steps, generator=generator, image=args.init_image,
+        video=args.init_video,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,13 +110,31 @@ def cmd_info(args) -> int:
 
 
 def cmd_bench_speed(args) -> int:
+    import torch
+
     from .bench.speed import run_speed_benchmark, summarize, write_json
 
-    pipe = _load_pipeline(args.pipeline, args.device)
+    if args.preset:
+        folder = REPO_PIPELINES / args.preset
+        if not (folder / "model_index.json").is_file():
+            raise SystemExit(f"--preset {args.preset}: no such folder {folder}")
+        if not args.random_weights:
+            raise SystemExit("--preset is a configs-only folder: add --random-weights (speed does not depend on weights)")
+        from .tiny import random_pipeline_from_configs
+
+        pipe = random_pipeline_from_configs(folder, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]))
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        pipe = _load_pipeline(args.pipeline, args.device, args.dtype)
+    if args.attention:
+        pipe.transformer.set_attention_backend(args.attention)
+    if args.compile:
+        pipe.transformer.compile_blocks()
     result = run_speed_benchmark(
         pipe, prompt=args.prompt, num_frames=args.frames, cache=args.cache, seed=args.seed,
         height=args.height, width=args.width, num_inference_steps=args.steps,
     )
+    result.update(attention=args.attention or "native", compiled=args.compile, preset=args.preset)
     print(summarize(result))
     if args.json:
         write_json(result, args.json)
@@ -140,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--switch", help="switch strategy override: none | recache")
     gen.add_argument("--steps", type=int, help="use the deterministic Euler sampler with this many steps")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--init-image", help="continue this picture: it becomes the stream's first frame(s) of context")
+    gen.add_argument("--init-video", help="continue this clip (read with decord, resized/cropped to the model size)")
     gen.add_argument("--device", default="cpu")
+    gen.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     gen.add_argument("--out", default="out.mp4")
     gen.set_defaults(func=cmd_generate)
 
@@ -155,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--steps", type=int, help="Euler steps instead of the few-step schedule")
     speed.add_argument("--seed", type=int, default=0)
     speed.add_argument("--device", default="cpu")
+    speed.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    speed.add_argument("--preset", help="a configs-only folder under pipelines/, e.g. wan2.1-1.3b (with --random-weights)")
+    speed.add_argument("--random-weights", action="store_true", help="build the --preset model with random weights")
+    speed.add_argument("--attention", help="diffusers attention backend: native, flash, _native_flash, xformers, ...")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks' feed-forwards")
     speed.add_argument("--json", help="write the full result here")
     speed.set_defaults(func=cmd_bench_speed)
     return parser

@@ -112,6 +112,18 @@ class StreamEngine:
         self.frame += len(frames)
         return x0
 
+    def prefill(self, latents: torch.Tensor) -> None:
+        """Push clean context latents [B, C, n, h, w] (an encoded picture or clip) into the cache as the stream's
+        next n frames, so generation continues from them."""
+        frames = list(range(self.frame, self.frame + latents.shape[2]))
+        for start in range(0, len(frames), self.chunk_frames):
+            run = frames[start : start + self.chunk_frames]
+            rotary = self._begin(run)
+            clean = latents[:, :, start : start + len(run)]
+            self._forward(clean, self.sampler.context_timestep, rotary)
+            self.history.push(run[0], clean)
+        self.frame += len(frames)
+
     def reencode(self, frames: list[int]) -> None:
         """Rewrite the K/V of already generated ``frames`` from their clean latents under the current prompt."""
         for start in range(0, len(frames), self.chunk_frames):

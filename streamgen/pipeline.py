@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -28,7 +29,7 @@ from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 from diffusers.utils import BaseOutput
 
 from .cache.presets import CachePreset, load_preset
-from .decoding import streaming_decoder_for, to_uint8_frames
+from .decoding import encode_video, streaming_decoder_for, to_uint8_frames
 from .engine import StreamEngine
 from .models.causal_wan import CausalWanTransformer3DModel, PromptKV
 from .sampling import EulerSampler, FewStepSampler
@@ -44,7 +45,7 @@ class StreamChunk:
     """One generated chunk: its decoded video and where it sits in the stream."""
 
     index: int
-    latent_start: int  # first latent frame of the chunk
+    latent_start: int  # first latent frame of the chunk in the stream (init-image/video context frames included)
     latents: torch.Tensor  # [B, C, f, h, w]
     video: torch.Tensor  # [B, 3, F, H, W] in [-1, 1]
     prompt: str
@@ -76,6 +77,7 @@ class VideoStream:
         latents: torch.Tensor | None,
         generator: torch.Generator | None,
         callback_on_chunk_end: Callable | None = None,
+        context: torch.Tensor | None = None,
     ):
         self.pipe = pipe
         self.engine = engine
@@ -89,6 +91,8 @@ class VideoStream:
         self.prompt: str | None = None
         self._pending: tuple[str, str] | None = None
         self._chunks = 0
+        self._context = context  # encoded init image / video, consumed before the first chunk
+        self.context_frames = 0 if context is None else context.shape[2]
 
     @property
     def latent_frame(self) -> int:
@@ -110,7 +114,11 @@ class VideoStream:
         return self
 
     def __next__(self) -> StreamChunk:
-        start = self.engine.frame
+        if self._context is not None:  # the first prompt also encodes the init picture / clip
+            self._apply_prompt_changes(0)
+            self._continue_from(self._context)
+            self._context = None
+        start = self.engine.frame - self.context_frames  # schedules, latents= and num_frames count generated frames
         if self.num_latent_frames is not None and start >= self.num_latent_frames:
             raise StopIteration
         self._apply_prompt_changes(start)
@@ -120,11 +128,17 @@ class VideoStream:
         size = min(size, self._frames_to_next_switch(start))
         noise = self._noise(start, size)
         x0 = self.engine.generate_chunk(noise)
-        chunk = StreamChunk(self._chunks, start, x0, self.decoder.decode(x0), self.prompt)
+        chunk = StreamChunk(self._chunks, self.engine.frame - size, x0, self.decoder.decode(x0), self.prompt)
         self._chunks += 1
         if self.callback_on_chunk_end is not None:
             self.callback_on_chunk_end(self.pipe, chunk)
         return chunk
+
+    def _continue_from(self, context: torch.Tensor) -> None:
+        """Write the init picture / clip into the cache as clean context and prime the decoder with it, so the
+        first generated chunk continues it (a causal VAE's decoder then yields 4f frames per chunk, not 1+4(f-1))."""
+        self.engine.prefill(context)
+        self.decoder.decode(context)
 
     def _apply_prompt_changes(self, start: int) -> None:
         segment = next((s for s in self.plan if s.start == start), None)
@@ -316,8 +330,15 @@ class StreamingVideoPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         callback_on_chunk_end: Callable[["StreamingVideoPipeline", StreamChunk], None] | None = None,
+        image: str | np.ndarray | None = None,
+        video: str | np.ndarray | None = None,
     ) -> VideoStream:
-        """Start a stream; iterate it for :class:`StreamChunk` s. ``num_frames=None`` streams until you stop."""
+        """Start a stream; iterate it for :class:`StreamChunk` s. ``num_frames=None`` streams until you stop.
+
+        ``image`` / ``video`` (a file path or uint8 frames [H, W, 3] / [F, H, W, 3]) make the stream continue that
+        picture or clip: it is resized/cropped to the model size, VAE-encoded and written into the cache as context.
+        Chunks, ``num_frames``, ``latents`` and schedules then count only the generated frames after it.
+        """
         if height is None or width is None:
             default_h, default_w = self.default_size()
             height, width = height or default_h, width or default_w
@@ -340,8 +361,28 @@ class StreamingVideoPipeline(DiffusionPipeline):
             latent_height=height // self.vae_scale_factor_spatial, latent_width=width // self.vae_scale_factor_spatial,
             chunk_frames=self.config.chunk_frames, stream_frames=num_latent, switch=switch, generator=generator,
         )
-        self._active_stream = VideoStream(self, engine, plan, num_latent, latents, generator, callback_on_chunk_end)
+        context = self.encode_context(image, video, height, width, batch_size)
+        self._active_stream = VideoStream(
+            self, engine, plan, num_latent, latents, generator, callback_on_chunk_end, context=context
+        )
         return self._active_stream
+
+    @torch.no_grad()
+    def encode_context(self, image, video, height: int, width: int, batch_size: int) -> torch.Tensor | None:
+        """Normalized latents [B, C, n, h, w] of an init picture or clip, or None."""
+        from .conditioning import fit_frames, frames_to_video_tensor, load_image, load_video
+
+        if image is not None and video is not None:
+            raise ValueError("pass at most one of `image` or `video`")
+        if image is None and video is None:
+            return None
+        if image is not None:
+            frames = load_image(image) if isinstance(image, (str, Path)) else np.asarray(image)[None]
+        else:
+            frames = load_video(video) if isinstance(video, (str, Path)) else np.asarray(video)
+        pixels = frames_to_video_tensor(fit_frames(frames, height, width), self.vae_scale_factor_temporal)
+        latents = encode_video(self.vae, pixels.to(self.vae.device, self.vae.dtype))
+        return latents.to(self.transformer.device, torch.float32).expand(batch_size, -1, -1, -1, -1)
 
     def switch(self, prompt: str, mode: str = "smooth") -> None:
         """Switch the prompt of the most recently started stream (see :meth:`VideoStream.switch`)."""
@@ -367,6 +408,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_chunk_end: Callable[["StreamingVideoPipeline", StreamChunk], None] | None = None,
+        image: str | np.ndarray | None = None,
+        video: str | np.ndarray | None = None,
     ):
         """Generate ``num_frames`` video frames for a prompt or a :class:`~streamgen.schedule.Schedule`."""
         if output_type not in ("np", "pt", "latent"):
@@ -374,7 +417,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         stream = self.stream(
             prompt, schedule=schedule, num_frames=num_frames, height=height, width=width, cache=cache,
             switch=switch, num_inference_steps=num_inference_steps, batch_size=batch_size, latents=latents,
-            generator=generator, callback_on_chunk_end=callback_on_chunk_end,
+            generator=generator, callback_on_chunk_end=callback_on_chunk_end, image=image, video=video,
         )
         total = math.ceil(stream.num_latent_frames / self.config.chunk_frames)
         chunks = []

@@ -7,6 +7,7 @@ the Wan text encoder's architecture) and a character-level tokenizer, and save e
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
@@ -93,3 +94,48 @@ def save_tiny_pipeline(path: str | Path, **kwargs) -> Path:
     path = Path(path)
     build_tiny_pipeline(**kwargs).save_pretrained(path)
     return path
+
+
+def random_pipeline_from_configs(
+    folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> StreamingVideoPipeline:
+    """A pipeline with the sizes of a configs-only folder (e.g. ``pipelines/wan2.1-1.3b``) and random weights.
+
+    Speed does not depend on weight values, so this measures a real model's throughput without its checkpoint.
+    The text encoder is a one-layer stand-in of the right width (prompts are encoded once per prompt, outside the
+    per-chunk path being measured).
+    """
+    folder = Path(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    device = torch.device(device)
+    with torch.device(device):
+        transformer = CausalWanTransformer3DModel.from_config(CausalWanTransformer3DModel.load_config(folder / "transformer"))
+        vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(folder / "vae"))
+    text_dim = transformer.config.text_dim
+    pipe = StreamingVideoPipeline(
+        tokenizer=char_tokenizer(),
+        text_encoder=tiny_text_encoder(text_dim).to(device),
+        transformer=cast_keeping_fp32_modules(transformer, dtype).eval(),
+        vae=cast_keeping_fp32_modules(vae, dtype).eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(
+            FlowMatchEulerDiscreteScheduler.load_config(folder / "scheduler")
+        ),
+        **{k: index[k] for k in PIPELINE_CONFIG_KEYS if k in index},
+    )
+    return pipe
+
+
+def cast_keeping_fp32_modules(model, dtype: torch.dtype):
+    """``model.to(dtype)`` except the parts diffusers keeps in float32 when loading (``_keep_in_fp32_modules``)."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(torch.float32 if keep.intersection(name.split(".")) else dtype)
+    return model
+
+
+# Pipeline config entries (not components) a model_index.json may carry.
+PIPELINE_CONFIG_KEYS = (
+    "chunk_frames", "denoising_timesteps", "context_timestep", "max_sequence_length", "fps", "default_cache",
+    "height", "width",
+)

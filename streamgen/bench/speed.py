@@ -47,8 +47,9 @@ def run_speed_benchmark(
         rss.append(process.memory_info().rss)
     wall = time.perf_counter() - start
     n = len(latencies)
-    early = latencies[10:60] if n >= 110 else latencies[: n // 2]
-    late = latencies[-50:] if n >= 110 else latencies[n // 2 :]
+    # Early = chunks 10-60, late = the last 50 (short runs: halves, skipping the warm-up chunk).
+    early = latencies[10:60] if n >= 110 else latencies[1 : 1 + (n - 1) // 2]
+    late = latencies[-50:] if n >= 110 else latencies[1 + (n - 1) // 2 :]
     result = {
         "pipeline": str(getattr(pipe, "name_or_path", "")),
         "cache": stream.engine.preset.name,
@@ -79,7 +80,8 @@ def run_speed_benchmark(
 
 
 def summarize(result: dict) -> str:
-    drift = (result["latency_late_median_s"] / result["latency_early_median_s"] - 1) * 100
+    early, late = result["latency_early_median_s"], result["latency_late_median_s"]
+    drift = f"{(late / early - 1) * 100:+.1f}%" if early and late else "too few chunks to compare"
     rss_growth = (result["rss_end_bytes"] / result["rss_early_bytes"] - 1) * 100
     return "\n".join(
         [
@@ -87,8 +89,7 @@ def summarize(result: dict) -> str:
             f"({result['device']}, {result['threads']} threads, cache {result['cache']})",
             f"fps                  {result['fps']:.1f}",
             f"first-chunk latency  {result['first_chunk_latency_s'] * 1000:.1f} ms",
-            f"chunk latency        median of chunks 10-60 {result['latency_early_median_s'] * 1000:.2f} ms, "
-            f"of the last 50 {result['latency_late_median_s'] * 1000:.2f} ms ({drift:+.1f}%)",
+            f"chunk latency        median early {(early or 0) * 1000:.2f} ms, late {(late or 0) * 1000:.2f} ms ({drift})",
             f"RSS                  early {result['rss_early_bytes'] / 2**20:.1f} MiB, "
             f"end {result['rss_end_bytes'] / 2**20:.1f} MiB ({rss_growth:+.2f}%), "
             f"peak {result['peak_rss_bytes'] / 2**20:.1f} MiB",

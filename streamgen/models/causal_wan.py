@@ -83,6 +83,12 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         model.__class__ = cls
         return model
 
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """``torch.compile`` every block's feed-forward in place (state-dict keys unchanged). The attention path
+        stays eager: its cache reads change shape as the cache fills, which would recompile at every chunk."""
+        for block in self.blocks:
+            block.ffn.compile(**compile_kwargs)
+
     # ---- sizes derived from the config ------------------------------------------------------------------------
     @property
     def num_heads(self) -> int:
