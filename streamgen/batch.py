@@ -1,0 +1,61 @@
+"""Batch generation of a prompt file, sharded over processes with accelerate.
+
+    accelerate launch --num_processes 8 -m streamgen.batch --prompts prompts.jsonl --out-dir videos/
+
+Each line / schedule of the prompt file becomes ``OUT_DIR/NNNN.mp4`` (NNNN = its index in the file), so the output
+does not depend on how many processes ran. Every process loads the pipeline on its own device and takes every
+n-th schedule; a single process (plain ``python -m streamgen.batch``) does them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamgen.batch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", required=True, help="schedule file (.yaml/.json, LongLive .jsonl, Echo .txt)")
+    parser.add_argument("--out-dir", default="videos")
+    parser.add_argument("--pipeline", help="pipeline folder (default: the embedded one)")
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--cache", help="cache preset (default: the pipeline's)")
+    parser.add_argument("--switch-frame-indices", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--seed", type=int, default=0, help="seed of schedules that carry none (plus their index)")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
+    args = parser.parse_args(argv)
+
+    import torch
+    from accelerate import PartialState
+
+    from .cli import _load_pipeline
+    from .schedule import ScheduleError, load_schedules
+    from .video_io import Mp4StreamWriter
+
+    # Without a GPU, accelerate only forms a process group when told it runs on CPU (gloo backend).
+    state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
+    try:
+        schedules = load_schedules(args.prompts, switch_frame_indices=args.switch_frame_indices)
+    except ScheduleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    pipe = _load_pipeline(args.pipeline, str(state.device))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mine = list(enumerate(schedules))[state.process_index :: state.num_processes]
+    for index, schedule in mine:
+        seed = schedule.seed if schedule.seed is not None else args.seed + index
+        generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
+        path = out_dir / f"{index:04d}.mp4"
+        with Mp4StreamWriter(path, fps=pipe.config.fps) as writer:
+            for chunk in pipe.stream(schedule=schedule, num_frames=args.frames, cache=args.cache, generator=generator):
+                writer.write(chunk.frames[0])
+        print(f"[process {state.process_index}/{state.num_processes}] {path}", flush=True)
+    state.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
