@@ -34,6 +34,7 @@ def run_speed_benchmark(
         prompt, num_frames=num_frames, cache=cache, height=height, width=width, generator=generator,
         num_inference_steps=num_inference_steps,
     )
+    stream.engine.synchronize_timing = True
     latencies, rss = [], []
     frames = 0
     start = last = time.perf_counter()
