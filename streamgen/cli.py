@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="out.mp4")
     gen.set_defaults(func=cmd_generate)
 
+    from .convert import register_cli as register_convert
+
+    register_convert(sub)
+
     info = sub.add_parser("info", help="model size, tokens per frame and cache budget of a pipeline")
     common(info, 81)
     info.set_defaults(func=cmd_info)

@@ -1,0 +1,237 @@
+"""Reading checkpoint files safely and picking the generator's weights out of each project's checkpoint dict.
+
+Files are read only with ``torch.load(path, map_location="cpu", weights_only=True)`` (memory-mapped when the file
+is in the zip format) or with safetensors: a checkpoint never runs code on load.
+
+Where the weights sit, per format (read from each project's inference and trainer code):
+
+- Self-Forcing (``guandeh17/Self-Forcing``; Echo-Forcing ships the same file): ``inference.py`` loads
+  ``state_dict['generator_ema' if args.use_ema else 'generator']`` into a ``WanDiffusionWrapper`` whose transformer
+  is ``.model``, and the README runs ``self_forcing_dmd.pt`` with ``--use_ema`` (the released file holds only
+  ``generator_ema``). Names: ``model.blocks.0.self_attn.q.weight``; EMA shadows of a training run keep FSDP's
+  ``_fsdp_wrapped_module.`` segments. So: ``generator_ema`` wins, ``generator`` is the fallback.
+- LongLive (``NVlabs/LongLive``, ``configs/longlive_inference.yaml``: ``generator_ckpt: longlive_base.pt``,
+  ``lora_ckpt: lora.pt``, ``use_ema: false``): ``inference.py`` takes ``generator`` (``generator_ema`` with
+  ``use_ema``, stripping ``_fsdp_wrapped_module.``), or ``model`` when neither exists. So: ``generator`` wins, then
+  ``generator_ema``, then ``model``. The LoRA file is ``{"generator_lora": <PEFT state dict>, ...}`` or the PEFT
+  state dict itself.
+- Anchor Forcing (``vivoCameraResearch/Anchor-Forcing``, built on LongLive, ``configs/inference.yaml``:
+  ``generator_ckpt: ckpt/base.pt``, ``lora_ckpt: ckpt/final.pt``): the same loading code and layout as LongLive.
+- ``wan``: a bare state dict (the original ``Wan2.1-T2V-1.3B`` ``diffusion_pytorch_model.safetensors``, or any
+  causal-Wan export), or a folder of ``diffusion_pytorch_model*.safetensors`` shards with the original
+  ``config.json``.
+
+Training checkpoints also hold ``critic``, optimizer states and ``step``: those are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import ConversionError, listing
+from .formats import FORMAT_NAMES, FORMATS, WEIGHT_KEYS  # noqa: F401  (re-exported)
+
+LORA_ENTRIES = ("generator_lora", "critic_lora")
+TRAINING_ENTRIES = ("generator", "generator_ema", "model", "critic", "generator_optimizer", "critic_optimizer")
+
+
+@dataclass
+class Selected:
+    """The generator's tensors of one checkpoint file and where they came from."""
+
+    tensors: dict[str, torch.Tensor]
+    entry: str | None  # e.g. "generator_ema"; None for a bare state dict
+    notes: list[str] = field(default_factory=list)
+    config: dict | None = None  # an original Wan config.json found next to the weights
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split()) or type(err).__name__
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _is_safetensors(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    size = int.from_bytes(head[:8], "little")
+    return 0 < size < path.stat().st_size and head[8:9] == b"{"
+
+
+def read_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """The object stored in a PyTorch or safetensors file; a one-paragraph :class:`ConversionError` otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"the {what} {path} does not exist")
+    if path.is_dir():
+        raise ConversionError(f"the {what} {path} is a folder, expected a file")
+    if path.stat().st_size == 0:
+        raise ConversionError(f"the {what} {path} is empty (0 bytes): the download or copy did not finish")
+    if _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ConversionError(
+                f"the {what} {path} looks like a safetensors file but cannot be read ({_short(err)}); it is probably "
+                f"truncated or corrupted: download it again"
+            ) from None
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    size = path.stat().st_size
+    if magic == b"PK\x03\x04":  # torch.save's zip format
+        if not zipfile.is_zipfile(path):
+            raise ConversionError(
+                f"the {what} {path} is truncated: it starts as a PyTorch zip checkpoint but its end is missing "
+                f"({size:,} bytes on disk); download or copy it again"
+            )
+        _check_zip(path, what)
+        mmap = True  # a multi-GB checkpoint is not copied into RAM
+    elif magic[:1] == b"\x80":  # a pickle: torch.save's legacy format
+        mmap = False
+    else:
+        raise ConversionError(
+            f"the {what} {path} is neither a PyTorch nor a safetensors checkpoint (it starts with the bytes "
+            f"{magic!r}); if it should be one, it is corrupted: download it again"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors, ...
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe:
+            raise ConversionError(
+                f"the {what} {path} stores Python objects other than tensors ({unsafe.group(1)}), and streamgen only "
+                f"loads checkpoints with weights_only=True, which refuses them (unpickling arbitrary objects can run "
+                f"code); re-save the state dict alone with torch.save or safetensors"
+            ) from None
+        reason = _short(err)
+        raise ConversionError(
+            f"the {what} {path} cannot be read as a PyTorch checkpoint ({reason}); it is truncated or corrupted: "
+            f"download or copy it again"
+        ) from None
+
+
+def _check_zip(path: Path, what: str) -> None:
+    """Verify every record's CRC: torch.load (memory-mapped) does not, so flipped bytes in a tensor would pass."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as err:  # BadZipFile, zlib errors, undecodable names, ...
+        raise ConversionError(
+            f"the {what} {path} is a corrupted PyTorch zip checkpoint ({_short(err)}): download or copy it again"
+        ) from None
+    if bad is not None:
+        raise ConversionError(
+            f"the {what} {path} is corrupted: its record {bad} fails its CRC check; download or copy it again"
+        )
+
+
+def _tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def is_lora_dict(obj: Any) -> bool:
+    return _tensor_dict(obj) and any(".lora_" in k or k.endswith(("lora_A.weight", "lora_B.weight")) for k in obj)
+
+
+def _read_wan_folder(path: Path) -> Selected:
+    shards = sorted(path.glob("diffusion_pytorch_model*.safetensors"))
+    if not shards:
+        raise ConversionError(
+            f"the folder {path} holds no diffusion_pytorch_model*.safetensors (the original Wan release layout); "
+            f"pass the weights file itself"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        part = read_file(shard)
+        if not _tensor_dict(part):
+            raise ConversionError(f"{shard} does not hold a plain state dict of tensors")
+        tensors.update(part)
+    config = None
+    if (path / "config.json").is_file():
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except ValueError as err:
+            raise ConversionError(f"{path / 'config.json'} is not valid JSON ({_short(err)})") from None
+    return Selected(tensors, None, [f"read {len(shards)} weight file(s) from {path}"], config)
+
+
+def select_weights(fmt: str, path: str | Path, weights: str | None = None) -> Selected:
+    """Read ``path`` and return the generator's tensors for checkpoint format ``fmt``."""
+    path = Path(path)
+    name = FORMAT_NAMES[fmt]
+    if fmt == "wan" and weights is not None:
+        raise ConversionError("--weights picks an entry of a training checkpoint; --format wan reads a bare state dict")
+    if fmt == "wan" and path.is_dir():
+        return _read_wan_folder(path)
+    obj = read_file(path)
+    if not isinstance(obj, Mapping) or not obj:
+        raise ConversionError(
+            f"{path} holds a {type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''}, not a model "
+            f"checkpoint dict: it is not a {name} checkpoint"
+        )
+    lora_only = [k for k in LORA_ENTRIES if k in obj] and not any(k in obj for k in WEIGHT_KEYS.get("longlive", ()))
+    if lora_only or is_lora_dict(obj):
+        raise ConversionError(
+            f"{path} is a LoRA checkpoint (it holds only LoRA weights, like LongLive's lora.pt or Anchor Forcing's "
+            f"final.pt), not a full model: pass the base model (longlive_base.pt / base.pt) as --ckpt and this file "
+            f"as --lora, with --format longlive or --format anchor-forcing"
+        )
+
+    if fmt == "wan":
+        if _tensor_dict(obj):
+            return Selected(dict(obj), None)
+        found = [k for k in TRAINING_ENTRIES if k in obj]
+        hint = (
+            f"it is a training checkpoint with {', '.join(found)}: use --format self-forcing, longlive or "
+            f"anchor-forcing" if found else f"its entries are {listing(map(str, obj))}"
+        )
+        raise ConversionError(f"{path} is not a bare Wan state dict (--format wan): {hint}")
+
+    candidates = WEIGHT_KEYS[fmt]
+    if weights is not None:
+        if weights not in obj:
+            raise ConversionError(
+                f"{path} has no {weights!r} entry (--weights); it holds {listing(map(str, obj))}"
+            )
+        entry = weights
+    else:
+        entry = next((k for k in candidates if k in obj), None)
+    if entry is None:
+        if _tensor_dict(obj):
+            raise ConversionError(
+                f"{path} is a bare state dict, but a {name} checkpoint is a dict with "
+                f"{' or '.join(repr(k) for k in candidates)}; if these are plain Wan transformer weights, use "
+                f"--format wan"
+            )
+        raise ConversionError(
+            f"{path} is not a {name} checkpoint: expected a {' or '.join(repr(k) for k in candidates)} entry, found "
+            f"{listing(map(str, obj))}"
+        )
+    tensors = obj[entry]
+    if not _tensor_dict(tensors):
+        raise ConversionError(f"the {entry!r} entry of {path} is not a state dict of tensors")
+    notes = []
+    others = [k for k in candidates if k in obj and k != entry]
+    if weights is not None:
+        notes.append(f"used {entry!r} (--weights)")
+    elif others:
+        notes.append(f"used {entry!r} (the {name} inference default); the file also holds {', '.join(others)}")
+    elif entry != candidates[0]:
+        notes.append(f"used {entry!r}: the file has no {candidates[0]!r} entry")
+    return Selected(dict(tensors), entry, notes)
