@@ -73,3 +73,27 @@ def test_global_cache_streaming_equals_block_causal_full_forward(tiny_wan_config
     diff = (streamed - expected).abs().max().item()
     assert diff <= 1e-5, diff
     assert streamed.abs().mean() > 0.1  # a real signal, not zeros on both sides
+
+
+def test_whole_clip_forward_with_block_causal_mask_and_per_frame_timesteps_equals_diffusers(tiny_wan_config):
+    """The training path: one forward over a clip, each frame at its own noise level, chunk-causal attention."""
+    from streamgen.models.causal_wan import block_causal_mask
+
+    torch.manual_seed(0)
+    ref = WanTransformer3DModel(**tiny_wan_config).eval()
+    model = CausalWanTransformer3DModel(**tiny_wan_config).eval()
+    model.load_state_dict(ref.state_dict())
+    frames, chunk, tpf = 6, 3, 16
+    clip, text = torch.randn(2, 4, frames, 8, 8), torch.randn(2, 5, 16)
+    t_frames = torch.tensor([[0.0] * 3 + [700.0] * 3, [250.0] * 3 + [999.0] * 3])
+    mask = block_causal_mask(frames, chunk, tpf)
+
+    holder = {"mask": mask}
+    for block in ref.blocks:
+        block.attn1.set_processor(BlockCausalSelfAttention(holder))
+    with torch.no_grad():
+        expected = ref(clip, t_frames.repeat_interleave(tpf, dim=1), text).sample
+        positions = torch.arange(frames, dtype=torch.float64)
+        rotary = model.rotary(positions, positions, 8, 8)
+        ours = model.forward_chunk(clip, t_frames, model.encode_prompt_kv(text), None, rotary, attention_mask=mask)
+    assert (ours - expected).abs().max().item() <= 1e-5

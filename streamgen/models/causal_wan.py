@@ -64,12 +64,18 @@ def _cross_kv(attn: WanAttention, context: torch.Tensor):
     return _heads(attn, attn.norm_k(k), v)
 
 
-def _attend(attn: WanAttention, q, k, v) -> torch.Tensor:
+def _attend(attn: WanAttention, q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
     # The backend is whatever diffusers' dispatcher has for this processor (native SDPA, flash, xformers, ...).
     backend = getattr(attn.processor, "_attention_backend", None)
-    out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, backend=backend)
+    out = dispatch_attention_fn(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False, backend=backend)
     out = out.flatten(2, 3).type_as(q)
     return attn.to_out[1](attn.to_out[0](out))
+
+
+def block_causal_mask(frames: int, chunk_frames: int, tokens_per_frame: int, device=None) -> torch.Tensor:
+    """Boolean [1, 1, N, N] mask (True = may attend): tokens see their own chunk and every earlier chunk."""
+    chunk_of_token = (torch.arange(frames, device=device) // chunk_frames).repeat_interleave(tokens_per_frame)
+    return (chunk_of_token[None, :] <= chunk_of_token[:, None])[None, None]
 
 
 class CausalWanTransformer3DModel(WanTransformer3DModel):
@@ -147,41 +153,55 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         prompt_kv: PromptKV,
         cache: KVCache | None,
         rotary: ChunkRotary,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Flow prediction for one chunk of latents [B, C, f, h, w] at ``timestep``.
+        """Flow prediction for a chunk of latents [B, C, f, h, w].
 
-        With a ``cache``, the chunk's self-attention K/V are written into the slots ``cache.begin_chunk`` assigned
-        and attention reads ``cache.read``; ``rotary.key`` must describe those keys. With ``cache=None`` the chunk
-        attends only to itself (``rotary.key`` is then ignored).
+        ``timestep`` is one value for the whole chunk, or one per frame ([B, f]: training with a different noise
+        level per frame, e.g. diffusion forcing). With a ``cache``, the chunk's self-attention K/V are written into
+        the slots ``cache.begin_chunk`` assigned and attention reads ``cache.read``; ``rotary.key`` must describe
+        those keys. With ``cache=None`` the chunk attends to itself, under ``attention_mask`` if given (e.g.
+        :func:`block_causal_mask` to train chunk-causally on whole clips); ``rotary.key`` is then ignored.
         """
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
         grid_h, grid_w = self.token_grid(height, width)
 
         x = self.patch_embedding(hidden_states.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()
-
-        # Timestep conditioning: one timestep for the whole chunk.
-        t = torch.as_tensor(timestep, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
-        emb = self.condition_embedder
-        t_freq = emb.timesteps_proj(t).to(next(emb.time_embedder.parameters()).dtype)
-        temb = emb.time_embedder(t_freq).type_as(x)  # [B, dim]
-        timestep_proj = emb.time_proj(emb.act_fn(temb)).unflatten(1, (6, -1))  # [B, 6, dim]
+        temb, timestep_proj = self._time_embedding(timestep, batch, frames, grid_h * grid_w, x)
 
         for layer, block in enumerate(self.blocks):
-            x = self._block(block, layer, x, timestep_proj, prompt_kv, cache, rotary)
+            x = self._block(block, layer, x, timestep_proj, prompt_kv, cache, rotary, attention_mask)
 
-        shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        shift, scale = (self.scale_shift_table[None] + temb.unsqueeze(2)).unbind(2)
         x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
         x = self.proj_out(x)
         x = x.reshape(batch, frames, grid_h, grid_w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
-    def _block(self, block, layer, x, timestep_proj, prompt_kv, cache, rotary):
+    def _time_embedding(self, timestep, batch, frames, tokens_per_frame, like):
+        """(temb [B, T, dim], timestep_proj [B, T, 6, dim]) with T = 1 for one timestep, else one per token."""
+        t = torch.as_tensor(timestep, dtype=torch.float32, device=like.device)
+        per_frame = t.dim() == 2
+        if per_frame and tuple(t.shape) != (batch, frames):
+            raise ValueError(f"per-frame timesteps must be [batch, frames] = {(batch, frames)}, got {tuple(t.shape)}")
+        t = t.reshape(-1) if per_frame else t.reshape(-1).expand(batch)
+        emb = self.condition_embedder
+        t_freq = emb.timesteps_proj(t).to(next(emb.time_embedder.parameters()).dtype)
+        temb = emb.time_embedder(t_freq).type_as(like)
+        timestep_proj = emb.time_proj(emb.act_fn(temb)).unflatten(-1, (6, -1))
+        if per_frame:
+            temb = temb.unflatten(0, (batch, frames)).repeat_interleave(tokens_per_frame, dim=1)
+            timestep_proj = timestep_proj.unflatten(0, (batch, frames)).repeat_interleave(tokens_per_frame, dim=1)
+            return temb, timestep_proj
+        return temb[:, None], timestep_proj[:, None]
+
+    def _block(self, block, layer, x, timestep_proj, prompt_kv, cache, rotary, attention_mask):
         # Same arithmetic (and fp32 islands) as WanTransformerBlock.forward, with cached attention.
-        shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table + timestep_proj.float()).chunk(6, dim=1)
+        shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table[None] + timestep_proj.float()).unbind(2)
 
         h = (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
-        x = (x.float() + self._self_attention(block.attn1, layer, h, cache, rotary) * gate).type_as(x)
+        x = (x.float() + self._self_attention(block.attn1, layer, h, cache, rotary, attention_mask) * gate).type_as(x)
 
         h = block.norm2(x.float()).type_as(x)
         (q,) = _heads(block.attn2, block.attn2.norm_q(block.attn2.to_q(h)))
@@ -190,10 +210,10 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         h = (block.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
         return (x.float() + block.ffn(h).float() * c_gate).type_as(x)
 
-    def _self_attention(self, attn, layer, h, cache, rotary):
+    def _self_attention(self, attn, layer, h, cache, rotary, attention_mask=None):
         q, k, v = _self_qkv(attn, h)  # [B, n, H, D]
         if cache is None:
-            return _attend(attn, rotary.query.apply(q), rotary.query.apply(k), v)
+            return _attend(attn, rotary.query.apply(q), rotary.query.apply(k), v, attention_mask)
         cache.write(layer, k, v)
         k_all, v_all = cache.read(layer)
         return _attend(attn, rotary.query.apply(q), rotary.key.apply(k_all), v_all)
