@@ -170,8 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     from .convert import register_cli as register_convert
+    from .demo import register_cli as register_demo
 
     register_convert(sub)
+    register_demo(sub)
 
     info = sub.add_parser("info", help="model size, tokens per frame and cache budget of a pipeline")
     common(info, 81)

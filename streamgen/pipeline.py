@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -220,7 +222,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
             width=width,
         )
         self._prompt_kv: dict[tuple[str, int], PromptKV] = {}
-        self._active_stream: VideoStream | None = None
+        self._prompt_kv_lock = threading.Lock()  # streams of one pipeline may run in several threads (the demo)
+        self._active_stream: weakref.ref | None = None  # weak: a dropped stream frees its cache
 
     # ---- sizes ------------------------------------------------------------------------------------------------
     @property
@@ -266,12 +269,13 @@ class StreamingVideoPipeline(DiffusionPipeline):
     def prompt_kv(self, prompt: str, batch_size: int) -> PromptKV:
         """Cross-attention K/V for ``prompt``, computed once and reused by every chunk and every stream."""
         key = (prompt, batch_size)
-        if key not in self._prompt_kv:
-            if len(self._prompt_kv) >= 64:  # bounded: a long interactive session may see many prompts
-                self._prompt_kv.pop(next(iter(self._prompt_kv)))
-            with torch.no_grad():
-                self._prompt_kv[key] = self.transformer.encode_prompt_kv(self.encode_prompt(prompt, batch_size))
-        return self._prompt_kv[key]
+        with self._prompt_kv_lock:
+            if key not in self._prompt_kv:
+                if len(self._prompt_kv) >= 64:  # bounded: a long interactive session may see many prompts
+                    self._prompt_kv.pop(next(iter(self._prompt_kv)))
+                with torch.no_grad():
+                    self._prompt_kv[key] = self.transformer.encode_prompt_kv(self.encode_prompt(prompt, batch_size))
+            return self._prompt_kv[key]
 
     # ---- inputs -------------------------------------------------------------------------------------------------
     def check_inputs(self, prompt, schedule, num_frames, height, width, latents, preset: CachePreset, batch_size):
@@ -362,10 +366,9 @@ class StreamingVideoPipeline(DiffusionPipeline):
             chunk_frames=self.config.chunk_frames, stream_frames=num_latent, switch=switch, generator=generator,
         )
         context = self.encode_context(image, video, height, width, batch_size)
-        self._active_stream = VideoStream(
-            self, engine, plan, num_latent, latents, generator, callback_on_chunk_end, context=context
-        )
-        return self._active_stream
+        stream = VideoStream(self, engine, plan, num_latent, latents, generator, callback_on_chunk_end, context=context)
+        self._active_stream = weakref.ref(stream)
+        return stream
 
     @torch.no_grad()
     def encode_context(self, image, video, height: int, width: int, batch_size: int) -> torch.Tensor | None:
@@ -386,9 +389,10 @@ class StreamingVideoPipeline(DiffusionPipeline):
 
     def switch(self, prompt: str, mode: str = "smooth") -> None:
         """Switch the prompt of the most recently started stream (see :meth:`VideoStream.switch`)."""
-        if self._active_stream is None:
+        stream = self._active_stream() if self._active_stream is not None else None
+        if stream is None:
             raise RuntimeError("no stream is running: start one with pipe.stream(...)")
-        self._active_stream.switch(prompt, mode)
+        stream.switch(prompt, mode)
 
     @torch.no_grad()
     def __call__(

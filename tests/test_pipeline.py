@@ -170,3 +170,17 @@ def test_wan_vae_pipeline_streams_1_plus_4n_frames(tmp_path):
     assert full.shape == (1, 21, 32, 32, 3)
     pipe.save_pretrained(tmp_path)
     assert StreamingVideoPipeline.from_pretrained(tmp_path).vae_scale_factor_temporal == 4
+
+
+def test_a_dropped_stream_is_freed_and_pipe_switch_then_says_so(pipe):
+    import gc
+    import weakref
+
+    stream = pipe.stream("a red circle", num_frames=6)
+    next(stream)
+    cache = weakref.ref(stream.engine.cache)
+    del stream
+    gc.collect()
+    assert cache() is None  # the pipeline keeps no strong reference to a stream's cache
+    with pytest.raises(RuntimeError, match="no stream is running"):
+        pipe.switch("a blue square")

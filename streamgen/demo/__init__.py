@@ -1,0 +1,86 @@
+"""``streamgen demo``: a Gradio app for live streaming with prompt switches.
+
+Gradio is optional (``pip install -e ".[demo]"``): this module and :func:`register_cli` import nothing heavy; the app
+itself lives in :mod:`streamgen.demo.app`, imported only when the command runs.
+
+Wire it into the ``streamgen`` parser with::
+
+    from streamgen.demo import register_cli
+    register_cli(sub)          # sub = parser.add_subparsers(...)
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+__all__ = ["INSTALL_HINT", "cmd_demo", "register_cli"]
+
+INSTALL_HINT = (
+    "the demo needs gradio, an optional extra: install it with\n"
+    '    pip install -e ".[demo]"        (from a checkout; or: pip install "streamgen[demo]")'
+)
+
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    """Add the ``demo`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    p = subparsers.add_parser(
+        "demo", help="live demo in the browser (Gradio): streaming, prompt switches, mp4 download",
+        description="Serve a Gradio app that streams video live, with prompt switches. Binds 127.0.0.1 by default.",
+    )
+    p.add_argument("--pipeline", help="pipeline folder (default: the embedded one under pipelines/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--concurrency", type=int, default=2, help="streams generating at once (default 2)")
+    p.add_argument("--queue-size", type=int, default=16, help="events waiting for a worker, at most (default 16)")
+    p.add_argument("--max-sessions", type=int, default=8, help="browser sessions holding a stream (default 8)")
+    p.add_argument("--max-frames-per-run", type=int, default=960,
+                   help="a run pauses after this many frames, freeing its worker (Resume continues; 0: no limit)")
+    p.add_argument("--max-stream-frames", type=int, default=9600, help="frames in one stream, at most")
+    p.add_argument("--idle-timeout", type=float, default=1800.0, help="close sessions idle this many seconds")
+    p.set_defaults(func=cmd_demo)
+    return p
+
+
+def _load_pipeline(folder: Path, device: str):
+    import torch
+
+    from ..pipeline import StreamingVideoPipeline
+
+    if not (folder / "model_index.json").is_file():
+        raise SystemExit(f"--pipeline {folder}: not a pipeline folder (no model_index.json)")
+    pipe = StreamingVideoPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(torch.device(device))
+
+
+def cmd_demo(args) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print(f"error: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    from ..cli import default_pipeline
+    from .app import build_demo, launch_demo
+    from .session import DemoLimits
+
+    pipe = _load_pipeline(Path(args.pipeline) if args.pipeline else default_pipeline(), args.device)
+    limits = DemoLimits(
+        max_frames_per_run=args.max_frames_per_run, max_stream_frames=args.max_stream_frames,
+        max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
+    )
+    demo, registry = build_demo(pipe, limits, concurrency=args.concurrency, queue_size=args.queue_size)
+
+    def terminate(signum, frame):  # `kill` / a service manager: shut down as on Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        launch_demo(demo, args.host, args.port)  # blocks until Ctrl-C
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        registry.close_all()  # finish every session's mp4 and remove its temp folder
+    return 0

@@ -1,0 +1,212 @@
+"""The Gradio app: live streaming with prompt switches. Needs the ``demo`` extra (``pip install -e ".[demo]"``).
+
+Streaming: "Start" / "Resume" are generator callbacks; every frame of every chunk is yielded as it is ready (an
+``<img>`` with a PNG data URI, upscaled with nearest neighbour), paced at the pipeline's fps. Nothing is written to
+gradio's file cache per frame. Per-session state lives in a :class:`~streamgen.demo.session.SessionRegistry` keyed
+by gradio's session hash; the page's ``unload`` event (fired when the tab closes or reloads) frees it at once, and
+idle sessions are reaped.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a local demo
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402  (a gradio dependency; gr.LinePlot takes a DataFrame)
+
+from ..cache.presets import available_presets  # noqa: E402
+from ..pipeline import TRANSITIONS  # noqa: E402
+from .session import DemoLimits, DemoSession, SessionRegistry, SessionsFull, frame_data_uri  # noqa: E402
+
+__all__ = ["build_demo", "launch_demo"]
+
+DEFAULT_PROMPT = "a red circle drifting left over a blue backdrop"
+CSS = """
+#sg-frame-box {display: flex; justify-content: center; align-items: center; min-height: 400px;
+               background: #111; border-radius: 8px;}
+#sg-frame {image-rendering: pixelated; width: 384px; height: 384px; max-width: 100%; object-fit: contain;}
+#sg-placeholder {color: #aaa; font-size: 14px; padding: 24px; text-align: center;}
+#sg-stats table {width: 100%; font-size: 13px; border-collapse: collapse;}
+#sg-stats th {text-align: left; font-weight: 600; padding: 2px 8px 2px 0; white-space: nowrap;}
+#sg-stats td {padding: 2px 0; font-variant-numeric: tabular-nums; word-break: break-word;}
+"""
+PLOT_COLUMNS = ["chunk", "latency_ms"]
+
+
+def _placeholder(text: str = "press Start to stream") -> str:
+    return f'<div id="sg-placeholder">{html.escape(text)}</div>'
+
+
+def _frame_html(uri: str, chunk: int, frame: int) -> str:
+    return f'<img id="sg-frame" alt="live frame" data-chunk="{chunk}" data-frame="{frame}" src="{uri}">'
+
+
+def _stats_html(session: DemoSession | None) -> str:
+    if session is None:
+        rows = [("state", "idle")]
+    else:
+        r = session.readout()
+        latency = f"{r['last_latency_ms']:.1f} ms" if r["last_latency_ms"] is not None else "-"
+        rows = [
+            ("state", r["state"]),
+            ("prompt", r["prompt"]),
+            ("cache preset / seed", f"{r['preset']} / {r['seed']}"),
+            ("chunks / frames", f"{r['chunks']} / {r['frames']}"),
+            ("display FPS", f"{r['display_fps']:.1f}"),
+            ("generation FPS", f"{r['generation_fps']:.1f}"),
+            ("KV cache", f"{r['cache_bytes']:,} bytes"),
+            ("transformer time", f"{r['transformer_seconds']:.2f} s"),
+            ("last chunk latency", latency),
+        ]
+        if r["pending_switch"]:
+            rows.append(("switching to", f"{r['pending_switch'][0]} ({r['pending_switch'][1]}), next chunk"))
+    body = "".join(
+        f'<tr><th>{html.escape(k)}</th><td data-key="{html.escape(k)}">{html.escape(str(v))}</td></tr>' for k, v in rows
+    )
+    return f"<table>{body}</table>"
+
+
+def _latency_frame(session: DemoSession | None) -> pd.DataFrame:
+    if session is None or not session.stats.latencies_ms:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in PLOT_COLUMNS})
+    data = list(session.stats.latencies_ms)
+    return pd.DataFrame(data, columns=PLOT_COLUMNS)
+
+
+def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int = 2, queue_size: int = 16):
+    """The Blocks app and its session registry. ``concurrency`` streams generate at once (the rest wait in a queue
+    of at most ``queue_size`` events); quick controls (stop, switch, save) bypass the queue."""
+    limits = limits or DemoLimits()
+    registry = SessionRegistry(pipe, limits)
+    presets = available_presets()
+    default_preset = pipe.config.default_cache if pipe.config.default_cache in presets else presets[0]
+
+    def play(session: DemoSession):
+        last_plot_chunk = -1
+        try:
+            for update in session.run():
+                uri = frame_data_uri(update.frame, limits.display_size)
+                plot = gr.skip()
+                if update.chunk_done and update.chunk_index != last_plot_chunk:
+                    plot, last_plot_chunk = _latency_frame(session), update.chunk_index
+                yield _frame_html(uri, update.chunk_index, update.frame_index), _stats_html(session), plot
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+        yield gr.skip(), _stats_html(session), _latency_frame(session)
+
+    def start(prompt, preset, seed, request: gr.Request):
+        try:
+            session = registry.get_or_create(request.session_hash)
+            session.start(prompt, preset, int(seed or 0))
+        except (SessionsFull, ValueError) as err:
+            raise gr.Error(str(err)) from None
+        yield from play(session)
+
+    def resume(request: gr.Request):
+        session = registry.get(request.session_hash)
+        if session is None or session.stream is None:
+            raise gr.Error("no stream to resume: press Start")
+        yield from play(session)
+
+    def stop(request: gr.Request):
+        session = registry.get(request.session_hash)
+        if session is None or not session.running:
+            return _stats_html(session)
+        session.stop()
+        return gr.skip()  # the run's own last update says "stopped" once its last chunk is written
+
+    def switch(prompt, mode, request: gr.Request):
+        session = registry.get(request.session_hash)
+        try:
+            if session is None:
+                raise ValueError("no stream yet: press Start first")
+            session.switch(prompt, mode)
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+        return _stats_html(session)
+
+    def save(request: gr.Request):
+        session = registry.get(request.session_hash)
+        path = session.snapshot_mp4() if session is not None else None
+        if path is None:
+            gr.Warning("no frames in the mp4 yet")
+            return None
+        return str(path)
+
+    def unload(request: gr.Request):
+        registry.close(request.session_hash)
+
+    # System fonts: the default theme would fetch Google Fonts, which an offline machine cannot reach.
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+    with gr.Blocks(title="streamgen live", analytics_enabled=False, delete_cache=(300, 900)) as demo:
+        gr.Markdown(
+            "## streamgen: live video with prompt switches\n"
+            "Start a stream, then type a new prompt and press **Switch now**: it takes effect at the next chunk. "
+            f"Pipeline: {pipe.config.height}x{pipe.config.width} at {pipe.config.fps:g} fps, "
+            f"{pipe.config.chunk_frames} latent frames per chunk."
+        )
+        with gr.Row():
+            with gr.Column(scale=3):
+                frame = gr.HTML(_placeholder(), elem_id="sg-frame-box", js_on_load=None)
+                plot = gr.LinePlot(
+                    _latency_frame(None), x="chunk", y="latency_ms", title="per-chunk latency",
+                    x_title="chunk", y_title="ms", height=220, elem_id="sg-plot",
+                )
+            with gr.Column(scale=2):
+                prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", lines=2, elem_id="sg-prompt")
+                with gr.Row():
+                    preset = gr.Dropdown(presets, value=default_preset, label="cache preset", elem_id="sg-preset")
+                    seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="sg-seed")
+                with gr.Row():
+                    start_btn = gr.Button("Start", variant="primary", elem_id="sg-start")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="sg-stop")
+                    resume_btn = gr.Button("Resume", elem_id="sg-resume")
+                with gr.Row():
+                    mode = gr.Radio(list(TRANSITIONS), value="smooth", label="transition", elem_id="sg-mode")
+                    switch_btn = gr.Button("Switch now", elem_id="sg-switch")
+                stats = gr.HTML(_stats_html(None), elem_id="sg-stats", js_on_load=None)
+                save_btn = gr.Button("Save mp4 so far", elem_id="sg-save")
+                mp4 = gr.File(label="mp4", interactive=False, height=90, elem_id="sg-mp4")
+
+        outputs = [frame, stats, plot]
+        # Start while streaming restarts: a quick, unqueued stop frees this session's worker first (a click on a
+        # button whose generator is still running would otherwise be dropped, trigger_mode "once").
+        start_btn.click(stop, None, stats, queue=False, show_progress="hidden", trigger_mode="multiple").then(
+            start, [prompt, preset, seed], outputs, concurrency_id="stream", show_progress="hidden",
+            trigger_mode="multiple",
+        )
+        resume_btn.click(resume, None, outputs, concurrency_id="stream", show_progress="hidden")
+        stop_btn.click(stop, None, stats, queue=False, show_progress="hidden")
+        switch_btn.click(switch, [prompt, mode], stats, queue=False, show_progress="hidden")
+        save_btn.click(save, None, mp4, queue=False)
+        demo.unload(unload)
+    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
+    demo.streamgen_registry = registry
+    demo.streamgen_theme = theme
+    return demo, registry
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def launch_demo(demo, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, quiet: bool = False):
+    """Serve ``demo`` on ``host:port`` (never shared through a tunnel). ``block=False`` returns once it serves."""
+    if not is_loopback(host):
+        print(f"warning: serving the demo on {host}: anyone who can reach this address can use it", flush=True)
+    return demo.launch(
+        server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=quiet,
+        show_error=True, theme=getattr(demo, "streamgen_theme", None), css=CSS, footer_links=[], ssr_mode=False,
+        enable_monitoring=False, mcp_server=False, pwa=False,
+    )

@@ -1,0 +1,192 @@
+"""The demo's session layer and CLI, without a browser (and mostly without gradio)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamgen.demo import INSTALL_HINT, cmd_demo, register_cli
+from streamgen.demo.session import (
+    DemoLimits,
+    SessionRegistry,
+    SessionsFull,
+    frame_data_uri,
+    mp4_complete_prefix,
+)
+from streamgen.video_io import Mp4StreamWriter, read_video
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "pipelines" / "tiny-random"
+FAST = dict(realtime=False)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from streamgen import StreamingVideoPipeline
+
+    pipe = StreamingVideoPipeline.from_pretrained(TINY)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="streamgen")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_importing_the_demo_package_does_not_need_gradio():
+    code = "import sys, streamgen.demo, streamgen.demo.session; assert 'gradio' not in sys.modules, 'gradio imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_cli_defaults_bind_loopback():
+    args = _parser().parse_args(["demo"])
+    assert (args.host, args.port, args.pipeline) == ("127.0.0.1", 7860, None)
+    assert args.func is cmd_demo
+    args = _parser().parse_args(["demo", "--pipeline", "p", "--host", "0.0.0.0", "--port", "8000"])
+    assert (args.host, args.port, args.pipeline) == ("0.0.0.0", 8000, "p")
+
+
+def test_cli_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
+    assert cmd_demo(_parser().parse_args(["demo"])) == 2
+    err = capsys.readouterr().err
+    assert 'pip install -e ".[demo]"' in err and INSTALL_HINT in err
+
+
+def test_frame_data_uri_upscales_with_nearest_neighbour():
+    import cv2
+
+    frame = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    uri = frame_data_uri(frame, display_size=256)
+    assert uri.startswith("data:image/png;base64,")
+    png = np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), dtype=np.uint8)
+    shown = cv2.imdecode(png, cv2.IMREAD_COLOR)[..., ::-1]
+    np.testing.assert_array_equal(shown, frame.repeat(8, axis=0).repeat(8, axis=1))
+
+
+def test_mp4_prefix_cuts_a_file_being_written_after_a_whole_fragment(tmp_path):
+    path = tmp_path / "v.mp4"
+    frames = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    with Mp4StreamWriter(path, fps=16) as writer:
+        writer.write(frames)
+    data = path.read_bytes()
+    end, fragments = mp4_complete_prefix(data)
+    assert fragments == 6 and 0 < end <= len(data)
+    assert mp4_complete_prefix(data[:40]) == (0, 0)  # no whole moov yet
+    for cut in (end // 2, end - 3, end * 3 // 4):
+        cut_end, cut_fragments = mp4_complete_prefix(data[:cut])
+        assert 0 < cut_end <= cut < end and cut_fragments <= 6
+        assert cut_fragments < 6 or cut == end - 3  # (the last cut only loses the trailing index box)
+        (tmp_path / "cut.mp4").write_bytes(data[:cut_end])
+        if cut_fragments:
+            assert read_video(tmp_path / "cut.mp4").shape == (cut_fragments, 32, 32, 3)
+
+
+def test_session_streams_exactly_what_pipe_stream_gives(pipe):
+    registry = SessionRegistry(pipe, DemoLimits(max_frames_per_run=12, **FAST))
+    session = registry.get_or_create("a")
+    session.start("a red circle", "rolling", 7)
+    shown = np.stack([u.frame for u in session.run()])
+    reference = pipe.stream("a red circle", cache="rolling", generator=torch.Generator().manual_seed(7))
+    expected = np.concatenate([next(reference).frames[0] for _ in range(4)])
+    np.testing.assert_array_equal(shown, expected)  # no generation logic of its own
+    registry.close_all()
+
+
+def test_run_cap_resume_switch_stop_snapshot_and_close(pipe):
+    registry = SessionRegistry(pipe, DemoLimits(max_frames_per_run=9, **FAST))
+    session = registry.get_or_create("a")
+    session.start("a red circle", "block-relative", 0)
+    updates = list(session.run())
+    assert len(updates) == 9 and "Resume" in session.stats.state and not session.running
+    assert [u.chunk_done for u in updates[:4]] == [True, False, False, True]
+
+    session.switch("a blue square", "cut")  # resume continues the same stream, switched
+    updates = list(session.run())
+    assert updates[0].chunk_index == 3 and session.stats.chunks == 6
+    assert session.stats.prompt == "a blue square" and session.pending_switch is None
+
+    for i, _ in enumerate(session.run()):
+        if i == 1:
+            session.stop()
+    # Stopped after 2 frames of chunk 6; chunk 7 was generated ahead meanwhile: both wait for the next run.
+    assert session.stats.state == "stopped" and session.stats.chunks == 8
+    resumed = session.run()
+    assert [next(resumed).chunk_index for _ in range(5)] == [6, 7, 7, 7, 8]
+    resumed.close()  # the consumer goes away mid-run (as gradio does when a tab closes)
+    assert session.stats.state == "stopped" and not session.running
+    readout = session.readout()
+    assert readout["cache_bytes"] == session.stream.cache_bytes > 0
+    assert readout["transformer_seconds"] > 0 and readout["generation_fps"] > 0
+
+    snapshot = session.snapshot_mp4()
+    assert read_video(snapshot).shape == (session.stats.frames_generated - 1, 32, 32, 3)
+    folder = session.dir
+    assert registry.close("a") and not folder.exists() and session.stream is None and "a" not in registry
+
+
+def test_stop_and_resume_show_every_frame_of_the_stream_once(pipe):
+    registry = SessionRegistry(pipe, DemoLimits(max_frames_per_run=0, **FAST))
+    session = registry.get_or_create("a")
+    session.start("a red circle", "rolling", 3)
+    shown = []
+    for stop_after in (1, 4, 3, 7, 2):
+        for i, update in enumerate(session.run()):
+            shown.append(update.frame)
+            if i + 1 == stop_after:
+                session.stop()
+    assert session.stats.frames_generated > len(shown)  # the lookahead chunk is waiting, not lost
+    reference = pipe.stream("a red circle", cache="rolling", generator=torch.Generator().manual_seed(3))
+    expected = np.concatenate([next(reference).frames[0] for _ in range(7)])[: len(shown)]
+    np.testing.assert_array_equal(np.stack(shown), expected)
+    registry.close_all()
+
+
+def test_sessions_are_independent(pipe):
+    registry = SessionRegistry(pipe, DemoLimits(max_frames_per_run=6, **FAST))
+    a, b = registry.get_or_create("a"), registry.get_or_create("b")
+    a.start("a red circle", "rolling", 0)
+    b.start("a yellow square", "rolling", 0)
+    run_a, run_b = a.run(), b.run()
+    frames_a, frames_b = [], []
+    for ua, ub in zip(run_a, run_b):  # interleaved, as concurrent sessions are
+        frames_a.append(ua.frame)
+        frames_b.append(ub.frame)
+    assert a.stream is not b.stream and a.dir != b.dir
+    assert not any(np.array_equal(x, y) for x in frames_a for y in frames_b)
+    alone = registry.get_or_create("c")
+    alone.start("a red circle", "rolling", 0)
+    np.testing.assert_array_equal(np.stack([u.frame for u in alone.run()]), np.stack(frames_a))
+    registry.close_all()
+    assert len(registry) == 0
+
+
+def test_registry_limits_and_idle_reaping(pipe):
+    registry = SessionRegistry(pipe, DemoLimits(max_sessions=2, idle_timeout_s=3600, **FAST))
+    registry.get_or_create("a")
+    registry.get_or_create("b")
+    with pytest.raises(SessionsFull):
+        registry.get_or_create("c")
+    registry.limits = DemoLimits(max_sessions=2, idle_timeout_s=0.0, **FAST)
+    assert sorted(registry.reap_idle()) == ["a", "b"] and len(registry) == 0
+
+
+def test_global_preset_gets_a_bounded_length_and_presets_are_names_only(pipe):
+    registry = SessionRegistry(pipe, DemoLimits(global_stream_frames=9, max_frames_per_run=0, **FAST))
+    session = registry.get_or_create("a")
+    session.start("a red circle", "global", 0)
+    assert len(list(session.run())) == 9 and "finished" in session.stats.state
+    with pytest.raises(ValueError, match="unknown cache preset"):
+        session.start("a red circle", str(REPO / "configs" / "cache" / "rolling.yaml"), 0)
+    with pytest.raises(ValueError, match="prompt"):
+        session.start("  ", "rolling", 0)
+    registry.close_all()
