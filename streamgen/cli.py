@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks' feed-forwards")
     speed.add_argument("--json", help="write the full result here")
     speed.set_defaults(func=cmd_bench_speed)
+
+    from .bench.quality import register_cli as register_quality
+
+    register_quality(bench)
     return parser
 
 
