@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli import int_list
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamgen.batch", description=__doc__,
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline", help="pipeline folder (default: the embedded one)")
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--cache", help="cache preset (default: the pipeline's)")
-    parser.add_argument("--switch-frame-indices", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--switch-frame-indices", type=int_list)
     parser.add_argument("--seed", type=int, default=0, help="seed of schedules that carry none (plus their index)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
     args = parser.parse_args(argv)

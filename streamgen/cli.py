@@ -23,14 +23,14 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 def _load_pipeline(path: str | None, device: str = "cpu", dtype: str = "fp32"):
     import torch
 
-    from .pipeline import StreamingVideoPipeline
+    from .pipeline import load_pipeline
 
-    folder = Path(path) if path else default_pipeline()
-    if not (folder / "model_index.json").is_file():
-        raise SystemExit(f"--pipeline {folder}: not a pipeline folder (no model_index.json)")
-    pipe = StreamingVideoPipeline.from_pretrained(folder, dtype=getattr(torch, DTYPES[dtype]))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(torch.device(device))
+    return load_pipeline(Path(path) if path else default_pipeline(), device, getattr(torch, DTYPES[dtype]))
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type for comma-separated integers, e.g. LongLive's switch frame indices."""
+    return [int(x) for x in text.split(",")]
 
 
 def _schedule(args):
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", help="one prompt for the whole video")
     gen.add_argument("--prompts", help="schedule file: .yaml/.json, LongLive .jsonl or Echo-Forcing .txt")
     gen.add_argument("--index", type=int, default=0, help="which schedule of a multi-line file (default 0)")
-    gen.add_argument("--switch-frame-indices", type=lambda s: [int(x) for x in s.split(",")],
+    gen.add_argument("--switch-frame-indices", type=int_list,
                      help="LongLive JSONL switch points in latent frames, comma-separated")
     gen.add_argument("--switch", help="switch strategy override: none | recache")
     gen.add_argument("--steps", type=int, help="use the deterministic Euler sampler with this many steps")

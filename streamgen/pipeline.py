@@ -440,3 +440,13 @@ class StreamingVideoPipeline(DiffusionPipeline):
         if not return_dict:
             return (frames,)
         return StreamingVideoPipelineOutput(frames=frames)
+
+
+def load_pipeline(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Load a pipeline folder for command-line use: checked to be one, progress bars off, moved to ``device``."""
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{folder}: not a pipeline folder (no model_index.json)")
+    pipe = StreamingVideoPipeline.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {}))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(torch.device(device))

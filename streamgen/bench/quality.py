@@ -575,16 +575,9 @@ def _source_for(pipeline, cache, device, layout):
     if isinstance(pipeline, str) and pipeline == "reference":
         return ReferenceSource(layout or Layout())
     if isinstance(pipeline, (str, Path)):
-        from ..pipeline import StreamingVideoPipeline
+        from ..pipeline import load_pipeline
 
-        folder = Path(pipeline)
-        if not (folder / "model_index.json").is_file():
-            raise ValueError(f"{folder}: not a pipeline folder (no model_index.json)")
-        import torch
-
-        pipe = StreamingVideoPipeline.from_pretrained(folder)
-        pipe.set_progress_bar_config(disable=True)
-        pipeline = pipe.to(torch.device(device))
+        pipeline = load_pipeline(pipeline, device)
     return PipelineSource(pipeline, cache)
 
 

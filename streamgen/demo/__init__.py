@@ -45,18 +45,6 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _load_pipeline(folder: Path, device: str):
-    import torch
-
-    from ..pipeline import StreamingVideoPipeline
-
-    if not (folder / "model_index.json").is_file():
-        raise SystemExit(f"--pipeline {folder}: not a pipeline folder (no model_index.json)")
-    pipe = StreamingVideoPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(torch.device(device))
-
-
 def cmd_demo(args) -> int:
     try:
         import gradio  # noqa: F401
@@ -67,7 +55,9 @@ def cmd_demo(args) -> int:
     from .app import build_demo, launch_demo
     from .session import DemoLimits
 
-    pipe = _load_pipeline(Path(args.pipeline) if args.pipeline else default_pipeline(), args.device)
+    from ..pipeline import load_pipeline
+
+    pipe = load_pipeline(Path(args.pipeline) if args.pipeline else default_pipeline(), args.device)
     limits = DemoLimits(
         max_frames_per_run=args.max_frames_per_run, max_stream_frames=args.max_stream_frames,
         max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
