@@ -89,6 +89,9 @@ class StreamEngine:
         self.history = LatentHistory(layout.num_slots, like)
         self.frame = 0  # latent frames generated so far
         self.prompt_kv: PromptKV | None = None
+        # Classifier-free guidance: v = v_neg + scale * (v - v_neg); off at scale 1.
+        self.guidance_scale = 1.0
+        self.negative_prompt_kv: PromptKV | None = None
         self.transformer_seconds = 0.0  # wall time inside transformer forwards (for overhead accounting)
         # On GPUs the time is only exact if every forward waits for its kernels, which costs overlap: benchmarks only.
         self.synchronize_timing = False
@@ -108,7 +111,7 @@ class StreamEngine:
             raise RuntimeError("set_prompt() must be called before generating")
         frames = list(range(self.frame, self.frame + noise.shape[2]))
         rotary = self._begin(frames)
-        x0 = self.sampler.sample(lambda x, t: self._forward(x, t, rotary), noise, self.generator)
+        x0 = self.sampler.sample(lambda x, t: self._guided(x, t, rotary), noise, self.generator)
         self._forward(x0, self.sampler.context_timestep, rotary)
         self.history.push(self.frame, x0)
         self.frame += len(frames)
@@ -138,10 +141,19 @@ class StreamEngine:
         key_pos, query_pos = self.positions(self.cache.attention_frames(), frames)
         return self.transformer.rotary(key_pos, query_pos, *self.latent_hw)
 
-    def _forward(self, x: torch.Tensor, t: float, rotary: ChunkRotary) -> torch.Tensor:
+    def _guided(self, x: torch.Tensor, t: float, rotary: ChunkRotary) -> torch.Tensor:
+        if self.guidance_scale == 1.0 or self.negative_prompt_kv is None:
+            return self._forward(x, t, rotary)
+        # Both passes write the chunk's own K/V before reading, so each sees itself plus the shared past; the
+        # conditional clean pass that follows sampling leaves the conditional K/V in the cache.
+        v_negative = self._forward(x, t, rotary, self.negative_prompt_kv)
+        v = self._forward(x, t, rotary)
+        return v_negative + self.guidance_scale * (v - v_negative)
+
+    def _forward(self, x: torch.Tensor, t: float, rotary: ChunkRotary, prompt_kv: PromptKV | None = None) -> torch.Tensor:
         start = time.perf_counter()
         with torch.no_grad():
-            out = self.transformer.forward_chunk(x, t, self.prompt_kv, self.cache, rotary)
+            out = self.transformer.forward_chunk(x, t, prompt_kv or self.prompt_kv, self.cache, rotary)
         if self.synchronize_timing and out.is_cuda:
             torch.cuda.synchronize(out.device)
         self.transformer_seconds += time.perf_counter() - start

