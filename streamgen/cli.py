@@ -143,6 +143,7 @@ def cmd_bench_speed(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamgen", description=__doc__)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (small models on a busy CPU: try 1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, frames_default):
@@ -202,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except ValueError as err:  # bad input: one clear line, no traceback
