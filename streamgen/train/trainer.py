@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..models.causal_wan import CausalWanTransformer3DModel, block_causal_mask
+from ..sampling import shift_sigma
 from .config import TrainConfig
 from .data import CaptionEncoder, ClipSource
 
@@ -66,7 +67,7 @@ class ChunkCausalFlow(nn.Module):
 def sample_sigmas(noise, batch: int, chunks: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigma [B, chunks], clean_context [B] bool). See :class:`~streamgen.train.config.NoiseConfig`."""
     s = torch.sigmoid(torch.randn(batch, chunks, generator=generator) * noise.logit_std + noise.logit_mean)
-    sigma = noise.shift * s / (1 + (noise.shift - 1) * s)
+    sigma = shift_sigma(s, noise.shift)
     high = torch.rand(batch, chunks, generator=generator) < noise.high_noise_prob
     uniform_high = noise.high_noise_min + (1 - noise.high_noise_min) * torch.rand(batch, chunks, generator=generator)
     sigma = torch.where(high, uniform_high, sigma)
