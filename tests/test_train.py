@@ -53,6 +53,21 @@ def test_cli_parses():
     register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "--config", "c.yaml", "--out", "o", "--max-steps", "5", "--resume"])
     assert (args.config, args.out, args.max_steps, args.resume) == ("c.yaml", "o", 5, True)
+    assert parser.parse_args(["train", "--config", "c.yaml", "--resume", "s.pt"]).resume == "s.pt"
+    assert parser.parse_args(["train", "--config", "c.yaml"]).resume is False
+
+
+def test_resume_from_a_committed_state_file(tmp_path):
+    from streamgen.train.cli import _seed_checkpoint
+
+    state = tmp_path / "state.pt"
+    state.write_bytes(b"x")
+    _seed_checkpoint(state, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoint" / "state.pt").read_bytes() == b"x"
+    with pytest.raises(SystemExit, match="already holds a checkpoint"):
+        _seed_checkpoint(state, tmp_path / "run")
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        _seed_checkpoint(tmp_path / "missing.pt", tmp_path / "other")
 
 
 def test_noise_scheme_is_high_and_context_clean():
@@ -150,3 +165,12 @@ def test_overfit_one_batch_loss_drops(tmp_path, text):
     after = [trainer.eval_loss(batch, seed) for seed in range(3)]
     print("overfit loss", np.mean(before), "->", np.mean(after))
     assert np.mean(after) < 0.7 * np.mean(before)  # measured: 1.88 -> 0.94 (0.50x)
+
+
+def test_periodic_eval_scores_held_out_samples_with_the_oracle(tmp_path, text):
+    trainer = Trainer(tiny(tmp_path, eval_quality=True, eval_videos=2, eval_chunks=2), text=text)
+    record = trainer.evaluate()
+    assert set(record["single_accuracy"]) >= {"background", "color", "shape", "direction", "speed"}
+    assert all(0.0 <= v <= 1.0 for v in record["single_accuracy"].values())
+    assert (tmp_path / "pipeline" / "model_index.json").is_file()
+    assert [json.loads(line)["step"] for line in (tmp_path / "eval.jsonl").read_text().splitlines()] == [0]

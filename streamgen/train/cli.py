@@ -1,6 +1,21 @@
-"""``streamgen train --config FILE [--out DIR] [--max-steps N] [--resume]``."""
+"""``streamgen train --config FILE [--out DIR] [--max-steps N] [--resume [STATE]]``."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def _seed_checkpoint(state: Path, out: Path) -> None:
+    from .trainer import CHECKPOINT
+
+    if not state.is_file():
+        raise SystemExit(f"--resume {state}: no such checkpoint file")
+    target = out / CHECKPOINT / "state.pt"
+    if target.is_file():
+        raise SystemExit(f"--resume {state}: {out} already holds a checkpoint; pass --resume alone, or another --out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(state, target)
 
 
 def cmd_train(args) -> int:
@@ -12,7 +27,9 @@ def cmd_train(args) -> int:
         config.output_dir = args.out
     if args.max_steps is not None:
         config.max_steps = args.max_steps
-    out = train(config, resume=args.resume)
+    if isinstance(args.resume, str):  # a committed state file (e.g. checkpoints/shapeworld-tiny/state.pt)
+        _seed_checkpoint(Path(args.resume), Path(config.output_dir))
+    out = train(config, resume=bool(args.resume))
     print(f"trained to step {config.max_steps}: {out} (pipeline: {out / 'pipeline'})")
     return 0
 
@@ -22,5 +39,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--config", required=True, help="training config YAML (e.g. configs/train/shapeworld-tiny.yaml)")
     p.add_argument("--out", help="output folder (overrides output_dir): log, checkpoint, exported pipeline")
     p.add_argument("--max-steps", type=int, help="override max_steps (also the length of the LR schedule)")
-    p.add_argument("--resume", action="store_true", help="continue from the output folder's latest checkpoint")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="STATE",
+                   help="continue from the output folder's latest checkpoint, or from STATE (a state.pt, e.g. the "
+                        "committed checkpoints/shapeworld-tiny/state.pt) copied into a fresh output folder")
     p.set_defaults(func=cmd_train)

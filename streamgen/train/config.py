@@ -92,7 +92,9 @@ class TrainConfig:
     max_steps: int = 20000
     log_every: int = 50
     eval_every: int = 2000  # 0: no periodic eval (the final export still happens)
-    eval_quality: bool = True  # run the oracle (bench quality, suite single, quick) at each eval
+    eval_quality: bool = True  # run the oracle (bench quality, suite single) at each eval
+    eval_videos: int = 16  # held-out captions per eval, eval_chunks chunks each
+    eval_chunks: int = 4
     checkpoint_every: int = 500
     seed: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)

@@ -14,6 +14,7 @@ as context played under another prompt, which is what the model sees after a liv
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -303,10 +304,12 @@ class Trainer:
             transformer = self.ema_transformer()
             record["pipeline"] = str(self.export(transformer))
             if self.config.eval_quality and self.config.data.kind == "shapeworld":
-                from ..bench.quality import run_quality
+                from ..bench.quality import QUICK, run_quality
 
                 start = time.perf_counter()
-                result = run_quality(self.pipeline(transformer), suites=["single"], quick=True)
+                sizes = dataclasses.replace(QUICK, single_videos=self.config.eval_videos,
+                                            single_chunks=self.config.eval_chunks)
+                result = run_quality(self.pipeline(transformer), suites=["single"], sizes=sizes)
                 record["single_accuracy"] = result["suites"]["single"]["accuracy"]
                 record["eval_seconds"] = time.perf_counter() - start
                 self.text_encoder.to(acc.device)
