@@ -84,7 +84,7 @@ class StreamEngine:
             device=transformer.device,
         )
         self.positions = preset.position_policy(layout, chunk_frames)
-        self.switch_strategy = preset.switch_strategy(switch)
+        self.switch_strategy = preset.switch_strategy(switch, layout)
         like = torch.empty(batch_size, latent_channels, 1, latent_height, latent_width, device=transformer.device)
         self.history = LatentHistory(layout.num_slots, like)
         self.frame = 0  # latent frames generated so far

@@ -1,13 +1,13 @@
 """The tiered KV cache engine: regions, position policies, switch strategies, presets."""
 
 from .kv_cache import KVCache
-from .positions import AbsolutePositions, BlockRelativePositions, PositionPolicy
+from .positions import AbsolutePositions, BlockRelativePositions, PositionPolicy, TriRegionPositions
 from .presets import CachePreset, RegionSpec, available_presets, load_preset
 from .regions import CacheFullError, Region, RegionLayout
-from .switching import KeepCache, Recache, SwitchStrategy
+from .switching import AnchorRecache, Flush, KeepCache, Recache, SwitchStrategy
 
 __all__ = [
-    "AbsolutePositions", "BlockRelativePositions", "CacheFullError", "CachePreset", "KVCache", "KeepCache",
-    "PositionPolicy", "Recache", "Region", "RegionLayout", "RegionSpec", "SwitchStrategy", "available_presets",
-    "load_preset",
+    "AbsolutePositions", "AnchorRecache", "BlockRelativePositions", "CacheFullError", "CachePreset", "Flush",
+    "KVCache", "KeepCache", "PositionPolicy", "Recache", "Region", "RegionLayout", "RegionSpec", "SwitchStrategy",
+    "TriRegionPositions", "available_presets", "load_preset",
 ]

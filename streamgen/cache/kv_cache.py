@@ -4,8 +4,8 @@ Keys are stored UN-roped: a position policy decides, at read time, which tempora
 (absolute, block-relative, tri-region ...), so the same stored keys can be re-positioned without recomputation.
 
 All tensors are allocated once, ``[num_layers, B, num_slots * tokens_per_frame, H, D]``; a chunk's writes are
-in-place copies into the slots the :class:`SlotTable` assigned to its frames, so memory never grows with stream
-length.
+in-place copies into the slots the :class:`SlotTable` assigned to its frames (and, when an evicted frame is promoted
+into another region, one slot-to-slot copy), so memory never grows with stream length.
 """
 
 from __future__ import annotations
@@ -54,7 +54,11 @@ class KVCache:
     # ---- bookkeeping (once per chunk) -------------------------------------------------------------------------
     def begin_chunk(self, frames: list[int]) -> list[int]:
         """Place the frames of the chunk about to be denoised; its K/V are (over)written by every forward."""
-        slots = [self.slots.place(f) for f in frames]
+        placed = [self.slots.place(f) for f in frames]
+        for _, promotion in placed:
+            if promotion is not None:
+                self._copy_slot(*promotion)  # before any forward overwrites the evicted slot
+        slots = [slot for slot, _ in placed]
         self._write = self._on_device(_token_selection(slots, self.tokens_per_frame))
         self._read_slots = self.slots.occupied()
         self._read = self._on_device(_token_selection(self._read_slots, self.tokens_per_frame))
@@ -63,6 +67,20 @@ class KVCache:
     def clear(self, region: str) -> None:
         """Drop every frame held by ``region`` (its tensors are simply overwritten later)."""
         self.slots.clear(region)
+
+    def retain(self, region: str, frames: list[int]) -> None:
+        """Drop every frame of ``region`` except ``frames``, whose K/V stay where they are."""
+        self.slots.retain(region, frames)
+
+    def mark(self, region: str, frames: list[int]) -> None:
+        """Move ``frames`` into the promoted ``region`` when they are evicted (see :class:`SlotTable`)."""
+        self.slots.mark(region, frames)
+
+    def _copy_slot(self, source: int, target: int) -> None:
+        tpf = self.tokens_per_frame
+        src, dst = slice(source * tpf, (source + 1) * tpf), slice(target * tpf, (target + 1) * tpf)
+        self.k[:, :, dst] = self.k[:, :, src]
+        self.v[:, :, dst] = self.v[:, :, src]
 
     def attention_frames(self) -> list[tuple[int, str]]:
         """(latent frame index, region name) of every key frame the current chunk attends to, in read order."""

@@ -11,6 +11,8 @@ from typing import Protocol
 
 import torch
 
+from .regions import RegionLayout
+
 
 class PositionPolicy(Protocol):
     def __call__(
@@ -44,4 +46,72 @@ class BlockRelativePositions:
         shift = self.query_origin - query_frames[0]
         keys = [f if region in self.pinned_regions else f + shift for f, region in key_frames]
         queries = [f + shift for f in query_frames]
+        return torch.tensor(keys, dtype=torch.float64), torch.tensor(queries, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class TriRegionPositions:
+    """Anchor Forcing's tri-region RoPE: one temporal origin per region, so every index stays inside the backbone's
+    trained range [0, rope_range - 1] however long the stream.
+
+    Origins are derived from the region sizes and the range: the sink starts at 0; the local window (every frame
+    of the evicting region, queries included) keeps its stream distances and ends at the query, whose last frame
+    sits at its stream index until that would leave the range, then at ``rope_range - 1`` (so the first
+    ``rope_range`` frames see exactly the absolute positions they were trained with); the junction is centred in
+    the gap between the sink and the full window's span [rope_range - window, rope_range). For Wan (21 positions)
+    with sink 3 / junction 3 / window 9: sink 0..2, junction 6..8, local keys 12..20, queries 18..20.
+
+    A junction can already be held while the stream is still inside its first ``rope_range`` frames (a switch right
+    after the sink); the local window is then moved up just past the junction's span, so regions never overlap.
+    Queries take the positions of their own keys (the chunk being denoised is in the cache), which keeps a chunk
+    that lands in the sink consistent with itself.
+    """
+
+    rope_range: int
+    sink: str
+    junction: str
+    junction_origin: int
+    junction_frames: int
+
+    @classmethod
+    def from_layout(cls, layout: RegionLayout, rope_range: int) -> "TriRegionPositions":
+        """Roles from the layout: the junction is the promoted region, the window the region it is promoted from,
+        the sink the remaining one."""
+        promoted = [r for r in layout.regions if r.promoted_from is not None]
+        if len(layout.regions) != 3 or len(promoted) != 1:
+            raise ValueError(
+                "tri-region positions need exactly three regions: a sink, a junction (promoted_from: <window>) and "
+                f"the evicting window; got {[(r.name, r.frames) for r in layout.regions]}"
+            )
+        junction = promoted[0]
+        window = layout.region(junction.promoted_from)
+        (sink,) = [r for r in layout.regions if r.name not in (junction.name, window.name)]
+        needed = sink.frames + junction.frames + window.frames
+        if needed > rope_range:
+            raise ValueError(
+                f"tri-region positions: {sink.name} {sink.frames} + {junction.name} {junction.frames} + "
+                f"{window.name} {window.frames} = {needed} frames do not fit rope_range {rope_range}"
+            )
+        gap_start, gap_end = sink.frames, rope_range - window.frames
+        origin = gap_start + (gap_end - gap_start - junction.frames) // 2
+        return cls(rope_range, sink.name, junction.name, origin, junction.frames)
+
+    def __call__(self, key_frames, query_frames):
+        sink = sorted(f for f, region in key_frames if region == self.sink)
+        junction = sorted(f for f, region in key_frames if region == self.junction)
+        local = [f for f, region in key_frames if region not in (self.sink, self.junction)]
+        shift = min(0, self.rope_range - 1 - max(query_frames))
+        if junction and local:
+            shift = max(shift, self.junction_origin + self.junction_frames - min(local))
+
+        def position(frame: int, region: str) -> int:
+            if region == self.sink:
+                return sink.index(frame)
+            if region == self.junction:
+                return self.junction_origin + junction.index(frame)
+            return frame + shift
+
+        keys = [position(f, region) for f, region in key_frames]
+        of_frame = {f: p for (f, _), p in zip(key_frames, keys)}
+        queries = [of_frame[f] for f in query_frames]
         return torch.tensor(keys, dtype=torch.float64), torch.tensor(queries, dtype=torch.float64)

@@ -8,11 +8,21 @@ and seeds. A preset file looks like::
     regions:
       - {name: sink, frames: 3}
       - {name: window, frames: 9, evict: true}
-    positions: absolute          # absolute | block-relative
-    switch: recache              # none | recache
+    positions: absolute          # absolute | block-relative | tri-region
+    switch: recache              # none | recache | anchor-recache | flush
+    switch_options: {}           # keyword arguments of the switch strategy
 
 ``frames: auto`` sizes a region to the whole requested stream (the ``global`` preset), which only works when the
-stream length is known in advance.
+stream length is known in advance. ``promoted_from: <region>`` makes a region that only receives frames a switch
+strategy marked, as the named evicting region drops them (Anchor Forcing's junction).
+
+``rope_range`` is the number of temporal positions the backbone was trained on (21 latent frames for Wan /
+Self-Forcing checkpoints). It belongs to the preset because the position policy is built from the preset alone and
+a method's region sizes are chosen for that range; a pipeline that knows its checkpoint's range can override it
+with ``dataclasses.replace(preset, rope_range=...)``, which re-runs every check. ``tri-region`` positions need it.
+
+A preset with fixed region sizes is checked whole when it is built (regions, position policy, switch options), so
+a bad file fails at load time, naming the file and the key.
 """
 
 from __future__ import annotations
@@ -22,11 +32,19 @@ from pathlib import Path
 
 import yaml
 
-from .positions import AbsolutePositions, BlockRelativePositions, PositionPolicy
+from .positions import AbsolutePositions, BlockRelativePositions, PositionPolicy, TriRegionPositions
 from .regions import Region, RegionLayout
 from .switching import STRATEGIES, SwitchStrategy
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "cache"
+POSITIONS = ("absolute", "block-relative", "tri-region")
+PRESET_KEYS = {"name", "regions", "positions", "switch", "query_origin", "pinned_regions", "rope_range", "description",
+               "switch_options"}
+REGION_KEYS = {"name", "frames", "evict", "promoted_from"}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,13 @@ class RegionSpec:
     name: str
     frames: int | None  # None: "auto", the stream's length
     evict: bool = False
+    promoted_from: str | None = None
+
+    def __post_init__(self):
+        if self.frames is not None and not (_is_int(self.frames) and self.frames > 0):
+            raise ValueError(f"region {self.name!r}: frames must be a positive integer or 'auto', got {self.frames!r}")
+        if not isinstance(self.evict, bool):
+            raise ValueError(f"region {self.name!r}: evict must be true or false, got {self.evict!r}")
 
 
 @dataclass(frozen=True)
@@ -44,14 +69,38 @@ class CachePreset:
     switch: str = "none"
     query_origin: int | None = None  # block-relative only; default: the end of the cache's position range
     pinned_regions: tuple[str, ...] = ("sink",)
+    rope_range: int | None = None  # trained temporal positions; tri-region only
     description: str = ""
     switch_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.positions not in ("absolute", "block-relative"):
-            raise ValueError(f"cache preset {self.name!r}: unknown positions {self.positions!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(
+                f"cache preset {self.name!r}: unknown positions {self.positions!r}; known: {list(POSITIONS)}"
+            )
         if self.switch not in STRATEGIES:
             raise ValueError(f"cache preset {self.name!r}: unknown switch {self.switch!r}; known: {list(STRATEGIES)}")
+        if self.rope_range is not None and not (_is_int(self.rope_range) and self.rope_range > 0):
+            raise ValueError(
+                f"cache preset {self.name!r}: rope_range must be a positive integer, got {self.rope_range!r}"
+            )
+        if self.positions == "tri-region" and self.rope_range is None:
+            raise ValueError(
+                f"cache preset {self.name!r}: tri-region positions need rope_range (the trained temporal positions)"
+            )
+        if self.positions != "tri-region" and self.rope_range is not None:
+            raise ValueError(f"cache preset {self.name!r}: rope_range only applies to tri-region positions")
+        self.switch_strategy(layout=None if self.needs_stream_length else self._checked_layout())
+
+    def _checked_layout(self) -> RegionLayout:
+        """The fixed-size layout, with the position policy's constraints on it checked."""
+        try:
+            layout = self.layout()
+            if self.positions == "tri-region":
+                TriRegionPositions.from_layout(layout, self.rope_range)
+        except ValueError as err:
+            raise ValueError(f"cache preset {self.name!r}: {err}") from err
+        return layout
 
     @property
     def needs_stream_length(self) -> bool:
@@ -68,44 +117,69 @@ class CachePreset:
                 f"cache preset {self.name!r} keeps the whole stream ('frames: auto'), so it needs the number of "
                 "frames up front; use a rolling preset for open-ended streams"
             )
-        return RegionLayout(tuple(Region(r.name, r.frames or stream_frames, r.evict) for r in self.regions))
+        return RegionLayout(
+            tuple(Region(r.name, r.frames or stream_frames, r.evict, r.promoted_from) for r in self.regions)
+        )
 
     def position_policy(self, layout: RegionLayout, chunk_frames: int) -> PositionPolicy:
         if self.positions == "absolute":
             return AbsolutePositions()
+        if self.positions == "tri-region":
+            return TriRegionPositions.from_layout(layout, self.rope_range)
         origin = self.query_origin if self.query_origin is not None else layout.num_slots - chunk_frames
         return BlockRelativePositions(query_origin=origin, pinned_regions=self.pinned_regions)
 
-    def switch_strategy(self, override: str | None = None) -> SwitchStrategy:
+    def switch_strategy(self, override: str | None = None, layout: RegionLayout | None = None) -> SwitchStrategy:
+        """The switch strategy (``override`` by name, else the preset's), checked against ``layout`` if given."""
         name = override or self.switch
         if name not in STRATEGIES:
             raise ValueError(f"unknown switch strategy {name!r}; known: {list(STRATEGIES)}")
-        return STRATEGIES[name](**(self.switch_options if name == self.switch else {}))
+        options = self.switch_options if name == self.switch else {}
+        try:
+            strategy = STRATEGIES[name](**options)
+            if layout is not None:
+                strategy.validate(layout)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"cache preset {self.name!r}: switch {name!r} with switch_options {options}: {err}"
+            ) from err
+        return strategy
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> "CachePreset":
         try:
-            regions = tuple(
-                RegionSpec(r["name"], None if r["frames"] == "auto" else int(r["frames"]), bool(r.get("evict", False)))
-                for r in data["regions"]
-            )
-            known = {"name", "regions", "positions", "switch", "query_origin", "pinned_regions", "description",
-                     "switch_options"}
-            unknown = set(data) - known
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a mapping of preset keys, got {type(data).__name__}")
+            unknown = set(data) - PRESET_KEYS
             if unknown:
-                raise ValueError(f"unknown keys {sorted(unknown)}")
+                raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(PRESET_KEYS)}")
             return cls(
                 name=str(data["name"]),
-                regions=regions,
+                regions=tuple(_region_spec(r) for r in data["regions"]),
                 positions=data.get("positions", "absolute"),
                 switch=data.get("switch", "none"),
                 query_origin=data.get("query_origin"),
                 pinned_regions=tuple(data.get("pinned_regions", ("sink",))),
+                rope_range=data.get("rope_range"),
                 description=data.get("description", ""),
                 switch_options=dict(data.get("switch_options") or {}),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except KeyError as err:
+            raise ValueError(f"invalid cache preset {source}: missing key {err}") from err
+        except (TypeError, ValueError) as err:
             raise ValueError(f"invalid cache preset {source}: {err}") from err
+
+
+def _region_spec(data: dict) -> RegionSpec:
+    if not isinstance(data, dict):
+        raise ValueError(f"each region must be a mapping like {{name: window, frames: 9}}, got {data!r}")
+    unknown = set(data) - REGION_KEYS
+    if unknown:
+        raise ValueError(f"region {data.get('name')!r}: unknown keys {sorted(unknown)}; known: {sorted(REGION_KEYS)}")
+    frames = data["frames"]
+    return RegionSpec(
+        str(data["name"]), None if frames == "auto" else frames, data.get("evict", False), data.get("promoted_from")
+    )
 
 
 def available_presets() -> list[str]:
