@@ -184,6 +184,10 @@ class StreamingVideoPipeline(DiffusionPipeline):
     Pipeline config: ``chunk_frames`` latent frames per chunk, the few-step ``denoising_timesteps``, the
     ``context_timestep`` at which clean chunks are written to the cache, ``max_sequence_length`` of prompts,
     ``fps`` of the output video, the ``default_cache`` preset and the default ``height`` / ``width``.
+    ``num_inference_steps``: None (the default) samples with the few-step schedule, which suits step-distilled
+    checkpoints (Self-Forcing, LongLive); an integer makes flow-matching Euler with that many steps the default, which
+    suits models trained with plain flow matching (the shipped ShapeWorld model), whose one-shot x0 predictions from
+    high noise are blurred means.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -206,6 +210,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         text_encoder_package: str | None = None,
+        num_inference_steps: int | None = None,
     ):
         super().__init__()
         if type(transformer) is WanTransformer3DModel:  # a plain diffusers Wan folder: add the streaming methods
@@ -223,6 +228,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
             height=height,
             width=width,
             text_encoder_package=text_encoder_package,
+            num_inference_steps=num_inference_steps,
         )
         self._prompt_kv: dict[tuple[str, int], PromptKV] = {}
         self._prompt_kv_lock = threading.Lock()  # streams of one pipeline may run in several threads (the demo)
@@ -334,6 +340,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
             shift=float(shift), num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
             context_timestep=float(self.config.context_timestep),
         )
+        if num_inference_steps is None:
+            num_inference_steps = self.config.get("num_inference_steps")
         if num_inference_steps is not None:
             return EulerSampler(num_inference_steps=num_inference_steps, **common)
         return FewStepSampler(timesteps=tuple(self.config.denoising_timesteps), **common)

@@ -66,6 +66,7 @@ class NoiseConfig:
     clean_context_prob: float = 0.5
     context_sigma_max: float = 0.05
     sample_shift: float = 5.0  # FlowMatchEulerDiscreteScheduler(shift=...) of the exported pipeline
+    sample_steps: int | None = None  # the exported pipeline's default Euler steps (None: the few-step schedule)
 
 
 @dataclass
