@@ -7,7 +7,9 @@ One chunk, start to end (:meth:`StreamEngine.generate_chunk`):
 2. the sampler denoises the chunk's noise in a few steps; every transformer call reads the cache and writes the
    chunk's own (noisy) K/V into its slots;
 3. the clean chunk is run once more at the context timestep, leaving its clean K/V in the cache;
-4. the clean latents are kept in a bounded history, so a switch strategy can re-encode them under a new prompt.
+4. the clean latents are kept in a bounded history, so a switch strategy can re-encode them under a new prompt;
+5. a switch strategy that follows the stream between switches (Echo-Forcing's scene memory) runs its per-chunk step
+   (it has also seen the clean pass's queries in step 3).
 
 At a prompt switch (:meth:`StreamEngine.set_prompt`) the cross-attention K/V are replaced and the preset's switch
 strategy rewrites the cache. Everything is preallocated: memory does not grow with stream length.
@@ -85,6 +87,8 @@ class StreamEngine:
         )
         self.positions = preset.position_policy(layout, chunk_frames)
         self.switch_strategy = preset.switch_strategy(switch, layout)
+        self.prompt: str | None = None  # text of the current prompt, when the caller gives it
+        self.recall_scene: int | None = None  # scene id the latest switch asked to recall, if any
         like = torch.empty(batch_size, latent_channels, 1, latent_height, latent_width, device=transformer.device)
         self.history = LatentHistory(layout.num_slots, like)
         self.frame = 0  # latent frames generated so far
@@ -95,12 +99,23 @@ class StreamEngine:
         self.transformer_seconds = 0.0  # wall time inside transformer forwards (for overhead accounting)
         # On GPUs the time is only exact if every forward waits for its kernels, which costs overlap: benchmarks only.
         self.synchronize_timing = False
+        if hasattr(self.switch_strategy, "attach"):
+            self.switch_strategy.attach(self)
+        self._query_observer = getattr(self.switch_strategy, "observe_query", None)
+        self._after_chunk = getattr(self.switch_strategy, "after_chunk", None)
 
     # ---- prompts ------------------------------------------------------------------------------------------------
-    def set_prompt(self, prompt_kv: PromptKV, transition: str = "smooth") -> None:
-        """Use ``prompt_kv`` from the next chunk on; after the first prompt this is a switch."""
+    def set_prompt(
+        self, prompt_kv: PromptKV, transition: str = "smooth", *, prompt: str | None = None,
+        recall_scene: int | None = None,
+    ) -> None:
+        """Use ``prompt_kv`` from the next chunk on; after the first prompt this is a switch, entered with
+        ``transition``. ``prompt`` (its text) and ``recall_scene`` (the id of the scene a recall brings back; scenes
+        count from 0 at every switch) are for strategies that remember scenes."""
         switching = self.prompt_kv is not None and self.frame > 0
         self.prompt_kv = prompt_kv
+        self.prompt = prompt
+        self.recall_scene = recall_scene
         if switching:
             self.switch_strategy(self, transition)
 
@@ -112,9 +127,11 @@ class StreamEngine:
         frames = list(range(self.frame, self.frame + noise.shape[2]))
         rotary = self._begin(frames)
         x0 = self.sampler.sample(lambda x, t: self._guided(x, t, rotary), noise, self.generator)
-        self._forward(x0, self.sampler.context_timestep, rotary)
+        self._forward(x0, self.sampler.context_timestep, rotary, observe=True)
         self.history.push(self.frame, x0)
         self.frame += len(frames)
+        if self._after_chunk is not None:
+            self._after_chunk(self)
         return x0
 
     def prefill(self, latents: torch.Tensor) -> None:
@@ -150,10 +167,15 @@ class StreamEngine:
         v = self._forward(x, t, rotary)
         return v_negative + self.guidance_scale * (v - v_negative)
 
-    def _forward(self, x: torch.Tensor, t: float, rotary: ChunkRotary, prompt_kv: PromptKV | None = None) -> torch.Tensor:
+    def _forward(
+        self, x: torch.Tensor, t: float, rotary: ChunkRotary, prompt_kv: PromptKV | None = None, observe: bool = False
+    ) -> torch.Tensor:
         start = time.perf_counter()
+        observer = self._query_observer if observe else None
         with torch.no_grad():
-            out = self.transformer.forward_chunk(x, t, prompt_kv or self.prompt_kv, self.cache, rotary)
+            out = self.transformer.forward_chunk(
+                x, t, prompt_kv or self.prompt_kv, self.cache, rotary, query_observer=observer
+            )
         if self.synchronize_timing and out.is_cuda:
             torch.cuda.synchronize(out.device)
         self.transformer_seconds += time.perf_counter() - start

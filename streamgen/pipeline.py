@@ -35,7 +35,7 @@ from .decoding import encode_video, streaming_decoder_for, to_uint8_frames
 from .engine import StreamEngine
 from .models.causal_wan import CausalWanTransformer3DModel, PromptKV
 from .sampling import EulerSampler, FewStepSampler
-from .schedule import PlannedSegment, Schedule
+from .schedule import PlannedSegment, Schedule, Transition
 
 TRANSITIONS = ("smooth", "cut", "recall")
 # An open-ended stream plans its schedule over a horizon no real stream reaches (nothing is allocated for it).
@@ -91,7 +91,7 @@ class VideoStream:
         self.decoder = streaming_decoder_for(pipe.vae)
         self.decoder.reset()
         self.prompt: str | None = None
-        self._pending: tuple[str, str] | None = None
+        self._pending: tuple[str, str, int | None] | None = None
         self._chunks = 0
         self._context = context  # encoded init image / video, consumed before the first chunk
         self.context_frames = 0 if context is None else context.shape[2]
@@ -104,13 +104,17 @@ class VideoStream:
     def cache_bytes(self) -> int:
         return self.engine.cache.nbytes
 
-    def switch(self, prompt: str, mode: str = "smooth") -> None:
-        """Play ``prompt`` from the next chunk on, entering it with transition ``mode`` (smooth | cut | recall)."""
+    def switch(self, prompt: str, mode: str = "smooth", scene: int | None = None) -> None:
+        """Play ``prompt`` from the next chunk on, entering it with transition ``mode`` (smooth | cut | recall).
+        A recall may name the ``scene`` it brings back (scenes count from 0, one more at every switch); otherwise a
+        scene-remembering cache preset picks the earlier scene whose prompt matches best."""
         if mode not in TRANSITIONS:
             raise ValueError(f"transition mode must be one of {TRANSITIONS}, got {mode!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("switch() needs a non-empty prompt")
-        self._pending = (prompt, mode)
+        if scene is not None and (mode != "recall" or not isinstance(scene, int) or scene < 0):
+            raise ValueError(f"scene= names the scene a recall brings back (an id >= 0), got {scene!r} with {mode!r}")
+        self._pending = (prompt, mode, scene)
 
     def __iter__(self) -> Iterator[StreamChunk]:
         return self
@@ -149,14 +153,17 @@ class VideoStream:
                 self.generator.manual_seed(segment.seed)
             self._set_prompt(segment.prompt, segment.transition if start > 0 else "smooth")
         if self._pending is not None:
-            prompt, mode = self._pending
+            prompt, mode, scene = self._pending
             self._pending = None
-            self._set_prompt(prompt, mode)
+            self._set_prompt(prompt, mode, scene)
 
-    def _set_prompt(self, prompt: str, transition: str) -> None:
+    def _set_prompt(self, prompt: str, transition: str, recall_scene: int | None = None) -> None:
         if prompt == self.prompt:
             return
-        self.engine.set_prompt(self.pipe.prompt_kv(prompt, self.engine.cache.k.shape[1]), str(transition))
+        prompt_kv = self.pipe.prompt_kv(prompt, self.engine.cache.k.shape[1])
+        # Transition(...).value: str() of a schedule's Transition member is "Transition.CUT", not its mode name.
+        mode = Transition(transition).value
+        self.engine.set_prompt(prompt_kv, mode, prompt=prompt, recall_scene=recall_scene)
         self.prompt = prompt
 
     def _frames_to_next_switch(self, start: int) -> int:
@@ -423,12 +430,12 @@ class StreamingVideoPipeline(DiffusionPipeline):
         latents = encode_video(self.vae, pixels.to(self.vae.device, self.vae.dtype))
         return latents.to(self.transformer.device, torch.float32).expand(batch_size, -1, -1, -1, -1)
 
-    def switch(self, prompt: str, mode: str = "smooth") -> None:
+    def switch(self, prompt: str, mode: str = "smooth", scene: int | None = None) -> None:
         """Switch the prompt of the most recently started stream (see :meth:`VideoStream.switch`)."""
         stream = self._active_stream() if self._active_stream is not None else None
         if stream is None:
             raise RuntimeError("no stream is running: start one with pipe.stream(...)")
-        stream.switch(prompt, mode)
+        stream.switch(prompt, mode, scene)
 
     @torch.no_grad()
     def __call__(

@@ -46,6 +46,7 @@ class KVCache:
         self._write: slice | torch.Tensor = slice(0, 0)
         self._read: slice | torch.Tensor = slice(0, 0)
         self._read_slots: list[int] = []
+        self._chunk_slots: list[int] = []
 
     @property
     def nbytes(self) -> int:
@@ -59,6 +60,7 @@ class KVCache:
             if promotion is not None:
                 self._copy_slot(*promotion)  # before any forward overwrites the evicted slot
         slots = [slot for slot, _ in placed]
+        self._chunk_slots = slots
         self._write = self._on_device(_token_selection(slots, self.tokens_per_frame))
         self._read_slots = self.slots.occupied()
         self._read = self._on_device(_token_selection(self._read_slots, self.tokens_per_frame))
@@ -75,6 +77,48 @@ class KVCache:
     def mark(self, region: str, frames: list[int]) -> None:
         """Move ``frames`` into the promoted ``region`` when they are evicted (see :class:`SlotTable`)."""
         self.slots.mark(region, frames)
+
+    def hold(self, region: str, frames: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
+        """Put ``frames`` with K/V ``k``, ``v`` [layers, B, len(frames) * tokens_per_frame, H, D] into the external
+        ``region``, replacing what it held; attended from the next chunk on."""
+        index = self._on_device(self._tokens(self.slots.hold(region, frames)))
+        self.k.index_copy_(2, index, k.to(self.k))
+        self.v.index_copy_(2, index, v.to(self.v))
+
+    def carry(self, frames: list[int], region: str) -> None:
+        """Move ``frames`` (as computed) from the regions the stream fills into the external ``region``; their old
+        slots are the caller's to free."""
+        source = sorted((s for s, f in enumerate(self.slots.frame_of_slot)
+                         if f in frames and not self.layout.region(self.slots.region_of_slot[s]).external),
+                        key=self.slots.frame_of_slot.__getitem__)
+        index = self._on_device(self._tokens(source))
+        self.hold(region, [self.slots.frame_of_slot[s] for s in source],
+                  self.k.index_select(2, index), self.v.index_select(2, index))
+
+    def region_kv(self, region: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the K/V [layers, B, n * tokens_per_frame, H, D] of the frames ``region`` holds, oldest first."""
+        index = self._on_device(self._tokens(self.slots.slots_of(region)))
+        return self.k.index_select(2, index), self.v.index_select(2, index)
+
+    def chunk_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the K/V [layers, B, f * tokens_per_frame, H, D] of the chunk placed by the latest begin_chunk."""
+        index = self._on_device(self._tokens(self._chunk_slots))
+        return self.k.index_select(2, index), self.v.index_select(2, index)
+
+    def scale_region(self, region: str, weights: torch.Tensor) -> None:
+        """Multiply the K and V of every frame ``region`` holds by per-layer, per-spatial-token ``weights``
+        [layers, tokens_per_frame] (scaling the token's attention logits and its value)."""
+        slots = self.slots.slots_of(region)
+        if not slots:
+            return
+        index = self._on_device(self._tokens(slots))
+        factor = weights.to(self.k).repeat(1, len(slots))[:, None, :, None, None]
+        self.k.index_copy_(2, index, self.k.index_select(2, index) * factor)
+        self.v.index_copy_(2, index, self.v.index_select(2, index) * factor)
+
+    def _tokens(self, slots: list[int]) -> torch.Tensor:
+        tpf = self.tokens_per_frame
+        return torch.tensor([s * tpf + i for s in slots for i in range(tpf)], dtype=torch.long)
 
     def _copy_slot(self, source: int, target: int) -> None:
         tpf = self.tokens_per_frame

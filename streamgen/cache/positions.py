@@ -115,3 +115,60 @@ class TriRegionPositions:
         of_frame = {f: p for (f, _), p in zip(key_frames, keys)}
         queries = [of_frame[f] for f in query_frames]
         return torch.tensor(keys, dtype=torch.float64), torch.tensor(queries, dtype=torch.float64)
+
+
+class SceneRelativePositions:
+    """Echo-Forcing's slot-relative RoPE with a scene-local restart: every attended frame's temporal index is its
+    rank in the cache, ``leading_regions`` (the scene memory) first, then every other frame by stream index. Frames
+    the cache dropped leave no gap, so at a switch, when the cache is truncated to the memory (and carried frames),
+    the new scene's first chunk sits right after them: scene-local time restarts. With at most ``rope_range`` slots
+    every index stays inside the backbone's trained range however long the stream.
+
+    A switch strategy may ask for a RoPE jump (:meth:`jump_next_chunk`): the next chunk's frames (queries and their
+    own keys) move that many positions further from everything cached before them, clamped so the chunk still ends
+    inside the range. Queries take the positions of their own keys (the chunk being denoised is in the cache).
+
+    Stateful (the pending jump), so every stream builds its own.
+    """
+
+    def __init__(self, rope_range: int, leading_regions: tuple[str, ...]):
+        self.rope_range = rope_range
+        self.leading_regions = leading_regions
+        self._jump = 0
+
+    @classmethod
+    def from_layout(cls, layout: RegionLayout, rope_range: int) -> "SceneRelativePositions":
+        """The external regions (written by the switch strategy) lead, in layout order."""
+        if layout.num_slots > rope_range:
+            raise ValueError(
+                f"scene-relative positions: {layout.num_slots} cache slots "
+                f"{[(r.name, r.frames) for r in layout.regions]} do not fit rope_range {rope_range}"
+            )
+        return cls(rope_range, tuple(r.name for r in layout.regions if r.external))
+
+    def jump_next_chunk(self, frames: int) -> None:
+        """Move the next chunk ``frames`` positions away from the frames cached before it (once)."""
+        self._jump = frames
+
+    def __call__(self, key_frames, query_frames):
+        def order(item: tuple[int, str]):
+            frame, region = item
+            if region in self.leading_regions:
+                return (0, self.leading_regions.index(region), frame)
+            return (1, 0, frame)
+
+        ranked = sorted(key_frames, key=order)
+        rank = {item: i for i, item in enumerate(ranked)}
+        jump = max(0, min(self._jump, self.rope_range - len(ranked)))
+        self._jump = 0
+        chunk = set(query_frames)
+
+        def position(item: tuple[int, str]) -> int:
+            frame, region = item
+            own = region not in self.leading_regions and frame in chunk
+            return rank[item] + (jump if own else 0)
+
+        keys = [position(item) for item in key_frames]
+        of_frame = {f: p for (f, region), p in zip(key_frames, keys) if region not in self.leading_regions}
+        queries = [of_frame[f] for f in query_frames]
+        return torch.tensor(keys, dtype=torch.float64), torch.tensor(queries, dtype=torch.float64)

@@ -8,18 +8,20 @@ and seeds. A preset file looks like::
     regions:
       - {name: sink, frames: 3}
       - {name: window, frames: 9, evict: true}
-    positions: absolute          # absolute | block-relative | tri-region
-    switch: recache              # none | recache | anchor-recache | flush
+    positions: absolute          # absolute | block-relative | tri-region | scene-relative
+    switch: recache              # none | recache | anchor-recache | flush | scene-memory
     switch_options: {}           # keyword arguments of the switch strategy
 
 ``frames: auto`` sizes a region to the whole requested stream (the ``global`` preset), which only works when the
 stream length is known in advance. ``promoted_from: <region>`` makes a region that only receives frames a switch
-strategy marked, as the named evicting region drops them (Anchor Forcing's junction).
+strategy marked, as the named evicting region drops them (Anchor Forcing's junction). ``external: true`` makes a
+region only a switch strategy writes (Echo-Forcing's scene memory and carried frames).
 
 ``rope_range`` is the number of temporal positions the backbone was trained on (21 latent frames for Wan /
 Self-Forcing checkpoints). It belongs to the preset because the position policy is built from the preset alone and
 a method's region sizes are chosen for that range; a pipeline that knows its checkpoint's range can override it
-with ``dataclasses.replace(preset, rope_range=...)``, which re-runs every check. ``tri-region`` positions need it.
+with ``dataclasses.replace(preset, rope_range=...)``, which re-runs every check. ``tri-region`` and
+``scene-relative`` positions need it.
 
 A preset with fixed region sizes is checked whole when it is built (regions, position policy, switch options), so
 a bad file fails at load time, naming the file and the key.
@@ -32,15 +34,18 @@ from pathlib import Path
 
 import yaml
 
-from .positions import AbsolutePositions, BlockRelativePositions, PositionPolicy, TriRegionPositions
+from .positions import (
+    AbsolutePositions, BlockRelativePositions, PositionPolicy, SceneRelativePositions, TriRegionPositions,
+)
 from .regions import Region, RegionLayout
 from .switching import STRATEGIES, SwitchStrategy
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "cache"
-POSITIONS = ("absolute", "block-relative", "tri-region")
+POSITIONS = ("absolute", "block-relative", "tri-region", "scene-relative")
+RANGED_POSITIONS = ("tri-region", "scene-relative")  # policies that keep indices inside rope_range
 PRESET_KEYS = {"name", "regions", "positions", "switch", "query_origin", "pinned_regions", "rope_range", "description",
                "switch_options"}
-REGION_KEYS = {"name", "frames", "evict", "promoted_from"}
+REGION_KEYS = {"name", "frames", "evict", "promoted_from", "external"}
 
 
 def _is_int(value) -> bool:
@@ -53,12 +58,14 @@ class RegionSpec:
     frames: int | None  # None: "auto", the stream's length
     evict: bool = False
     promoted_from: str | None = None
+    external: bool = False
 
     def __post_init__(self):
         if self.frames is not None and not (_is_int(self.frames) and self.frames > 0):
             raise ValueError(f"region {self.name!r}: frames must be a positive integer or 'auto', got {self.frames!r}")
-        if not isinstance(self.evict, bool):
-            raise ValueError(f"region {self.name!r}: evict must be true or false, got {self.evict!r}")
+        for key in ("evict", "external"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"region {self.name!r}: {key} must be true or false, got {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ class CachePreset:
     switch: str = "none"
     query_origin: int | None = None  # block-relative only; default: the end of the cache's position range
     pinned_regions: tuple[str, ...] = ("sink",)
-    rope_range: int | None = None  # trained temporal positions; tri-region only
+    rope_range: int | None = None  # trained temporal positions; tri-region and scene-relative only
     description: str = ""
     switch_options: dict = field(default_factory=dict)
 
@@ -80,16 +87,24 @@ class CachePreset:
             )
         if self.switch not in STRATEGIES:
             raise ValueError(f"cache preset {self.name!r}: unknown switch {self.switch!r}; known: {list(STRATEGIES)}")
+        if self.switch == "scene-memory" and self.positions != "scene-relative":
+            raise ValueError(
+                f"cache preset {self.name!r}: the scene-memory switch moves scene-relative positions (its RoPE jump), "
+                f"so it needs positions: scene-relative, got {self.positions!r}"
+            )
         if self.rope_range is not None and not (_is_int(self.rope_range) and self.rope_range > 0):
             raise ValueError(
                 f"cache preset {self.name!r}: rope_range must be a positive integer, got {self.rope_range!r}"
             )
-        if self.positions == "tri-region" and self.rope_range is None:
+        if self.positions in RANGED_POSITIONS and self.rope_range is None:
             raise ValueError(
-                f"cache preset {self.name!r}: tri-region positions need rope_range (the trained temporal positions)"
+                f"cache preset {self.name!r}: {self.positions} positions need rope_range (the trained temporal "
+                "positions)"
             )
-        if self.positions != "tri-region" and self.rope_range is not None:
-            raise ValueError(f"cache preset {self.name!r}: rope_range only applies to tri-region positions")
+        if self.positions not in RANGED_POSITIONS and self.rope_range is not None:
+            raise ValueError(
+                f"cache preset {self.name!r}: rope_range only applies to {' and '.join(RANGED_POSITIONS)} positions"
+            )
         self.switch_strategy(layout=None if self.needs_stream_length else self._checked_layout())
 
     def _checked_layout(self) -> RegionLayout:
@@ -98,6 +113,8 @@ class CachePreset:
             layout = self.layout()
             if self.positions == "tri-region":
                 TriRegionPositions.from_layout(layout, self.rope_range)
+            if self.positions == "scene-relative":
+                SceneRelativePositions.from_layout(layout, self.rope_range)
         except ValueError as err:
             raise ValueError(f"cache preset {self.name!r}: {err}") from err
         return layout
@@ -118,7 +135,7 @@ class CachePreset:
                 "frames up front; use a rolling preset for open-ended streams"
             )
         return RegionLayout(
-            tuple(Region(r.name, r.frames or stream_frames, r.evict, r.promoted_from) for r in self.regions)
+            tuple(Region(r.name, r.frames or stream_frames, r.evict, r.promoted_from, r.external) for r in self.regions)
         )
 
     def position_policy(self, layout: RegionLayout, chunk_frames: int) -> PositionPolicy:
@@ -126,6 +143,8 @@ class CachePreset:
             return AbsolutePositions()
         if self.positions == "tri-region":
             return TriRegionPositions.from_layout(layout, self.rope_range)
+        if self.positions == "scene-relative":
+            return SceneRelativePositions.from_layout(layout, self.rope_range)
         origin = self.query_origin if self.query_origin is not None else layout.num_slots - chunk_frames
         return BlockRelativePositions(query_origin=origin, pinned_regions=self.pinned_regions)
 
@@ -178,7 +197,8 @@ def _region_spec(data: dict) -> RegionSpec:
         raise ValueError(f"region {data.get('name')!r}: unknown keys {sorted(unknown)}; known: {sorted(REGION_KEYS)}")
     frames = data["frames"]
     return RegionSpec(
-        str(data["name"]), None if frames == "auto" else frames, data.get("evict", False), data.get("promoted_from")
+        str(data["name"]), None if frames == "auto" else frames, data.get("evict", False), data.get("promoted_from"),
+        data.get("external", False),
     )
 
 

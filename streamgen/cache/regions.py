@@ -14,6 +14,9 @@ frames a switch strategy marked for it (:meth:`SlotTable.mark`) at the moment th
 so a frame is never held twice and nothing is kept before it has left the window. A newly marked set replaces what
 the region held when its first frame arrives.
 
+An *external* region (``external=True``: Echo-Forcing's scene memory and carried frames) never takes new frames
+either: a switch strategy puts frames into it directly (:meth:`SlotTable.hold`) and writes their K/V itself.
+
 Everything here is Python bookkeeping over a handful of slots; the tensors live in :mod:`streamgen.cache.kv_cache`.
 """
 
@@ -33,10 +36,16 @@ class Region:
     frames: int
     evict: bool = False
     promoted_from: str | None = None  # filled only with marked frames evicted from this region
+    external: bool = False  # filled only by a switch strategy (SlotTable.hold)
 
     def __post_init__(self):
         if self.frames <= 0:
             raise ValueError(f"cache region {self.name!r}: frames must be positive, got {self.frames}")
+        if self.external and (self.evict or self.promoted_from is not None):
+            raise ValueError(
+                f"cache region {self.name!r}: an external region is written only by a switch strategy, it cannot "
+                "evict or be promoted into"
+            )
         if self.promoted_from is not None and self.evict:
             raise ValueError(
                 f"cache region {self.name!r}: a promoted region is replaced whole by each marked set, it cannot evict"
@@ -104,7 +113,7 @@ class SlotTable:
         promoted region, whose K/V the caller must copy before overwriting ``slot``.
         """
         for region in self.layout.regions:
-            if region.promoted_from is None and self._free[region.name]:
+            if region.promoted_from is None and not region.external and self._free[region.name]:
                 return self._occupy(region.name, self._free[region.name].popleft(), frame), None
         for region in self.layout.regions:
             if region.evict:
@@ -126,6 +135,17 @@ class SlotTable:
             raise ValueError(f"cache region {region!r} holds {spec.frames} frames, {len(frames)} were marked for it")
         self._marked[region] = set(frames)
         self._replace[region] = True
+
+    def hold(self, region: str, frames: list[int]) -> list[int]:
+        """Make the external ``region`` hold exactly ``frames`` (replacing what it held); returns their slots, whose
+        K/V the caller writes."""
+        spec = self.layout.region(region)
+        if not spec.external:
+            raise ValueError(f"cache region {region!r} is not external; only a switch strategy's regions can be held")
+        if len(frames) > spec.frames:
+            raise ValueError(f"cache region {region!r} holds {spec.frames} frames, {len(frames)} were given")
+        self.clear(region)
+        return [self._occupy(region, self._free[region].popleft(), frame) for frame in frames]
 
     def _promote(self, source: str, slot: int) -> tuple[int, int] | None:
         frame = self.frame_of_slot[slot]

@@ -10,12 +10,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .regions import RegionLayout
+from .scene_switch import SceneMemorySwitch
 
 if TYPE_CHECKING:
     from ..engine import StreamEngine
 
 
 class SwitchStrategy(Protocol):
+    """A strategy that must follow the stream between switches (Echo-Forcing's scene memory) may also define
+    ``attach(engine)`` (once, when the engine is built), ``observe_query(layer, q)`` (the clean pass's queries) and
+    ``after_chunk(engine)`` (after every generated chunk); the engine calls whichever exist."""
+
     def __call__(self, engine: "StreamEngine", transition: str) -> None: ...
 
     def validate(self, layout: RegionLayout) -> None:
@@ -108,4 +113,7 @@ class Flush(_FitsAnyLayout):
             cache.retain(name, recent)
 
 
-STRATEGIES = {"none": KeepCache, "recache": Recache, "anchor-recache": AnchorRecache, "flush": Flush}
+STRATEGIES = {
+    "none": KeepCache, "recache": Recache, "anchor-recache": AnchorRecache, "flush": Flush,
+    "scene-memory": SceneMemorySwitch,
+}

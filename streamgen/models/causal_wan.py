@@ -16,6 +16,7 @@ model and Wan2.1-T2V-1.3B take the same code path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -154,6 +155,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         cache: KVCache | None,
         rotary: ChunkRotary,
         attention_mask: torch.Tensor | None = None,
+        query_observer: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Flow prediction for a chunk of latents [B, C, f, h, w].
 
@@ -162,6 +164,8 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         the slots ``cache.begin_chunk`` assigned and attention reads ``cache.read``; ``rotary.key`` must describe
         those keys. With ``cache=None`` the chunk attends to itself, under ``attention_mask`` if given (e.g.
         :func:`block_causal_mask` to train chunk-causally on whole clips); ``rotary.key`` is then ignored.
+        ``query_observer(layer, q)``, if given, sees every layer's un-roped self-attention queries [B, n, H, D]
+        (Echo-Forcing's mean scene query); it cannot change them.
         """
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
@@ -171,7 +175,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         temb, timestep_proj = self._time_embedding(timestep, batch, frames, grid_h * grid_w, x)
 
         for layer, block in enumerate(self.blocks):
-            x = self._block(block, layer, x, timestep_proj, prompt_kv, cache, rotary, attention_mask)
+            x = self._block(block, layer, x, timestep_proj, prompt_kv, cache, rotary, attention_mask, query_observer)
 
         shift, scale = (self.scale_shift_table[None] + temb.unsqueeze(2)).unbind(2)
         x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
@@ -196,12 +200,13 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
             return temb, timestep_proj
         return temb[:, None], timestep_proj[:, None]
 
-    def _block(self, block, layer, x, timestep_proj, prompt_kv, cache, rotary, attention_mask):
+    def _block(self, block, layer, x, timestep_proj, prompt_kv, cache, rotary, attention_mask, query_observer=None):
         # Same arithmetic (and fp32 islands) as WanTransformerBlock.forward, with cached attention.
         shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table[None] + timestep_proj.float()).unbind(2)
 
         h = (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
-        x = (x.float() + self._self_attention(block.attn1, layer, h, cache, rotary, attention_mask) * gate).type_as(x)
+        attended = self._self_attention(block.attn1, layer, h, cache, rotary, attention_mask, query_observer)
+        x = (x.float() + attended * gate).type_as(x)
 
         h = block.norm2(x.float()).type_as(x)
         (q,) = _heads(block.attn2, block.attn2.norm_q(block.attn2.to_q(h)))
@@ -210,8 +215,10 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         h = (block.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
         return (x.float() + block.ffn(h).float() * c_gate).type_as(x)
 
-    def _self_attention(self, attn, layer, h, cache, rotary, attention_mask=None):
+    def _self_attention(self, attn, layer, h, cache, rotary, attention_mask=None, query_observer=None):
         q, k, v = _self_qkv(attn, h)  # [B, n, H, D]
+        if query_observer is not None:
+            query_observer(layer, q.detach())
         if cache is None:
             return _attend(attn, rotary.query.apply(q), rotary.query.apply(k), v, attention_mask)
         cache.write(layer, k, v)
