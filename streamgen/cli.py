@@ -142,6 +142,8 @@ def cmd_bench_speed(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cache.switching import STRATEGIES
+
     parser = argparse.ArgumentParser(prog="streamgen", description=__doc__)
     parser.add_argument("--threads", type=int, help="torch CPU threads (small models on a busy CPU: try 1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--index", type=int, default=0, help="which schedule of a multi-line file (default 0)")
     gen.add_argument("--switch-frame-indices", type=int_list,
                      help="LongLive JSONL switch points in latent frames, comma-separated")
-    gen.add_argument("--switch", help="switch strategy override: none | recache")
-    gen.add_argument("--steps", type=int, help="use the deterministic Euler sampler with this many steps")
+    gen.add_argument("--switch", help="switch strategy override: " + " | ".join(STRATEGIES))
+    gen.add_argument("--steps", type=int, help="Euler sampler steps (default: the pipeline's sampler)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--init-image", help="continue this picture: it becomes the stream's first frame(s) of context")
     gen.add_argument("--init-video", help="continue this clip (read with decord, resized/cropped to the model size)")
