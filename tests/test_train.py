@@ -174,3 +174,19 @@ def test_periodic_eval_scores_held_out_samples_with_the_oracle(tmp_path, text):
     assert all(0.0 <= v <= 1.0 for v in record["single_accuracy"].values())
     assert (tmp_path / "pipeline" / "model_index.json").is_file()
     assert [json.loads(line)["step"] for line in (tmp_path / "eval.jsonl").read_text().splitlines()] == [0]
+
+
+def test_report_sums_compute_across_resumes_and_tables_the_evals(tmp_path):
+    from streamgen.train.report import markdown, plot, summarize
+
+    records = [{"step": 50, "loss": 1.5, "seconds_per_step": 2.0}, {"step": 100, "loss": 0.5, "seconds_per_step": 1.0},
+               {"step": 120, "loss": 0.4, "seconds_per_step": 1.5}]  # a resume after step 100: a 20-step window
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    acc = {"background": 1.0, "color": 0.5, "shape": 0.25, "direction": 0.0, "speed": 0.125}
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"step": 100, "single_accuracy": acc}) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({"batch_size": 8, "torch_threads": 2}))
+    summary = summarize(tmp_path)
+    assert summary["train_seconds"] == 50 * 2.0 + 50 * 1.0 + 20 * 1.5 and summary["steps"] == 120
+    table = markdown(summary)
+    assert "120 steps of batch 8" in table and "| 100 | 100.0% | 50.0% | 25.0% | 0.0% | 12.5% |" in table
+    assert [p.name for p in plot(summary, tmp_path / "plots")] == ["loss.png", "eval.png"]
