@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed = bench.add_parser("speed", help="FPS, latency, memory and overhead of one stream")
     common(speed, 300)
     speed.add_argument("--prompt", default="a red circle drifting left over a blue backdrop")
-    speed.add_argument("--steps", type=int, help="Euler steps instead of the few-step schedule")
+    speed.add_argument("--steps", type=int, help="Euler steps (default: the pipeline's sampler)")
     speed.add_argument("--seed", type=int, default=0)
     speed.add_argument("--device", default="cpu")
     speed.add_argument("--dtype", choices=list(DTYPES), default="fp32")
