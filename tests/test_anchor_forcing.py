@@ -5,39 +5,8 @@ import pytest
 import torch
 
 from streamgen.cache import KVCache, Recache, Region, RegionLayout, load_preset
-from streamgen.engine import StreamEngine
-from streamgen.models.causal_wan import CausalWanTransformer3DModel
-from streamgen.sampling import EulerSampler
 
-CHUNK = 3
-LATENT = 4  # latent height = width: 2x2 tokens per frame with the tiny model's (1, 2, 2) patches
-
-
-class RecordingPositions:
-    """Wraps a position policy and keeps every (key frames, query frames, key positions, query positions)."""
-
-    def __init__(self, policy):
-        self.policy = policy
-        self.calls = []
-
-    def __call__(self, key_frames, query_frames):
-        keys, queries = self.policy(key_frames, query_frames)
-        self.calls.append((list(key_frames), list(query_frames), keys.tolist(), queries.tolist()))
-        return keys, queries
-
-
-def make_engine(config, preset):
-    torch.manual_seed(0)
-    model = CausalWanTransformer3DModel(**config).eval()
-    engine = StreamEngine(
-        model, load_preset(preset), EulerSampler(num_inference_steps=1), batch_size=1,
-        latent_channels=config["in_channels"], latent_height=LATENT, latent_width=LATENT, chunk_frames=CHUNK,
-        generator=torch.Generator().manual_seed(0),
-    )
-    engine.positions = RecordingPositions(engine.positions)
-    text = torch.Generator().manual_seed(1)
-    prompts = [model.encode_prompt_kv(torch.randn(1, 5, config["text_dim"], generator=text)) for _ in range(3)]
-    return engine, prompts
+from recording_engine import CHUNK, LATENT, make_engine
 
 
 def generate(engine, chunks):
