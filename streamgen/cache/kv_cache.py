@@ -15,13 +15,16 @@ import torch
 from .regions import RegionLayout, SlotTable
 
 
+def _token_index(slots: list[int], tokens_per_frame: int) -> torch.Tensor:
+    """Token positions of ``slots``, in the given order."""
+    return torch.tensor([s * tokens_per_frame + i for s in slots for i in range(tokens_per_frame)], dtype=torch.long)
+
+
 def _token_selection(slots: list[int], tokens_per_frame: int) -> slice | torch.Tensor:
     """Token positions of ``slots`` (in the given order): a slice when they are consecutive, else an index."""
     if slots and slots == list(range(slots[0], slots[0] + len(slots))):
         return slice(slots[0] * tokens_per_frame, (slots[-1] + 1) * tokens_per_frame)
-    return torch.tensor(
-        [s * tokens_per_frame + i for s in slots for i in range(tokens_per_frame)], dtype=torch.long
-    )
+    return _token_index(slots, tokens_per_frame)
 
 
 class KVCache:
@@ -117,8 +120,7 @@ class KVCache:
         self.v.index_copy_(2, index, self.v.index_select(2, index) * factor)
 
     def _tokens(self, slots: list[int]) -> torch.Tensor:
-        tpf = self.tokens_per_frame
-        return torch.tensor([s * tpf + i for s in slots for i in range(tpf)], dtype=torch.long)
+        return _token_index(slots, self.tokens_per_frame)
 
     def _copy_slot(self, source: int, target: int) -> None:
         tpf = self.tokens_per_frame

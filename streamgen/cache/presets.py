@@ -38,6 +38,7 @@ from .positions import (
     AbsolutePositions, BlockRelativePositions, PositionPolicy, SceneRelativePositions, TriRegionPositions,
 )
 from .regions import Region, RegionLayout
+from .scene_switch import is_int
 from .switching import STRATEGIES, SwitchStrategy
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "cache"
@@ -46,10 +47,6 @@ RANGED_POSITIONS = ("tri-region", "scene-relative")  # policies that keep indice
 PRESET_KEYS = {"name", "regions", "positions", "switch", "query_origin", "pinned_regions", "rope_range", "description",
                "switch_options"}
 REGION_KEYS = {"name", "frames", "evict", "promoted_from", "external"}
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ class RegionSpec:
     external: bool = False
 
     def __post_init__(self):
-        if self.frames is not None and not (_is_int(self.frames) and self.frames > 0):
+        if self.frames is not None and not (is_int(self.frames) and self.frames > 0):
             raise ValueError(f"region {self.name!r}: frames must be a positive integer or 'auto', got {self.frames!r}")
         for key in ("evict", "external"):
             if not isinstance(getattr(self, key), bool):
@@ -92,7 +89,7 @@ class CachePreset:
                 f"cache preset {self.name!r}: the scene-memory switch moves scene-relative positions (its RoPE jump), "
                 f"so it needs positions: scene-relative, got {self.positions!r}"
             )
-        if self.rope_range is not None and not (_is_int(self.rope_range) and self.rope_range > 0):
+        if self.rope_range is not None and not (is_int(self.rope_range) and self.rope_range > 0):
             raise ValueError(
                 f"cache preset {self.name!r}: rope_range must be a positive integer, got {self.rope_range!r}"
             )

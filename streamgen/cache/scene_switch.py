@@ -42,7 +42,8 @@ MEMORY_SOURCES = ("previous", "run-start", "match")
 MODE_KEYS = {"memory", "carry", "jump", "first_chunk_weight", "decay", "evict_after"}
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """An int that is not a bool (YAML's true/false load as bools, which are ints)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -77,15 +78,15 @@ class TransitionMode:
         weight, decay, evict_after = data["first_chunk_weight"], data["decay"], data["evict_after"]
         if memory not in MEMORY_SOURCES:
             raise ValueError(f"switch option {key}.memory must be one of {list(MEMORY_SOURCES)}, got {memory!r}")
-        if not (_is_int(carry) and carry >= 0):
+        if not (is_int(carry) and carry >= 0):
             raise ValueError(f"switch option {key}.carry must be a non-negative integer, got {carry!r}")
-        jump_range = isinstance(jump, list) and len(jump) == 2 and all(_is_int(j) and j >= 0 for j in jump)
+        jump_range = isinstance(jump, list) and len(jump) == 2 and all(is_int(j) and j >= 0 for j in jump)
         if jump_range and jump[0] <= jump[1]:
             if memory != "match":
                 raise ValueError(f"switch option {key}.jump: a [min, max] jump scales with a recall match, "
                                  f"so it needs memory: match, not {memory!r}")
             jump = (jump[0], jump[1])
-        elif not (_is_int(jump) and jump >= 0):
+        elif not (is_int(jump) and jump >= 0):
             raise ValueError(f"switch option {key}.jump must be a non-negative integer or [min, max], got {jump!r}")
         if not _is_rate(weight):
             raise ValueError(f"switch option {key}.first_chunk_weight must be in (0, 1], got {weight!r}")
@@ -98,7 +99,7 @@ class TransitionMode:
                 f"switch option {key}.decay must be a rate in (0, 1] or [min_rate, max_rate] with "
                 f"0 < min_rate <= max_rate <= 1, got {decay!r}"
             )
-        if not (_is_int(evict_after) and evict_after > 0):
+        if not (is_int(evict_after) and evict_after > 0):
             raise ValueError(f"switch option {key}.evict_after must be a positive integer, got {evict_after!r}")
         return cls(memory, carry, jump, float(weight), decay, evict_after)
 
@@ -121,7 +122,7 @@ class SceneMemorySwitch:
     def __post_init__(self):
         for key in ("recall_frames", "recall_stride", "pool_size"):
             value = getattr(self, key)
-            if not (_is_int(value) and value > 0):
+            if not (is_int(value) and value > 0):
                 raise ValueError(f"switch option {key} must be a positive integer, got {value!r}")
         if not (_is_number(self.base_weight) and 0 <= self.base_weight <= 1):
             raise ValueError(f"switch option base_weight must be in [0, 1], got {self.base_weight!r}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .regions import RegionLayout
-from .scene_switch import SceneMemorySwitch
+from .scene_switch import SceneMemorySwitch, is_int
 
 if TYPE_CHECKING:
     from ..engine import StreamEngine
@@ -101,7 +101,7 @@ class Flush(_FitsAnyLayout):
     keep_recent: int = 2
 
     def __post_init__(self):
-        if isinstance(self.keep_recent, bool) or not isinstance(self.keep_recent, int) or self.keep_recent < 0:
+        if not is_int(self.keep_recent) or self.keep_recent < 0:
             raise ValueError(f"switch option keep_recent must be a non-negative integer, got {self.keep_recent!r}")
 
     def __call__(self, engine, transition):
