@@ -97,6 +97,16 @@ def prompts_and_mask(batch: dict[str, Any], chunk_frames: int, dropout: float, g
     return prompts, torch.stack(masks)
 
 
+def pixel_weights(x0: torch.Tensor, loss) -> torch.Tensor:
+    """Per-pixel loss weights [B, 1, F, H, W] for clean clips x0 [B, C, F, H, W]: 1, or 1 + foreground_weight where a
+    pixel differs from its frame's median colour (see :class:`~streamgen.train.config.LossConfig`)."""
+    if not loss.foreground_weight:
+        return torch.ones_like(x0[:, :1])
+    background = x0.flatten(3).median(dim=3).values[..., None, None]  # [B, C, F, 1, 1]
+    foreground = ((x0 - background).abs().amax(dim=1, keepdim=True) > loss.foreground_threshold).float()
+    return 1.0 + loss.foreground_weight * foreground
+
+
 class EMA:
     """Exponential moving average of parameters (fp32 shadow copies), decay warmed up as min(decay, (1+n)/(10+n))."""
 
@@ -189,7 +199,8 @@ class Trainer:
         x_t = (1 - s) * x0 + s * noise
         with acc.autocast():
             pred = self.model(x_t, sigma_f * 1000.0, self.captions(prompts).to(acc.device))
-        per_frame = (pred.float() - (noise - x0)).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+        weight = pixel_weights(x0, cfg.loss)  # [B, 1, F, H, W]
+        per_frame = ((pred.float() - (noise - x0)).pow(2) * weight).mean(dim=(1, 3, 4)) / weight.mean(dim=(1, 3, 4))
         mask = mask.to(acc.device)
         loss = (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
         if stats is not None:
