@@ -59,8 +59,8 @@ def cmd_generate(args) -> int:
     generator = torch.Generator(pipe.transformer.device).manual_seed(args.seed)
     stream = pipe.stream(
         schedule=schedule, num_frames=args.frames, cache=args.cache, switch=args.switch, height=args.height,
-        width=args.width, num_inference_steps=args.steps, generator=generator, image=args.init_image,
-        video=args.init_video,
+        width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance_scale, generator=generator,
+        image=args.init_image, video=args.init_video,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="LongLive JSONL switch points in latent frames, comma-separated")
     gen.add_argument("--switch", help="switch strategy override: " + " | ".join(STRATEGIES))
     gen.add_argument("--steps", type=int, help="Euler sampler steps (default: the pipeline's sampler)")
+    gen.add_argument("--guidance-scale", type=float,
+                     help="classifier-free guidance scale (default: the pipeline's; 1 = off)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--init-image", help="continue this picture: it becomes the stream's first frame(s) of context")
     gen.add_argument("--init-video", help="continue this clip (read with decord, resized/cropped to the model size)")

@@ -194,7 +194,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
     ``num_inference_steps``: None (the default) samples with the few-step schedule, which suits step-distilled
     checkpoints (Self-Forcing, LongLive); an integer makes flow-matching Euler with that many steps the default, which
     suits models trained with plain flow matching (the shipped ShapeWorld model), whose one-shot x0 predictions from
-    high noise are blurred means.
+    high noise are blurred means. ``guidance_scale``: the default classifier-free guidance scale (1 = off; a
+    model trained with caption dropout can follow its prompt more closely at > 1, for two transformer passes per step).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -218,6 +219,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         width: int | None = None,
         text_encoder_package: str | None = None,
         num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
     ):
         super().__init__()
         if type(transformer) is WanTransformer3DModel:  # a plain diffusers Wan folder: add the streaming methods
@@ -236,6 +238,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
             width=width,
             text_encoder_package=text_encoder_package,
             num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
         )
         self._prompt_kv: dict[tuple[str, int], PromptKV] = {}
         self._prompt_kv_lock = threading.Lock()  # streams of one pipeline may run in several threads (the demo)
@@ -365,7 +368,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         cache: str | CachePreset | None = None,
         switch: str | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         negative_prompt: str = "",
         batch_size: int = 1,
         latents: torch.Tensor | None = None,
@@ -377,7 +380,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         """Start a stream; iterate it for :class:`StreamChunk` s. ``num_frames=None`` streams until you stop.
 
         ``guidance_scale`` > 1 turns on classifier-free guidance against ``negative_prompt`` (two transformer passes
-        per step). ``image`` / ``video`` (a file path or uint8 frames [H, W, 3] / [F, H, W, 3]) make the stream continue that
+        per step); None takes the pipeline config's. ``image`` / ``video`` (a file path or uint8 frames [H, W, 3] / [F, H, W, 3]) make the stream continue that
         picture or clip: it is resized/cropped to the model size, VAE-encoded and written into the cache as context.
         Chunks, ``num_frames``, ``latents`` and schedules then count only the generated frames after it.
         """
@@ -403,6 +406,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
             latent_height=height // self.vae_scale_factor_spatial, latent_width=width // self.vae_scale_factor_spatial,
             chunk_frames=self.config.chunk_frames, stream_frames=num_latent, switch=switch, generator=generator,
         )
+        if guidance_scale is None:
+            guidance_scale = self.config.guidance_scale
         if not isinstance(guidance_scale, (int, float)) or not guidance_scale > 0:
             raise ValueError(f"`guidance_scale` must be a positive number, got {guidance_scale!r}")
         engine.guidance_scale = float(guidance_scale)
@@ -449,7 +454,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         cache: str | CachePreset | None = None,
         switch: str | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         negative_prompt: str = "",
         batch_size: int = 1,
         latents: torch.Tensor | None = None,

@@ -195,6 +195,11 @@ def test_guidance_against_the_same_prompt_changes_nothing_and_against_another_do
     assert not np.array_equal(frames(guidance_scale=3.0), plain)
     with pytest.raises(ValueError, match="guidance_scale"):
         frames(guidance_scale=0)
+    pipe.register_to_config(guidance_scale=3.0)  # the pipeline's default scale (model_index.json)
+    try:
+        assert np.array_equal(frames(), frames(guidance_scale=3.0))
+    finally:
+        pipe.register_to_config(guidance_scale=1.0)
 
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])

@@ -81,6 +81,20 @@ def test_noise_scheme_is_high_and_context_clean():
     assert float(sigma[clean, -1].mean()) > 0.6
 
 
+def test_object_weighted_loss_finds_the_object_pixels():
+    from streamgen.train.trainer import pixel_weights
+
+    cfg = tiny("unused", data=dict(clip_frames=6), loss=dict(foreground_weight=4.0), batch_size=4)
+    x0 = ClipSource(cfg).batch(0)["video"]
+    weights = pixel_weights(x0, cfg.loss)
+    assert weights.shape == (4, 1, 6, 32, 32) and set(weights.unique().tolist()) == {1.0, 5.0}
+    share = (weights > 1).float().mean(dim=(1, 3, 4))  # the object: 8-12 px of 32 (a cross or triangle less)
+    assert float(share.min()) > 0.02 and float(share.max()) < 0.16
+    assert pixel_weights(x0, tiny("unused").loss).eq(1).all()  # default: plain MSE
+    with pytest.raises(ValueError, match="foreground_weight"):
+        tiny("unused", loss=dict(foreground_weight=-1))
+
+
 def test_loss_mask_follows_last_segment_caption():
     cfg = tiny("unused", data=dict(clip_frames=12, switch_probs=[0.0, 1.0, 0.0]), batch_size=4)
     batch = ClipSource(cfg).batch(0)

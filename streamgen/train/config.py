@@ -67,6 +67,7 @@ class NoiseConfig:
     context_sigma_max: float = 0.05
     sample_shift: float = 5.0  # FlowMatchEulerDiscreteScheduler(shift=...) of the exported pipeline
     sample_steps: int | None = None  # the exported pipeline's default Euler steps (None: the few-step schedule)
+    sample_guidance: float = 1.0  # the exported pipeline's default classifier-free guidance scale
 
 
 @dataclass

@@ -294,7 +294,7 @@ class Trainer:
             scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.noise.sample_shift),
             chunk_frames=cfg.chunk_frames, max_sequence_length=cfg.text.max_sequence_length, fps=float(cfg.data.fps),
             height=cfg.data.height, width=cfg.data.width, text_encoder_package=cfg.text.package,
-            num_inference_steps=cfg.noise.sample_steps,
+            num_inference_steps=cfg.noise.sample_steps, guidance_scale=cfg.noise.sample_guidance,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
