@@ -9,7 +9,8 @@ One chunk, start to end (:meth:`StreamEngine.generate_chunk`):
 3. the clean chunk is run once more at the context timestep, leaving its clean K/V in the cache;
 4. the clean latents are kept in a bounded history, so a switch strategy can re-encode them under a new prompt;
 5. a switch strategy that follows the stream between switches (Echo-Forcing's scene memory) runs its per-chunk step
-   (it has also seen the clean pass's queries in step 3).
+   (it has also seen the clean pass's queries in step 3, and the first denoising pass's in step 2, where its
+   hierarchical temporal memory chose the compressed history each layer reads).
 
 At a prompt switch (:meth:`StreamEngine.set_prompt`) the cross-attention K/V are replaced and the preset's switch
 strategy rewrites the cache. Everything is preallocated: memory does not grow with stream length.
@@ -102,6 +103,8 @@ class StreamEngine:
         if hasattr(self.switch_strategy, "attach"):
             self.switch_strategy.attach(self)
         self._query_observer = getattr(self.switch_strategy, "observe_query", None)
+        self._first_query_observer = getattr(self.switch_strategy, "observe_first_query", None)
+        self._first_pass = False
         self._after_chunk = getattr(self.switch_strategy, "after_chunk", None)
 
     # ---- prompts ------------------------------------------------------------------------------------------------
@@ -126,6 +129,7 @@ class StreamEngine:
             raise RuntimeError("set_prompt() must be called before generating")
         frames = list(range(self.frame, self.frame + noise.shape[2]))
         rotary = self._begin(frames)
+        self._first_pass = True
         x0 = self.sampler.sample(lambda x, t: self._guided(x, t, rotary), noise, self.generator)
         self._forward(x0, self.sampler.context_timestep, rotary, observe=True)
         self.history.push(self.frame, x0)
@@ -172,6 +176,8 @@ class StreamEngine:
     ) -> torch.Tensor:
         start = time.perf_counter()
         observer = self._query_observer if observe else None
+        if self._first_pass:  # the chunk's first denoising pass (a hierarchical memory picks its history here)
+            observer, self._first_pass = self._first_query_observer, False
         with torch.no_grad():
             out = self.transformer.forward_chunk(
                 x, t, prompt_kv or self.prompt_kv, self.cache, rotary, query_observer=observer

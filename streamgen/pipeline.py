@@ -104,6 +104,13 @@ class VideoStream:
     def cache_bytes(self) -> int:
         return self.engine.cache.nbytes
 
+    @property
+    def memory_bytes(self) -> int:
+        """Every tensor the stream keeps between chunks: the KV cache, the clean-latent history for re-encoding and
+        whatever the switch strategy remembers (Echo-Forcing's scene recorder and pool). Bounded by the preset."""
+        engine = self.engine
+        return engine.cache.nbytes + engine.history.latents.nbytes + getattr(engine.switch_strategy, "nbytes", 0)
+
     def switch(self, prompt: str, mode: str = "smooth", scene: int | None = None) -> None:
         """Play ``prompt`` from the next chunk on, entering it with transition ``mode`` (smooth | cut | recall).
         A recall may name the ``scene`` it brings back (scenes count from 0, one more at every switch); otherwise a

@@ -82,6 +82,19 @@ def test_compare_runs_presets_on_the_same_seeds_into_one_table(pipe):
     assert ref["suites"]["single"]["accuracy"]["all"] == 1.0
 
 
+def test_compare_reports_bounded_stream_memory_and_speed_relative_to_rolling(pipe):
+    sizes = Sizes(**{**TEST_SIZES.__dict__, "long_frames": 45, "long_windows": ((0, 6), (39, 45))})
+    result = run_quality_compare(pipe, ["global", "rolling"], suites=("long",), sizes=sizes)
+    windows = {name: run["suites"]["long"]["windows"] for name, run in result["runs"].items()}
+    rolling = [w["memory_bytes"] for w in windows["rolling"].values()]
+    assert rolling[0] == rolling[1] > 0  # the same bytes at frame 6 and at frame 45: bounded
+    assert windows["global"]["frames_0_6"]["memory_bytes"] > rolling[0]  # a 45-frame global cache is bigger
+    lines = result["table"].splitlines()
+    assert any(line.startswith("| long 0-6: stream memory (MB) |") for line in lines)
+    (speed,) = [line for line in lines if line.startswith("| long: FPS relative to `rolling` (timing) |")]
+    assert speed.endswith("| 1.00x |")
+
+
 def test_the_cli_writes_json_plots_and_a_markdown_table(pipe, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="streamgen")
     bench = parser.add_subparsers(dest="command").add_parser("bench").add_subparsers(dest="suite")

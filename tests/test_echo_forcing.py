@@ -119,7 +119,7 @@ def test_recall_picks_the_best_matching_scene_and_places_exactly_its_memory(tiny
         generate(engine, 2)
     switch(engine, prompts, 3, "recall")
     assert [e.scene for e in engine.switch_strategy.pool.entries] == [0, 1, 2]
-    assert regions(engine) == {"memory": [0], "carry": [], "sink": [], "window": []}  # scene 0 starts at frame 0
+    assert regions(engine) == {"memory": [0], "carry": [], "anchors": [], "compressed": [], "window": []}  # scene 0 starts at frame 0
     k, v = engine.cache.region_kv("memory")
     memory_k, memory_v = pooled(engine, 0)
     assert OPTIONS["modes"]["recall"]["first_chunk_weight"] == 1.0
@@ -160,7 +160,7 @@ def test_cut_keeps_only_the_previous_scene_memory_weighted_for_one_chunk(tiny_wa
     switch(engine, prompts, 1, "smooth")  # scene 1 starts at frame 6
     generate(engine, 3)
     switch(engine, prompts, 2, "cut")
-    assert regions(engine) == {"memory": [6], "carry": [], "sink": [], "window": []}
+    assert regions(engine) == {"memory": [6], "carry": [], "anchors": [], "compressed": [], "window": []}
     weight = OPTIONS["modes"]["cut"]["first_chunk_weight"]
     memory_k, memory_v = pooled(engine, 1)
     k, v = engine.cache.region_kv("memory")
@@ -188,7 +188,7 @@ def test_smooth_keeps_the_run_start_memory_and_the_two_most_recent_frames_as_com
     recent_k = engine.cache.k[:, :, [s * tpf + i for s in engine.cache.slots.slots_of("window")[-2:]
                                      for i in range(tpf)]].clone()
     switch(engine, prompts, 3, "smooth")
-    assert regions(engine) == {"memory": [6], "carry": [19, 20], "sink": [], "window": []}
+    assert regions(engine) == {"memory": [6], "carry": [19, 20], "anchors": [], "compressed": [], "window": []}
     assert torch.equal(engine.cache.region_kv("carry")[0], recent_k)
     assert torch.equal(engine.cache.region_kv("memory")[0], pooled(engine, 1)[0])  # scene 1, not scene 2
     generate(engine, 1)
@@ -220,7 +220,7 @@ def test_decay_multiplies_by_the_running_product_and_evicts_after_n_chunks(tiny_
     k0 = {r: engine.cache.region_kv(r) for r in kept}
     generate(engine, 1)
     tpf = engine.cache.tokens_per_frame
-    first_frame_k = engine.cache.region_kv("sink")[0][:, :, :tpf]
+    first_frame_k = engine.cache.region_kv("window")[0][:, :, :tpf]
     rates = hand_rates(first_frame_k, k0["memory"][0], *settings["decay"])
     product = torch.ones_like(rates)
     for chunk in range(1, settings["evict_after"]):
@@ -287,7 +287,8 @@ def test_the_pool_keeps_only_its_capacity_of_scenes(tiny_wan_config, tmp_path):
         ("memory: previous", "memory: latest", r"modes.cut.memory must be one of"),
         ("first_chunk_weight: 0.8", "first_chunk_weight: 2", "modes.cut.first_chunk_weight must be in"),
         ("carry: 2", "carry: 3", "region 'carry' must be an external region of at least 3"),
-        ("frames: 15", "frames: 16", r"22 cache slots .* do not fit rope_range 21"),
+        ("frames: 6, evict: true", "frames: 22, evict: true", r"streamed regions .* hold 22 frames, more than rope_range 21"),
+        ("max_reuse: 8", "max_reuse: 8\n    reuse: 2", "temporal_memory: .*unexpected keyword argument 'reuse'"),
         ("positions: scene-relative", "positions: absolute", "needs positions: scene-relative"),
         ("rope_range: 21\n", "", "scene-relative positions need rope_range"),
         ("frames: 1, external: true", "frames: 1, external: yes please", "external must be true or false"),
@@ -308,7 +309,8 @@ def test_bad_echo_preset_files_fail_naming_the_file_and_the_key(tmp_path, old, n
 
 def test_echo_forcing_loads_as_a_configuration_of_the_engine():
     assert [(r.name, r.frames, r.evict, r.external) for r in PRESET.regions] == [
-        ("memory", 1, False, True), ("carry", 2, False, True), ("sink", 3, False, False), ("window", 15, True, False),
+        ("memory", 1, False, True), ("carry", 2, False, True), ("anchors", 12, False, True),
+        ("compressed", 3, False, True), ("window", 6, True, False),
     ]
     assert (PRESET.positions, PRESET.rope_range, PRESET.switch) == ("scene-relative", 21, "scene-memory")
     modes = OPTIONS["modes"]

@@ -43,7 +43,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -140,6 +140,7 @@ class Generated:
     chunk: np.ndarray  # int [F]: which chunk produced the frame
     chunk_seconds: list[float]
     seconds: float
+    memory_bytes: list[int] = field(default_factory=list)  # the stream's memory after each chunk (pipelines only)
 
 
 def _frame_map(video: Video, layout: Layout) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -200,17 +201,18 @@ class PipelineSource:
         planned = [self.layout.video_start(p.start) for p in stream.plan]
         if planned != starts:
             raise RuntimeError(f"the pipeline planned switches at video frames {planned}, expected {starts}")
-        frames, seconds = [], []
+        frames, seconds, memory = [], [], []
         start = last = time.perf_counter()
         for piece in stream:
             frames.append(piece.frames[0])
+            memory.append(stream.memory_bytes)
             now = time.perf_counter()
             seconds.append(now - last)
             last = now
         out = np.concatenate(frames)
         if out.shape[0] != len(segment):
             raise RuntimeError(f"the stream gave {out.shape[0]} frames, expected {len(segment)}")
-        return Generated(out, segment, chunk, seconds, time.perf_counter() - start)
+        return Generated(out, segment, chunk, seconds, time.perf_counter() - start, memory)
 
 
 # -----------------------------------------------------------------------------
@@ -419,6 +421,8 @@ class _Runner:
                 "found": _r(r.found[frames].mean()),
             }
             chunks = np.unique(generated.chunk[frames])
+            if generated.memory_bytes:  # the most the stream held in the window: equal windows = bounded memory
+                windows[name]["memory_bytes"] = max(generated.memory_bytes[c] for c in chunks)
             chunk_frames = sum(int((generated.chunk == c).sum()) for c in chunks)
             seconds = sum(generated.chunk_seconds[c] for c in chunks)
             fps[name] = round(chunk_frames / seconds, 2) if seconds > 0 else None
@@ -660,7 +664,7 @@ def strip_timing(result: dict) -> dict:
 
 
 def summary_rows(result: dict) -> list[tuple[str, float | None, str]]:
-    """Headline numbers of one run: (metric, value, kind) with kind "pct", "num" or "fps"."""
+    """Headline numbers of one run: (metric, value, kind) with kind "pct", "num", "fps" or "mb"."""
     rows: list[tuple[str, float | None, str]] = []
     suites = result["suites"]
     if "single" in suites:
@@ -680,6 +684,8 @@ def summary_rows(result: dict) -> list[tuple[str, float | None, str]]:
             span = name.replace("frames_", "").replace("_", "-")
             rows.append((f"long {span}: bg+colour+shape per frame", w["all"], "pct"))
             rows.append((f"long {span}: direction", w["direction"], "pct"))
+            if "memory_bytes" in w:
+                rows.append((f"long {span}: stream memory (MB)", w["memory_bytes"] / 2**20, "mb"))
         for name, value in result.get("timing", {}).get("long_fps", {}).items():
             rows.append((f"long {name.replace('frames_', '').replace('_', '-')}: FPS (timing)", value, "fps"))
     if "recall" in suites:
@@ -697,6 +703,18 @@ def summary_rows(result: dict) -> list[tuple[str, float | None, str]]:
     return rows
 
 
+def relative_speed(runs: dict[str, dict]) -> tuple[str | None, dict[str, float]]:
+    """(baseline, {run: long-suite generation FPS / the baseline's}): the cache mechanisms' overhead. The baseline
+    is ``rolling`` if it ran, else ``longlive`` (the same cache), else the first run with a long suite."""
+    fps = {name: r.get("timing", {}).get("long", {}).get("generation_fps") for name, r in runs.items()
+           if r.get("source") == "pipeline"}
+    fps = {name: value for name, value in fps.items() if value}
+    baseline = next((n for n in ("rolling", "longlive", *fps) if n in fps), None)
+    if baseline is None:
+        return None, {}
+    return baseline, {name: value / fps[baseline] for name, value in fps.items()}
+
+
 def _cell(value, kind) -> str:
     if value is None:
         return "n/a"
@@ -704,6 +722,8 @@ def _cell(value, kind) -> str:
         return f"{100 * value:.1f}%"
     if kind == "fps":
         return f"{value:.1f}"
+    if kind == "mb":
+        return f"{value:.2f}"
     return f"{value:.3f}"
 
 
@@ -714,6 +734,9 @@ def markdown_table(runs: dict[str, dict]) -> str:
     for name, result in runs.items():
         for metric, value, kind in summary_rows(result):
             table.setdefault(metric, {})[name] = _cell(value, kind)
+    baseline, ratios = relative_speed(runs)
+    for name, ratio in ratios.items():
+        table.setdefault(f"long: FPS relative to `{baseline}` (timing)", {})[name] = f"{ratio:.2f}x"
     lines = ["| metric | " + " | ".join(f"`{n}`" for n in names) + " |",
              "| --- | " + " | ".join("---" for _ in names) + " |"]
     for metric, cells in table.items():

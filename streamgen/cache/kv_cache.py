@@ -108,6 +108,10 @@ class KVCache:
         index = self._on_device(self._tokens(self._chunk_slots))
         return self.k.index_select(2, index), self.v.index_select(2, index)
 
+    def token_index(self, region: str) -> torch.Tensor:
+        """Token positions (on the cache's device) of the frames ``region`` holds, oldest first."""
+        return self._on_device(self._tokens(self.slots.slots_of(region)))
+
     def scale_region(self, region: str, weights: torch.Tensor) -> None:
         """Multiply the K and V of every frame ``region`` holds by per-layer, per-spatial-token ``weights``
         [layers, tokens_per_frame] (scaling the token's attention logits and its value)."""

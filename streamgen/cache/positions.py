@@ -119,10 +119,12 @@ class TriRegionPositions:
 
 class SceneRelativePositions:
     """Echo-Forcing's slot-relative RoPE with a scene-local restart: every attended frame's temporal index is its
-    rank in the cache, ``leading_regions`` (the scene memory) first, then every other frame by stream index. Frames
-    the cache dropped leave no gap, so at a switch, when the cache is truncated to the memory (and carried frames),
-    the new scene's first chunk sits right after them: scene-local time restarts. With at most ``rope_range`` slots
-    every index stays inside the backbone's trained range however long the stream.
+    rank in the cache, regions in layout order; inside a region, frames the stream fills go by stream index and
+    frames a strategy wrote (external regions: the scene memory, carried frames, the rolled anchors of the
+    hierarchical temporal memory) in the order they were written, repeats included. Frames the cache dropped leave
+    no gap, so at a switch, when the cache is truncated to the memory (and carried frames), the new scene's first
+    chunk sits right after them: scene-local time restarts. With at most ``rope_range`` frames attended every index
+    stays inside the backbone's trained range however long the stream.
 
     A switch strategy may ask for a RoPE jump (:meth:`jump_next_chunk`): the next chunk's frames (queries and their
     own keys) move that many positions further from everything cached before them, clamped so the chunk still ends
@@ -131,44 +133,46 @@ class SceneRelativePositions:
     Stateful (the pending jump), so every stream builds its own.
     """
 
-    def __init__(self, rope_range: int, leading_regions: tuple[str, ...]):
+    def __init__(self, rope_range: int, region_order: tuple[str, ...], written_regions: tuple[str, ...]):
         self.rope_range = rope_range
-        self.leading_regions = leading_regions
+        self.region_order = region_order
+        self.written_regions = written_regions
         self._jump = 0
 
     @classmethod
     def from_layout(cls, layout: RegionLayout, rope_range: int) -> "SceneRelativePositions":
-        """The external regions (written by the switch strategy) lead, in layout order."""
-        if layout.num_slots > rope_range:
+        streamed = sum(r.frames for r in layout.regions if not r.external)
+        if streamed > rope_range:
             raise ValueError(
-                f"scene-relative positions: {layout.num_slots} cache slots "
-                f"{[(r.name, r.frames) for r in layout.regions]} do not fit rope_range {rope_range}"
+                f"scene-relative positions: the streamed regions {[(r.name, r.frames) for r in layout.regions if not r.external]} "
+                f"hold {streamed} frames, more than rope_range {rope_range}"
             )
-        return cls(rope_range, tuple(r.name for r in layout.regions if r.external))
+        return cls(rope_range, tuple(r.name for r in layout.regions),
+                   tuple(r.name for r in layout.regions if r.external))
 
     def jump_next_chunk(self, frames: int) -> None:
         """Move the next chunk ``frames`` positions away from the frames cached before it (once)."""
         self._jump = frames
 
     def __call__(self, key_frames, query_frames):
-        def order(item: tuple[int, str]):
-            frame, region = item
-            if region in self.leading_regions:
-                return (0, self.leading_regions.index(region), frame)
-            return (1, 0, frame)
+        if len(key_frames) > self.rope_range:
+            raise RuntimeError(
+                f"scene-relative positions: {len(key_frames)} frames are attended, more than rope_range "
+                f"{self.rope_range}; the preset's regions and eviction must keep the attended frames within it"
+            )
 
-        ranked = sorted(key_frames, key=order)
-        rank = {item: i for i, item in enumerate(ranked)}
-        jump = max(0, min(self._jump, self.rope_range - len(ranked)))
+        def order(i: int):
+            frame, region = key_frames[i]
+            return self.region_order.index(region), i if region in self.written_regions else frame
+
+        rank = [0] * len(key_frames)
+        for r, i in enumerate(sorted(range(len(key_frames)), key=order)):
+            rank[i] = r
+        jump = max(0, min(self._jump, self.rope_range - len(key_frames)))
         self._jump = 0
         chunk = set(query_frames)
-
-        def position(item: tuple[int, str]) -> int:
-            frame, region = item
-            own = region not in self.leading_regions and frame in chunk
-            return rank[item] + (jump if own else 0)
-
-        keys = [position(item) for item in key_frames]
-        of_frame = {f: p for (f, region), p in zip(key_frames, keys) if region not in self.leading_regions}
+        keys = [rank[i] + (jump if region not in self.written_regions and frame in chunk else 0)
+                for i, (frame, region) in enumerate(key_frames)]
+        of_frame = {f: p for (f, region), p in zip(key_frames, keys) if region not in self.written_regions}
         queries = [of_frame[f] for f in query_frames]
         return torch.tensor(keys, dtype=torch.float64), torch.tensor(queries, dtype=torch.float64)

@@ -20,6 +20,10 @@ Transition modes (``switch_options.modes``; every number comes from the preset):
 - ``first_chunk_weight``: factor on the memory frame's K/V for the first chunk;
 - ``decay``: a fixed rate, or [min_rate, max_rate] for difference-aware rates; ``evict_after``: chunks until the
   kept frames are dropped.
+
+Between switches, ``temporal_memory`` (options of :class:`~streamgen.cache.temporal_memory.HierarchicalMemory`)
+turns on Echo-Forcing's hierarchical temporal memory: rolled anchors + compressed history + window instead of a
+plain rolling cache.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .memory_decay import MemoryDecay
 from .regions import RegionLayout
 from .scene_memory import SceneRecorder
 from .scene_pool import SceneEntry, ScenePool
+from .temporal_memory import HierarchicalMemory
 
 if TYPE_CHECKING:
     from ..engine import StreamEngine
@@ -117,6 +122,7 @@ class SceneMemorySwitch:
     pool_device: str | None = None  # None: the cache's device
     memory_region: str = "memory"
     carry_region: str = "carry"
+    temporal_memory: dict | None = None  # HierarchicalMemory options; None: the streamed regions roll plainly
     _transitions: dict = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -134,6 +140,17 @@ class SceneMemorySwitch:
             raise ValueError(f"switch option modes must map exactly {list(TRANSITIONS)} to their settings, "
                              f"got {sorted(self.modes) if isinstance(self.modes, dict) else self.modes!r}")
         self._transitions = {name: TransitionMode.from_dict(name, self.modes[name]) for name in TRANSITIONS}
+        self._temporal = None
+        if self.temporal_memory is not None:
+            if not isinstance(self.temporal_memory, dict):
+                raise ValueError(f"switch option temporal_memory must be a mapping, got {self.temporal_memory!r}")
+            options = dict(self.temporal_memory)
+            if "offsets" in options:
+                options["offsets"] = tuple(options["offsets"])
+            try:
+                self._temporal = HierarchicalMemory(**options)
+            except TypeError as err:
+                raise ValueError(f"switch option temporal_memory: {err}") from None
         if self.pool_device is not None:
             try:
                 torch.device(self.pool_device)
@@ -173,13 +190,37 @@ class SceneMemorySwitch:
         self.scene_prompt: str | None = None
         self.run_start = 0  # first scene since the latest non-smooth switch
         self.decay: MemoryDecay | None = None
+        self._check_rope_budget(engine)
+        if self._temporal is not None:
+            self._temporal.attach(engine, self.recorder)
+
+    def _check_rope_budget(self, engine) -> None:
+        """The memory and carried frames plus the new scene's frames attended before they are dropped must fit the
+        trained position range (the streamed regions alone are checked by the position policy)."""
+        layout = engine.cache.layout
+        scene = sum(r.frames for r in layout.regions if r.name not in (self.memory_region, self.carry_region))
+        for name, mode in self._transitions.items():
+            attended = 1 + mode.carry + min(scene, mode.evict_after * engine.chunk_frames)
+            if attended > engine.positions.rope_range:
+                raise ValueError(
+                    f"switch mode {name}: memory 1 + carry {mode.carry} + {mode.evict_after} chunk(s) of the new "
+                    f"scene = {attended} frames attended, more than rope_range {engine.positions.rope_range}"
+                )
 
     @property
     def nbytes(self) -> int:
-        return self.recorder.nbytes + self.pool.nbytes
+        extra = self._temporal.nbytes if self._temporal is not None else 0
+        return self.recorder.nbytes + self.pool.nbytes + extra
 
     def observe_query(self, layer: int, q: torch.Tensor) -> None:
         self.recorder.observe_query(layer, q)
+        if self._temporal is not None:
+            self._temporal.observe_query(layer, q)
+
+    def observe_first_query(self, layer: int, q: torch.Tensor) -> None:
+        """The first denoising pass of a chunk: the hierarchical memory picks this layer's compressed history."""
+        if self._temporal is not None:
+            self._temporal.select(layer, q)
 
     def after_chunk(self, engine: "StreamEngine") -> None:
         """Record the clean chunk for the scene's memory; fade (and in time drop) what the last switch kept."""
@@ -191,6 +232,8 @@ class SceneMemorySwitch:
             first_frame_k = k[:, :, : engine.cache.tokens_per_frame]
             if self.decay.after_chunk(engine.cache, first_frame_k):
                 self.decay = None
+        if self._temporal is not None:
+            self._temporal.after_chunk(engine)
 
     # ---- the switch ----------------------------------------------------------------------------------------------
     def __call__(self, engine: "StreamEngine", transition: str) -> None:
@@ -207,6 +250,8 @@ class SceneMemorySwitch:
         self.scene += 1
         self.scene_start = engine.frame
         self.recorder.reset()
+        if self._temporal is not None:
+            self._temporal.reset(engine)
         if transition != "smooth":
             self.run_start = self.scene
 
