@@ -21,11 +21,12 @@ reuse counts); the anchors are read from the scene recorder the scene memory kee
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from .kv_cache import _token_index
 from .regions import RegionLayout
 
 if TYPE_CHECKING:
@@ -101,7 +102,6 @@ class HierarchicalMemory:
     offsets: tuple[int, ...] = (1, 2, 4, 8, 16)
     max_reuse: int = 8
     drift_strength: float = 3.0
-    _ready: bool = field(default=False, init=False, repr=False)
 
     def validate(self, layout: RegionLayout, chunk_frames: int, recorded_frames: int) -> None:
         names = [r.name for r in layout.regions]
@@ -167,11 +167,6 @@ class HierarchicalMemory:
         engine.cache.clear(self.compressed_region)
         self._steady = False
 
-    @property
-    def steady(self) -> bool:
-        """Whether the chunk being generated sees the rolled anchors and a selected compressed history."""
-        return self._steady
-
     # ---- hooks ---------------------------------------------------------------------------------------------------
     def observe_query(self, layer: int, q: torch.Tensor) -> None:
         """Clean-pass queries [B, n, H, D]: the scene's mean query over its first ``scene_budget`` frames."""
@@ -236,9 +231,8 @@ class HierarchicalMemory:
         engine.cache.hold(self.anchor_region, frames, k, v)
 
     def _ring_tokens(self, frames: list[int]) -> torch.Tensor:
-        tpf = self.engine.cache.tokens_per_frame
         slots = [self.ring_frame.index(f) for f in frames]
-        return torch.tensor([s * tpf + i for s in slots for i in range(tpf)], device=self.ring_k.device)
+        return _token_index(slots, self.engine.cache.tokens_per_frame).to(self.ring_k.device)
 
     def select(self, layer: int, q: torch.Tensor) -> None:
         """First denoising pass of a steady chunk, layer ``layer`` (queries [B, n, H, D]): write the compressed
