@@ -13,7 +13,7 @@ Data model
 Formats (all parsers return list[Schedule]; JSONL and Echo files hold one video per line)
     yaml / json   the native format, one schedule per file (see `_schedule_from_tree`)
     jsonl         LongLive / Anchor Forcing: {"prompts": [...], "seed": N} per line
-    echo          Echo-Forcing: "scene A [10s] | scene B [5s#] | scene A [10s@]" per line
+    echo          Echo-Forcing: "scene A [10s#] | scene B [5s@] | scene A [10s]" per line
 
 Errors
     Every malformed input raises ScheduleError (a ValueError) naming file, line and column,
@@ -899,12 +899,14 @@ def _schedule_from_longlive(root: _Node, default_indices: list[int] | None) -> S
 # -----------------------------------------------------------------------------
 # Echo-Forcing: one video per non-empty line,
 #
-#   scene A [10s] | scene B [5s#] | scene A [10s@]
+#   scene A [10s#] | scene B [5s@] | scene A [10s] ; optional subtitles
 #
 # Scenes are separated by "|" (so prompts cannot contain it) and each ends with its duration
-# in seconds in brackets: no suffix = smooth, "#" = cut, "@" = recall. A line whose first
-# non-blank character is "#" followed by a blank (or nothing) is a comment; "#hashtag [5s]"
-# is a scene.
+# in seconds in brackets. As in the Echo-Forcing release, a scene's suffix says how the NEXT
+# scene is entered: none = smooth, "#" = cut, "@" = recall (the last scene's suffix has no
+# next scene and is ignored; the first scene is entered plainly). Text after the first ";"
+# is the release's subtitles and is ignored. A line whose first non-blank character is "#"
+# followed by a blank (or nothing) is a comment; "#hashtag [5s]" is a scene.
 
 _ECHO_DURATION = re.compile(r"\[([0-9]+\.?[0-9]*)\s*s([#@])?\]")
 _ECHO_TRANSITIONS = {None: Transition.SMOOTH, "#": Transition.CUT, "@": Transition.RECALL}
@@ -929,7 +931,8 @@ def _parse_echo(text: str) -> list[Schedule]:
 def _schedule_from_echo(line: str, number: int) -> Schedule:
     segments, places = [], {}
     offset = 0  # where the current scene's text starts in the line
-    for i, part in enumerate(line.split("|")):
+    entry = Transition.SMOOTH  # how the next scene is entered: the previous scene's suffix
+    for i, part in enumerate(line.split(";", 1)[0].split("|")):
         body = part.strip()
         scene = _Node(None, number, offset + len(part) - len(part.lstrip()) + 1)
         bracket_at = part.rstrip().rfind("[")
@@ -939,14 +942,14 @@ def _schedule_from_echo(line: str, number: int) -> Schedule:
             raise _error(f"scene {i + 1} is empty", scene)
         if not body.endswith("]") or bracket_at < 0:
             raise _error(f"scene {i + 1} must end with its duration in seconds, "
-                         f"like [5s], [5s#] (cut) or [5s@] (recall)", scene)
+                         f"like [5s], [5s#] (a cut into the next scene) or [5s@] (a recall)", scene)
         duration = _ECHO_DURATION.fullmatch(part.rstrip(), bracket_at)
         if duration is None:
             raise _error(f"scene {i + 1}: bad duration {part.rstrip()[bracket_at:]!r}, "
                          f"expected e.g. [5s], [2.5s#] or [10s@]", bracket)
         places[(i, "prompt")], places[(i, "seconds")] = scene, bracket
-        segments.append(Segment(part[:bracket_at].strip(), float(duration.group(1)), "seconds",
-                                transition=_ECHO_TRANSITIONS[duration.group(2)]))
+        segments.append(Segment(part[:bracket_at].strip(), float(duration.group(1)), "seconds", transition=entry))
+        entry = _ECHO_TRANSITIONS[duration.group(2)]
     try:
         return Schedule(tuple(segments))
     except ScheduleError as e:

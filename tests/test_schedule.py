@@ -193,12 +193,20 @@ def test_jsonl_single_prompt_needs_no_switch_indices():
 
 
 def test_echo_documented_example():
-    [schedule] = parse_schedule_text("scene A [10s] | scene B [5s#] | scene A [10s@]", "echo")
+    [schedule] = parse_schedule_text("scene A [10s#] | scene B [5s@] | scene A [10s]", "echo")
     assert schedule == Schedule((
         Segment("scene A", 10, "seconds", transition=SMOOTH),
         Segment("scene B", 5, "seconds", transition=CUT),
         Segment("scene A", 10, "seconds", transition=RECALL),
     ))
+
+
+def test_echo_suffix_enters_the_next_scene_and_subtitles_are_ignored():
+    # as in the Echo-Forcing release: the suffix of scene i is the transition into scene i + 1, the last one has
+    # no next scene, and the text after ";" is subtitles
+    [schedule] = parse_schedule_text("a [1s@] | b [2s] | c [3s#] | d [4s@] ; sub a | sub b", "echo")
+    assert [(s.prompt, s.transition) for s in schedule.segments] == [
+        ("a", SMOOTH), ("b", RECALL), ("c", SMOOTH), ("d", CUT)]
 
 
 def test_echo_one_video_per_line_with_comments():
@@ -242,7 +250,7 @@ def test_format_comes_from_the_file_extension(tmp_path, suffix, text):
 
 
 def test_raw_text_and_bytes_are_accepted():
-    assert load_schedules("a [1s] | b [2s#]")[0].segments[1].transition is CUT
+    assert load_schedules("a [1s#] | b [2s]")[0].segments[1].transition is CUT
     assert load_schedules(b'\xef\xbb\xbf{"prompts": ["caf\xc3\xa9"]}')[0].segments[0].prompt == "café"
 
 
