@@ -73,7 +73,7 @@ class StreamEngine:
         self.generator = generator
         self.preset = preset
 
-        layout = preset.layout(stream_frames)
+        layout = preset.stream_layout(stream_frames)
         if layout.num_slots < chunk_frames:
             raise ValueError(f"cache preset {preset.name!r} holds {layout.num_slots} frames, fewer than a chunk ({chunk_frames})")
         self.cache = KVCache(

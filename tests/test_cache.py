@@ -59,6 +59,19 @@ def test_a_cache_that_cannot_evict_says_so_when_full():
         cache.begin_chunk([6, 7, 8])
 
 
+def test_a_preset_that_cannot_evict_refuses_a_longer_stream_before_generating(tmp_path):
+    path = tmp_path / "fixed.yaml"
+    path.write_text("name: fixed\nregions:\n  - {name: history, frames: 21}\npositions: absolute\nswitch: none\n")
+    fixed = load_preset(str(path))
+    assert fixed.stream_layout(21).num_slots == 21
+    with pytest.raises(ValueError, match="'fixed' holds 21 latent frames and never evicts, so it cannot play 24"):
+        fixed.stream_layout(24)
+    with pytest.raises(ValueError, match="cannot play an open-ended stream"):
+        fixed.stream_layout(None)
+    self_forcing = load_preset("self-forcing")  # the release's rolling path: any length
+    assert self_forcing.stream_layout(2000).num_slots == 21 and self_forcing.stream_layout(None).region("history").evict
+
+
 def test_clearing_a_region_frees_its_slots_for_replay():
     cache = make_cache(ROLLING)
     for start in range(0, 15, 3):

@@ -135,6 +135,20 @@ class CachePreset:
             tuple(Region(r.name, r.frames or stream_frames, r.evict, r.promoted_from, r.external) for r in self.regions)
         )
 
+    def stream_layout(self, stream_frames: int | None) -> RegionLayout:
+        """The layout of a stream of ``stream_frames`` latent frames (None: open-ended), refused before anything is
+        generated if the cache would fill up: a preset that never evicts must hold the whole stream."""
+        layout = self.layout(stream_frames)
+        if not any(r.evict for r in layout.regions):
+            room = sum(r.frames for r in layout.regions if not r.external and r.promoted_from is None)
+            if stream_frames is None or stream_frames > room:
+                wanted = "an open-ended stream" if stream_frames is None else f"{stream_frames} latent frames"
+                raise ValueError(
+                    f"cache preset {self.name!r} holds {room} latent frames and never evicts, so it cannot play "
+                    f"{wanted}; use a rolling preset (e.g. rolling, self-forcing) or a shorter stream"
+                )
+        return layout
+
     def position_policy(self, layout: RegionLayout, chunk_frames: int) -> PositionPolicy:
         if self.positions == "absolute":
             return AbsolutePositions()
