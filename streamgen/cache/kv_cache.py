@@ -84,9 +84,14 @@ class KVCache:
     def hold(self, region: str, frames: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
         """Put ``frames`` with K/V ``k``, ``v`` [layers, B, len(frames) * tokens_per_frame, H, D] into the external
         ``region``, replacing what it held; attended from the next chunk on."""
-        index = self._on_device(self._tokens(self.slots.hold(region, frames)))
+        index = self._on_device(self._tokens(self.reserve(region, frames)))
         self.k.index_copy_(2, index, k.to(self.k))
         self.v.index_copy_(2, index, v.to(self.v))
+
+    def reserve(self, region: str, frames: list[int]) -> list[int]:
+        """Make the external ``region`` hold ``frames`` (replacing what it held) without writing their K/V: the
+        caller fills the returned slots before anything reads them."""
+        return self.slots.hold(region, frames)
 
     def carry(self, frames: list[int], region: str) -> None:
         """Move ``frames`` (as computed) from the regions the stream fills into the external ``region``; their old

@@ -193,14 +193,15 @@ class HierarchicalMemory:
             self.uses[:, :, span] = 0
             self.ring_frame[slot] = first + i
         next_chunk = (engine.frame - self.scene_start) // self.chunk_frames
-        window_start = engine.frame - (self.scene_budget - self.anchors - self.compressed) + self.chunk_frames
         if (next_chunk + 1) * self.chunk_frames <= self.scene_budget:
-            self._fill(engine, window_start)
+            self._fill(engine)
         else:
             self._roll(engine, next_chunk)
 
-    def _fill(self, engine: "StreamEngine", window_start: int) -> None:
+    def _fill(self, engine: "StreamEngine") -> None:
         """Before the budget is full: the scene's frames that left the window, in order, anchors first."""
+        window = self.scene_budget - self.anchors - self.compressed
+        window_start = engine.frame + self.chunk_frames - window  # what the next chunk's window starts with
         left = list(range(self.scene_start, max(self.scene_start, window_start)))
         anchored, compressed = left[: self.anchors], left[self.anchors : self.anchors + self.compressed]
         self._hold_anchors(engine, anchored)
@@ -213,12 +214,9 @@ class HierarchicalMemory:
     def _roll(self, engine: "StreamEngine", chunk: int) -> None:
         local = anchor_frames_at(chunk, self.chunk_frames, self.anchors, self.scene_budget)
         self._hold_anchors(engine, [self.scene_start + f for f in local])
-        # Placeholders named after the newest candidates; each layer's tokens are chosen at the first pass.
+        # Slots named after the newest candidates; each layer writes its tokens at the chunk's first pass.
         newest = engine.frame - self.exclude_recent
-        frames = list(range(newest - self.compressed, newest))
-        tokens = self.compressed * engine.cache.tokens_per_frame
-        zeros = self.ring_k.new_zeros(self.ring_k.shape[0], self.ring_k.shape[1], tokens, *self.ring_k.shape[3:])
-        engine.cache.hold(self.compressed_region, frames, zeros, zeros)
+        engine.cache.reserve(self.compressed_region, list(range(newest - self.compressed, newest)))
         self._steady = True
 
     def _hold_anchors(self, engine: "StreamEngine", frames: list[int]) -> None:
