@@ -81,14 +81,12 @@ def cmd_generate(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .cache.presets import load_preset
-
     pipe = _load_pipeline(args.pipeline)
     t = pipe.transformer
     height, width = args.height or pipe.config.height, args.width or pipe.config.width
     spatial = pipe.vae_scale_factor_spatial
     tpf = t.tokens_per_frame(height // spatial, width // spatial)
-    preset = load_preset(args.cache or pipe.config.default_cache)
+    preset = pipe.cache_preset(args.cache)
     frames = preset.layout(pipe.num_latent_frames(args.frames) if preset.needs_stream_length else None).num_slots
     itemsize = t.dtype.itemsize
     cache_bytes = 2 * len(t.blocks) * frames * tpf * t.num_heads * t.head_dim * itemsize

@@ -203,6 +203,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
     suits models trained with plain flow matching (the shipped ShapeWorld model), whose one-shot x0 predictions from
     high noise are blurred means. ``guidance_scale``: the default classifier-free guidance scale (1 = off; a
     model trained with caption dropout can follow its prompt more closely at > 1, for two transformer passes per step).
+    ``rope_range``: the temporal RoPE positions the checkpoint was trained on (21 latent frames for Wan / Self-Forcing
+    checkpoints); cache presets with ``rope_range: auto`` keep their indices inside it.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -227,6 +229,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         text_encoder_package: str | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
+        rope_range: int = 21,
     ):
         super().__init__()
         if type(transformer) is WanTransformer3DModel:  # a plain diffusers Wan folder: add the streaming methods
@@ -246,10 +249,16 @@ class StreamingVideoPipeline(DiffusionPipeline):
             text_encoder_package=text_encoder_package,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
+            rope_range=rope_range,
         )
         self._prompt_kv: dict[tuple[str, int], PromptKV] = {}
         self._prompt_kv_lock = threading.Lock()  # streams of one pipeline may run in several threads (the demo)
         self._active_stream: weakref.ref | None = None  # weak: a dropped stream frees its cache
+
+    def cache_preset(self, cache: str | CachePreset | None = None) -> CachePreset:
+        """The cache preset ``cache`` (name, YAML path or preset; None: the pipeline's default) on this checkpoint:
+        a ``rope_range: auto`` preset takes the config's ``rope_range``."""
+        return load_preset(cache or self.config.default_cache).with_rope_range(int(self.config.rope_range))
 
     # ---- sizes ------------------------------------------------------------------------------------------------
     @property
@@ -394,7 +403,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         if height is None or width is None:
             default_h, default_w = self.default_size()
             height, width = height or default_h, width or default_w
-        preset = load_preset(cache or self.config.default_cache)
+        preset = self.cache_preset(cache)
         self.check_inputs(prompt, schedule, num_frames, height, width, latents, preset, batch_size)
         num_latent = self.num_latent_frames(num_frames) if num_frames is not None else None
         if schedule is None:

@@ -137,5 +137,5 @@ def cast_keeping_fp32_modules(model, dtype: torch.dtype):
 # Pipeline config entries (not components) a model_index.json may carry.
 PIPELINE_CONFIG_KEYS = (
     "chunk_frames", "denoising_timesteps", "context_timestep", "max_sequence_length", "fps", "default_cache",
-    "height", "width", "num_inference_steps", "guidance_scale",
+    "height", "width", "num_inference_steps", "guidance_scale", "rope_range",
 )

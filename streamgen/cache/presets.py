@@ -19,9 +19,10 @@ region only a switch strategy writes (Echo-Forcing's scene memory and carried fr
 
 ``rope_range`` is the number of temporal positions the backbone was trained on (21 latent frames for Wan /
 Self-Forcing checkpoints). It belongs to the preset because the position policy is built from the preset alone and
-a method's region sizes are chosen for that range; a pipeline that knows its checkpoint's range can override it
-with ``dataclasses.replace(preset, rope_range=...)``, which re-runs every check. ``tri-region`` and
-``scene-relative`` positions need it.
+a method's region sizes are chosen for that range (a peer's published preset states its checkpoint's range).
+``rope_range: auto`` takes the range of the checkpoint that plays it (the pipeline config's ``rope_range``, via
+:meth:`CachePreset.with_rope_range`, which re-runs every check). ``tri-region`` and ``scene-relative`` positions
+need it.
 
 A preset with fixed region sizes is checked whole when it is built (regions, position policy, switch options), so
 a bad file fails at load time, naming the file and the key.
@@ -29,7 +30,7 @@ a bad file fails at load time, naming the file and the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -44,6 +45,7 @@ from .switching import STRATEGIES, SwitchStrategy
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "cache"
 POSITIONS = ("absolute", "block-relative", "tri-region", "scene-relative")
 RANGED_POSITIONS = ("tri-region", "scene-relative")  # policies that keep indices inside rope_range
+AUTO = "auto"  # rope_range: the range of the checkpoint that plays the preset
 PRESET_KEYS = {"name", "regions", "positions", "switch", "query_origin", "pinned_regions", "rope_range", "description",
                "switch_options"}
 REGION_KEYS = {"name", "frames", "evict", "promoted_from", "external"}
@@ -73,7 +75,7 @@ class CachePreset:
     switch: str = "none"
     query_origin: int | None = None  # block-relative only; default: the end of the cache's position range
     pinned_regions: tuple[str, ...] = ("sink",)
-    rope_range: int | None = None  # trained temporal positions; tri-region and scene-relative only
+    rope_range: int | str | None = None  # trained temporal positions, or "auto": the checkpoint's; ranged policies only
     description: str = ""
     switch_options: dict = field(default_factory=dict)
 
@@ -89,9 +91,9 @@ class CachePreset:
                 f"cache preset {self.name!r}: the scene-memory switch moves scene-relative positions (its RoPE jump), "
                 f"so it needs positions: scene-relative, got {self.positions!r}"
             )
-        if self.rope_range is not None and not (is_int(self.rope_range) and self.rope_range > 0):
+        if self.rope_range not in (None, AUTO) and not (is_int(self.rope_range) and self.rope_range > 0):
             raise ValueError(
-                f"cache preset {self.name!r}: rope_range must be a positive integer, got {self.rope_range!r}"
+                f"cache preset {self.name!r}: rope_range must be a positive integer or 'auto', got {self.rope_range!r}"
             )
         if self.positions in RANGED_POSITIONS and self.rope_range is None:
             raise ValueError(
@@ -102,7 +104,20 @@ class CachePreset:
             raise ValueError(
                 f"cache preset {self.name!r}: rope_range only applies to {' and '.join(RANGED_POSITIONS)} positions"
             )
+        if self.rope_range == AUTO:  # the regions are checked against the range once a checkpoint gives it
+            self.switch_strategy()
+            return
         self.switch_strategy(layout=None if self.needs_stream_length else self._checked_layout())
+
+    def with_rope_range(self, rope_range: int) -> "CachePreset":
+        """This preset on a checkpoint trained on ``rope_range`` temporal positions: a ``rope_range: auto`` preset
+        takes it (and is checked against it); a preset that states its own range keeps it."""
+        if self.rope_range != AUTO:
+            return self
+        try:
+            return replace(self, rope_range=rope_range)
+        except ValueError as err:
+            raise ValueError(f"{err} (rope_range: auto took the pipeline's rope_range {rope_range})") from None
 
     def _checked_layout(self) -> RegionLayout:
         """The fixed-size layout, with the position policy's constraints on it checked."""
@@ -150,6 +165,9 @@ class CachePreset:
         return layout
 
     def position_policy(self, layout: RegionLayout, chunk_frames: int) -> PositionPolicy:
+        if self.rope_range == AUTO:
+            raise ValueError(f"cache preset {self.name!r} has rope_range: auto; resolve it with with_rope_range() "
+                             "(the pipeline does, from its config's rope_range)")
         if self.positions == "absolute":
             return AbsolutePositions()
         if self.positions == "tri-region":
