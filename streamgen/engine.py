@@ -157,8 +157,19 @@ class StreamEngine:
             rotary = self._begin(run)
             self._forward(self.history.get(run), self.sampler.context_timestep, rotary)
 
-    def _begin(self, frames: list[int]) -> ChunkRotary:
-        self.cache.begin_chunk(frames)
+    def rewrite(self, frames: list[int]) -> None:
+        """Re-encode ``frames`` the cache holds from their clean latents under the current prompt, in place (in
+        whatever region holds them), attending to everything the cache holds."""
+        for start in range(0, len(frames), self.chunk_frames):
+            run = frames[start : start + self.chunk_frames]
+            rotary = self._begin(run, in_place=True)
+            self._forward(self.history.get(run), self.sampler.context_timestep, rotary)
+
+    def _begin(self, frames: list[int], in_place: bool = False) -> ChunkRotary:
+        if in_place:
+            self.cache.begin_rewrite(frames)
+        else:
+            self.cache.begin_chunk(frames)
         key_pos, query_pos = self.positions(self.cache.attention_frames(), frames)
         return self.transformer.rotary(key_pos, query_pos, *self.latent_hw)
 

@@ -69,6 +69,20 @@ class KVCache:
         self._read = self._on_device(_token_selection(self._read_slots, self.tokens_per_frame))
         return slots
 
+    def begin_rewrite(self, frames: list[int]) -> list[int]:
+        """Like :meth:`begin_chunk` for ``frames`` the cache already holds: their K/V are rewritten in their slots
+        (wherever they are, external regions included) while they attend to everything held."""
+        held = {f: s for s, f in enumerate(self.slots.frame_of_slot) if f >= 0}
+        missing = [f for f in frames if f not in held]
+        if missing:
+            raise ValueError(f"frames {missing} are not in the cache; only held frames can be rewritten in place")
+        slots = [held[f] for f in frames]
+        self._chunk_slots = slots
+        self._write = self._on_device(_token_selection(slots, self.tokens_per_frame))
+        self._read_slots = self.slots.occupied()
+        self._read = self._on_device(_token_selection(self._read_slots, self.tokens_per_frame))
+        return slots
+
     def clear(self, region: str) -> None:
         """Drop every frame held by ``region`` (its tensors are simply overwritten later)."""
         self.slots.clear(region)

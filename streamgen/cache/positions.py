@@ -173,6 +173,9 @@ class SceneRelativePositions:
         chunk = set(query_frames)
         keys = [rank[i] + (jump if region not in self.written_regions and frame in chunk else 0)
                 for i, (frame, region) in enumerate(key_frames)]
-        of_frame = {f: p for (f, region), p in zip(key_frames, keys) if region not in self.written_regions}
+        # A query's own key: the streamed copy if there is one, else the written one (a carried frame re-encoded in
+        # place at a switch).
+        of_frame = {f: p for (f, region), p in zip(key_frames, keys) if region in self.written_regions}
+        of_frame.update({f: p for (f, region), p in zip(key_frames, keys) if region not in self.written_regions})
         queries = [of_frame[f] for f in query_frames]
         return torch.tensor(keys, dtype=torch.float64), torch.tensor(queries, dtype=torch.float64)

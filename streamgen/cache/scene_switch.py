@@ -14,7 +14,9 @@ Transition modes (``switch_options.modes``; every number comes from the preset):
 - ``memory``: which scene's memory frame is kept — ``previous`` (the scene that just ended), ``run-start`` (the
   first scene since the latest non-smooth switch: a run of smooth switches keeps one identity anchor) or ``match``
   (a recall: the scene named by id, else the pooled scene whose prompt matches best);
-- ``carry``: how many of the most recent frames are kept as computed;
+- ``carry``: how many of the most recent frames are kept as computed; with ``recache_carry: true`` (optional,
+  default false) they are re-encoded under the NEW prompt while they attend to the kept memory frame (an
+  anchor-guided re-cache of the carried frames, as Anchor Forcing does for its window);
 - ``jump``: RoPE distance added between the kept frames and the new scene's first chunk: a number, or
   [min, max] scaled by how poorly the recalled scene matches (``match`` only);
 - ``first_chunk_weight``: factor on the memory frame's K/V for the first chunk;
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 TRANSITIONS = ("smooth", "cut", "recall")
 MEMORY_SOURCES = ("previous", "run-start", "match")
 MODE_KEYS = {"memory", "carry", "jump", "first_chunk_weight", "decay", "evict_after"}
+OPTIONAL_MODE_KEYS = {"recache_carry": False}
 
 
 def is_int(value) -> bool:
@@ -68,17 +71,23 @@ class TransitionMode:
     first_chunk_weight: float
     decay: float | tuple[float, float]
     evict_after: int
+    recache_carry: bool = False
 
     @classmethod
     def from_dict(cls, name: str, data) -> "TransitionMode":
         key = f"modes.{name}"
         if not isinstance(data, dict):
             raise ValueError(f"switch option {key} must be a mapping of {sorted(MODE_KEYS)}, got {data!r}")
-        if set(data) != MODE_KEYS:
+        if not MODE_KEYS <= set(data) <= MODE_KEYS | set(OPTIONAL_MODE_KEYS):
             raise ValueError(
                 f"switch option {key}: missing keys {sorted(MODE_KEYS - set(data))}, "
-                f"unknown keys {sorted(set(data) - MODE_KEYS)}"
+                f"unknown keys {sorted(set(data) - MODE_KEYS - set(OPTIONAL_MODE_KEYS))}"
             )
+        recache_carry = data.get("recache_carry", OPTIONAL_MODE_KEYS["recache_carry"])
+        if not isinstance(recache_carry, bool):
+            raise ValueError(f"switch option {key}.recache_carry must be true or false, got {recache_carry!r}")
+        if recache_carry and not (is_int(data["carry"]) and data["carry"] > 0):
+            raise ValueError(f"switch option {key}.recache_carry re-encodes carried frames, so carry must be > 0")
         memory, carry, jump = data["memory"], data["carry"], data["jump"]
         weight, decay, evict_after = data["first_chunk_weight"], data["decay"], data["evict_after"]
         if memory not in MEMORY_SOURCES:
@@ -106,7 +115,7 @@ class TransitionMode:
             )
         if not (is_int(evict_after) and evict_after > 0):
             raise ValueError(f"switch option {key}.evict_after must be a positive integer, got {evict_after!r}")
-        return cls(memory, carry, jump, float(weight), decay, evict_after)
+        return cls(memory, carry, jump, float(weight), decay, evict_after, recache_carry)
 
 
 @dataclass
@@ -244,6 +253,8 @@ class SceneMemorySwitch:
         self._end_scene()
         entry, jump = self._memory(engine, mode)
         self._truncate(engine, mode, entry)
+        if mode.recache_carry:
+            engine.rewrite(engine.cache.frames_in(self.carry_region))
         engine.positions.jump_next_chunk(jump)
         kept = (self.memory_region, self.carry_region) if mode.carry else (self.memory_region,)
         self.decay = MemoryDecay(kept, mode.decay, mode.evict_after)
