@@ -48,6 +48,18 @@ def test_default_config_loads_and_validates():
         config_from_dict({"data": {"clip_frames": 7}})
 
 
+def test_a_config_can_extend_another(tmp_path):
+    (tmp_path / "base.yaml").write_text("batch_size: 4\noptim: {lr: 0.001, ema_decay: 0.9}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\noptim: {ema_decay: 0.5}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.batch_size, cfg.optim.lr, cfg.optim.ema_decay) == (4, 0.001, 0.5)  # merged key by key
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
+    realign = load_config("configs/train/shapeworld-tiny-realign.yaml")
+    assert realign.positions.preset == "anchor-forcing" and realign.model.num_layers == 3
+
+
 def test_cli_parses():
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers(dest="command"))

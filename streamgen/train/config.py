@@ -81,6 +81,19 @@ class LossConfig:
 
 
 @dataclass
+class PositionsConfig:
+    # RoPE re-alignment (streamgen.train.positions): with a cache preset, a step draws a stream length in
+    # [clip_frames, max_stream_frames] and gives the clip the positions that preset's policy gives the frames it
+    # attends to at that point of a stream (with probability prob; else the standard 0..F-1). target: "data" (the
+    # flow-matching velocity) or "teacher" (the resumed model's prediction at the standard positions; needs --resume).
+    preset: str | None = None
+    rope_range: int | None = None  # for a rope_range: auto preset; exported as the pipeline's rope_range
+    max_stream_frames: int = 2200
+    prob: float = 0.5
+    target: str = "data"
+
+
+@dataclass
 class OptimConfig:
     lr: float = 3e-4
     weight_decay: float = 0.01
@@ -99,6 +112,7 @@ class TrainConfig:
     text: TextConfig = field(default_factory=TextConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    positions: PositionsConfig = field(default_factory=PositionsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     chunk_frames: int = 3
     batch_size: int = 8
@@ -128,6 +142,16 @@ class TrainConfig:
             raise ValueError(f"optim.schedule must be cosine, linear or constant, got {self.optim.schedule!r}")
         if self.loss.foreground_weight < 0:
             raise ValueError(f"loss.foreground_weight must be >= 0, got {self.loss.foreground_weight}")
+        pos = self.positions
+        if pos.target not in ("data", "teacher"):
+            raise ValueError(f"positions.target must be 'data' or 'teacher', got {pos.target!r}")
+        if not 0 <= pos.prob <= 1:
+            raise ValueError(f"positions.prob must be in [0, 1], got {pos.prob}")
+        if pos.max_stream_frames < self.data.clip_frames:
+            raise ValueError(f"positions.max_stream_frames ({pos.max_stream_frames}) must be at least data.clip_frames "
+                             f"({self.data.clip_frames})")
+        if pos.target == "teacher" and pos.preset is None:
+            raise ValueError("positions.target: teacher re-aligns a model to a preset's positions: set positions.preset")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         return self
@@ -161,6 +185,26 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return _build(TrainConfig, values or {}, "config").validate()
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of ``path``; ``extends: other.yaml`` (relative to the file) starts from that file's."""
+    path = path.resolve()
+    if path in seen:
+        raise ValueError(f"{path}: 'extends' loops back to itself")
     with open(path) as f:
-        return config_from_dict(yaml.safe_load(f) or {})
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys")
+    base = values.pop("extends", None)
+    return _merged(_read(path.parent / base, (*seen, path)), values) if base else values
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """A training config from YAML; ``extends: base.yaml`` makes a file a set of changes to another one."""
+    return config_from_dict(_read(Path(path)))

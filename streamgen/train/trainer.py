@@ -9,6 +9,10 @@ Captions: cross-attention is per sample, so each clip gets ONE prompt: the capti
 LAST chunk. The loss covers only the frames whose segment has that caption (for a clip with switches: the chunks
 after the last switch, plus an earlier A when the last segment recalls A); earlier segments stay in the attention
 as context played under another prompt, which is what the model sees after a live switch.
+
+RoPE re-alignment (``positions:`` in the config, :mod:`streamgen.train.positions`): the clip's frames take the
+positions a cache preset gives them at a random point of a long stream instead of 0..F-1, against the data or (for a
+resumed model) against the model's own prediction at the standard positions.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ..models.causal_wan import CausalWanTransformer3DModel, block_causal_mask
 from ..sampling import shift_sigma
 from .config import TrainConfig
 from .data import CaptionEncoder, ClipSource
+from .positions import StreamPositions
 
 SIGMA_BINS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0001)
 CHECKPOINT = "checkpoint"
@@ -56,10 +61,13 @@ class ChunkCausalFlow(nn.Module):
         self.transformer = transformer
         self.chunk_frames = chunk_frames
 
-    def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``positions``: temporal RoPE index of each frame (default 0..F-1; see :mod:`streamgen.train.positions`)."""
         t = self.transformer
         _, _, frames, height, width = x_t.shape
-        positions = torch.arange(frames)
+        if positions is None:
+            positions = torch.arange(frames)
         rotary = t.rotary(positions, positions, height, width)
         mask = block_causal_mask(frames, self.chunk_frames, t.tokens_per_frame(height, width), x_t.device)
         return t.forward_chunk(x_t, timesteps, t.encode_prompt_kv(text_states), None, rotary, attention_mask=mask)
@@ -183,6 +191,18 @@ class Trainer:
         if resume and ckpt.is_file():
             self._load(ckpt)
         self.params = sum(p.numel() for p in self.transformer.parameters())
+        self.stream_positions, self.teacher = None, None
+        pos = config.positions
+        if pos.preset is not None:
+            self.stream_positions = StreamPositions(pos.preset, config.data.clip_frames, config.chunk_frames,
+                                                    pos.rope_range)
+        if pos.target == "teacher":
+            if self.step == 0:
+                raise ValueError("positions.target: teacher distils the resumed model into itself: pass --resume")
+            with torch.random.fork_rng():  # building it must not move the resumed run's random stream
+                teacher = build_transformer(config)
+            teacher = self.ema.copy_to(teacher).to(acc.device).eval().requires_grad_(False)
+            self.teacher = ChunkCausalFlow(teacher, config.chunk_frames)
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def loss(self, batch: dict[str, Any], generator: torch.Generator, stats: dict | None = None) -> torch.Tensor:
@@ -197,10 +217,16 @@ class Trainer:
         sigma_f = sigma.repeat_interleave(cfg.chunk_frames, dim=1).to(acc.device)  # [B, F]
         s = sigma_f[:, None, :, None, None]
         x_t = (1 - s) * x0 + s * noise
+        positions = self.draw_positions(frames, generator)
+        text_states = self.captions(prompts).to(acc.device)
         with acc.autocast():
-            pred = self.model(x_t, sigma_f * 1000.0, self.captions(prompts).to(acc.device))
+            pred = self.model(x_t, sigma_f * 1000.0, text_states, positions)
+        target = noise - x0
+        if self.teacher is not None:
+            with torch.no_grad(), acc.autocast():  # the same inputs at the positions the teacher was trained on
+                target = self.teacher(x_t, sigma_f * 1000.0, text_states).float()
         weight = pixel_weights(x0, cfg.loss)  # [B, 1, F, H, W]
-        per_frame = ((pred.float() - (noise - x0)).pow(2) * weight).mean(dim=(1, 3, 4)) / weight.mean(dim=(1, 3, 4))
+        per_frame = ((pred.float() - target).pow(2) * weight).mean(dim=(1, 3, 4)) / weight.mean(dim=(1, 3, 4))
         mask = mask.to(acc.device)
         loss = (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
         if stats is not None:
@@ -212,6 +238,22 @@ class Trainer:
                 stats[key][0] += float((pf * sel).sum())
                 stats[key][1] += float(sel.sum())
         return loss
+
+    @property
+    def rope_range(self) -> int:
+        """The temporal positions the model is trained on: the re-alignment preset's range, else the clip's."""
+        ranged = self.stream_positions is not None and self.stream_positions.rope_range is not None
+        return int(self.stream_positions.rope_range) if ranged else self.config.data.clip_frames
+
+    def draw_positions(self, frames: int, generator: torch.Generator) -> torch.Tensor | None:
+        """This step's RoPE positions: a preset's at a random point of a stream (positions.prob of the steps), else
+        None (the standard 0..F-1)."""
+        pos, chunk = self.config.positions, self.config.chunk_frames
+        if self.stream_positions is None or float(torch.rand((), generator=generator)) >= pos.prob:
+            return None
+        lengths = range(frames // chunk, pos.max_stream_frames // chunk + 1)
+        stream = chunk * lengths[int(torch.randint(len(lengths), (), generator=generator))]
+        return self.stream_positions(stream)
 
     @torch.no_grad()
     def eval_loss(self, batch: dict[str, Any], seed: int = 0) -> float:
@@ -295,6 +337,7 @@ class Trainer:
             chunk_frames=cfg.chunk_frames, max_sequence_length=cfg.text.max_sequence_length, fps=float(cfg.data.fps),
             height=cfg.data.height, width=cfg.data.width, text_encoder_package=cfg.text.package,
             num_inference_steps=cfg.noise.sample_steps, guidance_scale=cfg.noise.sample_guidance,
+            rope_range=self.rope_range,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
