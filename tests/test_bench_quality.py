@@ -117,6 +117,18 @@ def test_the_cli_writes_json_plots_and_a_markdown_table(pipe, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown suite"):
         bad = parser.parse_args(["bench", "quality", "--reference", "--suites", "single,speed"])
         bad.func(bad)
+    # --table: one table from earlier results, e.g. the halves of a comparison run in parallel
+    (tmp_path / "q.json").rename(tmp_path / "ref.json")
+    args = parser.parse_args(["bench", "quality", "--pipeline", str(TINY), "--compare", "rolling", "--quick",
+                              "--suites", "recall", "--json", str(tmp_path / "cmp.json")])
+    assert args.func(args) == 0
+    capsys.readouterr()
+    merged = parser.parse_args(["bench", "quality", "--table", str(tmp_path / "cmp.json"), str(tmp_path / "ref.json")])
+    assert merged.func(merged) == 0
+    assert capsys.readouterr().out.startswith("| metric | `rolling` | `reference` |")
+    twice = parser.parse_args(["bench", "quality", "--table", str(tmp_path / "ref.json"), str(tmp_path / "ref.json")])
+    with pytest.raises(ValueError, match="already in an earlier file"):
+        twice.func(twice)
 
 
 def test_the_streamgen_command_has_bench_quality_once_wired():

@@ -763,11 +763,30 @@ def register_cli(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests and smoke runs)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--table", nargs="+", metavar="JSON",
+                   help="print one table from earlier --json results (e.g. halves of a comparison run in parallel) "
+                        "instead of running anything")
     p.set_defaults(func=cmd_bench_quality)
     return p
 
 
+def merged_runs(paths: Sequence[str | Path]) -> dict[str, dict]:
+    """The runs of several ``--json`` results (single runs or comparisons), in order, as one comparison."""
+    runs: dict[str, dict] = {}
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        found = result["runs"] if result.get("benchmark") == "quality-compare" else {result["cache"] or "reference": result}
+        for name, run in found.items():
+            if name in runs:
+                raise ValueError(f"{path}: run {name!r} is already in an earlier file")
+            runs[name] = run
+    return runs
+
+
 def cmd_bench_quality(args) -> int:
+    if args.table:
+        print(markdown_table(merged_runs(args.table)))
+        return 0
     suites = _check_suites(args.suites)
 
     def log(message: str) -> None:
