@@ -110,6 +110,7 @@ def test_the_cli_writes_json_plots_and_a_markdown_table(pipe, tmp_path, capsys):
     assert (tmp_path / "plots" / "quality_block-relative_switch.png").is_file()
     table = capsys.readouterr().out
     assert table.startswith("| metric | `block-relative` |") and "switch cut: new prompt, chunk 1" in table
+    assert "switch cut: old colour left, chunk 1" in table  # one attribute at a time too
     ref = parser.parse_args(["bench", "quality", "--reference", "--quick", "--suites", "recall",
                              "--json", str(out)])
     assert ref.func(ref) == 0

@@ -679,6 +679,11 @@ def summary_rows(result: dict) -> list[tuple[str, float | None, str]]:
             for key, what in (("new", "new prompt"), ("old", "old leftovers")):
                 for chunk, value in sw[mode][key].items():
                     rows.append((f"switch {mode}: {what}, {chunk.replace('chunk', 'chunk ')}", value, "pct"))
+            # One attribute at a time, first chunk: a weak model rarely gets all three, so these still separate runs.
+            for key, what in (("new_color", "new colour"), ("old_color", "old colour left"),
+                              ("old_background", "old background left")):
+                if key in sw[mode]:
+                    rows.append((f"switch {mode}: {what}, chunk 1", sw[mode][key]["chunk1"], "pct"))
     if "long" in suites:
         for name, w in suites["long"]["windows"].items():
             span = name.replace("frames_", "").replace("_", "-")
