@@ -40,3 +40,15 @@ def make_engine(config, preset, num_prompts: int = 3):
     text = torch.Generator().manual_seed(1)
     prompts = [model.encode_prompt_kv(torch.randn(1, 5, config["text_dim"], generator=text)) for _ in range(num_prompts)]
     return engine, prompts
+
+
+def generate(engine, chunks):
+    """Generate ``chunks`` chunks from seeded noise."""
+    for _ in range(chunks):
+        engine.generate_chunk(torch.randn(1, engine.history.latents.shape[1], CHUNK, LATENT, LATENT,
+                                          generator=engine.generator))
+
+
+def regions(engine):
+    """{region: latent frames it holds, oldest first}."""
+    return {r.name: engine.cache.frames_in(r.name) for r in engine.cache.layout.regions}

@@ -6,13 +6,7 @@ import torch
 
 from streamgen.cache import KVCache, Recache, Region, RegionLayout, load_preset
 
-from recording_engine import CHUNK, LATENT, make_engine
-
-
-def generate(engine, chunks):
-    for _ in range(chunks):
-        engine.generate_chunk(torch.randn(1, engine.history.latents.shape[1], CHUNK, LATENT, LATENT,
-                                          generator=engine.generator))
+from recording_engine import CHUNK, LATENT, generate, make_engine
 
 
 def kv_of(cache, frames):

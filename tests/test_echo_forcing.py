@@ -11,7 +11,7 @@ from streamgen.cache.presets import PRESET_DIR
 from streamgen.cache.scene_memory import compress_scene
 from streamgen.cache.scene_pool import prompt_similarities
 
-from recording_engine import CHUNK, LATENT, make_engine as make_recording_engine
+from recording_engine import CHUNK, LATENT, generate, make_engine as make_recording_engine, regions
 
 PRESET_FILE = PRESET_DIR / "echo-forcing.yaml"
 PRESET = load_preset("echo-forcing")
@@ -28,18 +28,8 @@ def make_engine(config, preset=PRESET):
     return make_recording_engine(config, preset, num_prompts=len(TEXTS))
 
 
-def generate(engine, chunks):
-    for _ in range(chunks):
-        engine.generate_chunk(torch.randn(1, engine.history.latents.shape[1], CHUNK, LATENT, LATENT,
-                                          generator=engine.generator))
-
-
 def switch(engine, prompts, scene, mode, **kwargs):
     engine.set_prompt(prompts[scene], mode, prompt=TEXTS[scene], **kwargs)
-
-
-def regions(engine):
-    return {r.name: engine.cache.frames_in(r.name) for r in engine.cache.layout.regions}
 
 
 def pooled(engine, scene):

@@ -9,7 +9,7 @@ import torch
 from streamgen.cache.presets import PRESET_DIR
 from streamgen.cache.temporal_memory import anchor_frames_at, ping_pong_block
 
-from recording_engine import CHUNK, LATENT, make_engine
+from recording_engine import generate as generate_chunks, make_engine, regions
 
 OPTIONS = {"history_frames": 21, "exclude_recent": 3, "offsets": (1, 2, 4, 8, 16), "max_reuse": 8, "drift": 3.0}
 
@@ -17,13 +17,7 @@ OPTIONS = {"history_frames": 21, "exclude_recent": 3, "offsets": (1, 2, 4, 8, 16
 def generate(engine, chunks, prompts):
     if engine.prompt_kv is None:
         engine.set_prompt(prompts[0], prompt="a scene")
-    for _ in range(chunks):
-        engine.generate_chunk(torch.randn(1, engine.history.latents.shape[1], CHUNK, LATENT, LATENT,
-                                          generator=engine.generator))
-
-
-def regions(engine):
-    return {r.name: engine.cache.frames_in(r.name) for r in engine.cache.layout.regions}
+    generate_chunks(engine, chunks)
 
 
 def test_ping_pong_walks_forward_then_back_through_the_first_twelve_frames():
