@@ -1,5 +1,8 @@
 """The ``streamgen`` preset: scene memory + a pinned scene anchor + a rolling window, scene-relative RoPE inside the
-checkpoint's own range (``rope_range: auto``), and an anchor-guided re-cache of the frames a smooth switch carries."""
+checkpoint's own range (``rope_range: auto``), and the optional anchor-guided re-cache of the frames a smooth switch
+carries (``recache_carry``)."""
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,23 +11,18 @@ from streamgen.cache import CachePreset, load_preset
 from streamgen.schedule import Schedule, Segment
 from streamgen.tiny import build_tiny_pipeline
 
-from recording_engine import CHUNK, LATENT, make_engine as make_recording_engine
+from recording_engine import generate, make_engine as make_recording_engine, regions
 
 TRAINED_RANGE = 12  # the shipped ShapeWorld model's clips
 
 
-def make_engine(config, rope_range=TRAINED_RANGE):
-    return make_recording_engine(config, load_preset("streamgen").with_rope_range(rope_range), num_prompts=4)
-
-
-def generate(engine, chunks):
-    for _ in range(chunks):
-        engine.generate_chunk(torch.randn(1, engine.history.latents.shape[1], CHUNK, LATENT, LATENT,
-                                          generator=engine.generator))
-
-
-def regions(engine):
-    return {r.name: engine.cache.frames_in(r.name) for r in engine.cache.layout.regions}
+def make_engine(config, rope_range=TRAINED_RANGE, recache_carry=False):
+    preset = load_preset("streamgen").with_rope_range(rope_range)
+    if recache_carry:  # the switch option the shipped preset measured and left off
+        modes = preset.switch_options["modes"]
+        options = {**preset.switch_options, "modes": {**modes, "smooth": {**modes["smooth"], "recache_carry": True}}}
+        preset = replace(preset, switch_options=options)
+    return make_recording_engine(config, preset, num_prompts=4)
 
 
 def test_rope_range_auto_takes_the_checkpoint_range_and_is_checked_against_it():
@@ -71,8 +69,8 @@ def test_the_anchor_is_each_scene_first_chunk_and_every_index_stays_in_range(tin
 
 
 def test_a_smooth_switch_re_encodes_the_carried_frames_against_the_memory_frame(tiny_wan_config):
-    def carried_after_smooth_switch(new_prompt):
-        engine, prompts = make_engine(tiny_wan_config)
+    def carried_after_smooth_switch(new_prompt, recache_carry=True):
+        engine, prompts = make_engine(tiny_wan_config, recache_carry=recache_carry)
         engine.set_prompt(prompts[0], prompt="a")
         generate(engine, 3)  # frames 0..8
         tpf = engine.cache.tokens_per_frame
@@ -82,7 +80,10 @@ def test_a_smooth_switch_re_encodes_the_carried_frames_against_the_memory_frame(
         engine.set_prompt(prompts[new_prompt], "smooth", prompt="b")
         assert regions(engine) == {"memory": [0], "carry": [7, 8], "anchor": [], "window": []}
         rewrite = engine.positions.calls[memory_before:]
-        assert [(q, k) for _, _, k, q in rewrite] == [([1, 2], [0, 1, 2])]  # memory 0, the carried frames 1..2
+        if recache_carry:
+            assert [(q, k) for _, _, k, q in rewrite] == [([1, 2], [0, 1, 2])]  # memory 0, the carried frames 1..2
+        else:
+            assert rewrite == []
         return as_computed, engine.cache.region_kv("carry")[0], engine.cache.region_kv("memory")[0], engine
 
     as_computed, carried, memory, engine = carried_after_smooth_switch(1)
@@ -91,6 +92,8 @@ def test_a_smooth_switch_re_encodes_the_carried_frames_against_the_memory_frame(
     assert torch.equal(memory, pool.memory(pool.find(0))[0])  # the memory frame itself is untouched
     _, carried_other, _, _ = carried_after_smooth_switch(2)
     assert not torch.allclose(carried, carried_other)  # ... and it is the new prompt that they follow
+    as_computed, kept, _, _ = carried_after_smooth_switch(1, recache_carry=False)  # the shipped preset's smooth
+    assert torch.equal(kept, as_computed)
     generate(engine, 1)
     _, _, keys, queries = engine.positions.calls[-1]
     assert keys == [0, 1, 2, 3, 4, 5] and queries == [3, 4, 5]
