@@ -150,19 +150,12 @@ class StreamEngine:
             self.history.push(run[0], clean)
         self.frame += len(frames)
 
-    def reencode(self, frames: list[int]) -> None:
-        """Rewrite the K/V of already generated ``frames`` from their clean latents under the current prompt."""
+    def reencode(self, frames: list[int], in_place: bool = False) -> None:
+        """Rewrite the K/V of already generated ``frames`` from their clean latents under the current prompt: placed
+        into the cache as new frames are, or (``in_place``) in the slots of whatever region holds them now."""
         for start in range(0, len(frames), self.chunk_frames):
             run = frames[start : start + self.chunk_frames]
-            rotary = self._begin(run)
-            self._forward(self.history.get(run), self.sampler.context_timestep, rotary)
-
-    def rewrite(self, frames: list[int]) -> None:
-        """Re-encode ``frames`` the cache holds from their clean latents under the current prompt, in place (in
-        whatever region holds them), attending to everything the cache holds."""
-        for start in range(0, len(frames), self.chunk_frames):
-            run = frames[start : start + self.chunk_frames]
-            rotary = self._begin(run, in_place=True)
+            rotary = self._begin(run, in_place)
             self._forward(self.history.get(run), self.sampler.context_timestep, rotary)
 
     def _begin(self, frames: list[int], in_place: bool = False) -> ChunkRotary:

@@ -62,12 +62,7 @@ class KVCache:
         for _, promotion in placed:
             if promotion is not None:
                 self._copy_slot(*promotion)  # before any forward overwrites the evicted slot
-        slots = [slot for slot, _ in placed]
-        self._chunk_slots = slots
-        self._write = self._on_device(_token_selection(slots, self.tokens_per_frame))
-        self._read_slots = self.slots.occupied()
-        self._read = self._on_device(_token_selection(self._read_slots, self.tokens_per_frame))
-        return slots
+        return self._begin([slot for slot, _ in placed])
 
     def begin_rewrite(self, frames: list[int]) -> list[int]:
         """Like :meth:`begin_chunk` for ``frames`` the cache already holds: their K/V are rewritten in their slots
@@ -76,7 +71,10 @@ class KVCache:
         missing = [f for f in frames if f not in held]
         if missing:
             raise ValueError(f"frames {missing} are not in the cache; only held frames can be rewritten in place")
-        slots = [held[f] for f in frames]
+        return self._begin([held[f] for f in frames])
+
+    def _begin(self, slots: list[int]) -> list[int]:
+        """Forwards from now on write ``slots`` and read every occupied slot."""
         self._chunk_slots = slots
         self._write = self._on_device(_token_selection(slots, self.tokens_per_frame))
         self._read_slots = self.slots.occupied()

@@ -254,7 +254,7 @@ class SceneMemorySwitch:
         entry, jump = self._memory(engine, mode)
         self._truncate(engine, mode, entry)
         if mode.recache_carry:
-            engine.rewrite(engine.cache.frames_in(self.carry_region))
+            engine.reencode(engine.cache.frames_in(self.carry_region), in_place=True)
         engine.positions.jump_next_chunk(jump)
         kept = (self.memory_region, self.carry_region) if mode.carry else (self.memory_region,)
         self.decay = MemoryDecay(kept, mode.decay, mode.evict_after)
