@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..cache.presets import CachePreset, load_preset
+from ..cache.presets import AUTO, CachePreset, load_preset
 from ..cache.regions import SlotTable
 
 __all__ = ["StreamPositions"]
@@ -32,7 +32,7 @@ class StreamPositions:
         if rope_range is not None:
             preset = preset.with_rope_range(rope_range)
         where = f"training positions: cache preset {preset.name!r}"
-        if preset.rope_range == "auto":
+        if preset.rope_range == AUTO:
             raise ValueError(f"{where} has rope_range: auto, so positions.rope_range must give the range")
         if preset.needs_stream_length or not preset.bounded:
             raise ValueError(f"{where} never evicts; re-alignment simulates a long stream through a rolling cache")
