@@ -26,6 +26,7 @@ import torch
 from .cache.kv_cache import KVCache
 from .cache.presets import CachePreset
 from .models.causal_wan import CausalWanTransformer3DModel, ChunkRotary, PromptKV
+from .sampling import flow_from_sample
 
 
 class LatentHistory:
@@ -94,6 +95,9 @@ class StreamEngine:
         self.history = LatentHistory(layout.num_slots, like)
         self.frame = 0  # latent frames generated so far
         self.prompt_kv: PromptKV | None = None
+        # What the transformer predicts: "flow" (v = noise - x0, Wan and every release) or "sample" (x0; converted to
+        # the flow the samplers step with, see streamgen.sampling.flow_from_sample).
+        self.prediction_type = "flow"
         # Classifier-free guidance: v = v_neg + scale * (v - v_neg); off at scale 1.
         self.guidance_scale = 1.0
         self.negative_prompt_kv: PromptKV | None = None
@@ -167,13 +171,19 @@ class StreamEngine:
         return self.transformer.rotary(key_pos, query_pos, *self.latent_hw)
 
     def _guided(self, x: torch.Tensor, t: float, rotary: ChunkRotary) -> torch.Tensor:
+        """The flow at (x, t): the transformer's prediction, guided, as a flow whatever the model predicts."""
         if self.guidance_scale == 1.0 or self.negative_prompt_kv is None:
-            return self._forward(x, t, rotary)
-        # Both passes write the chunk's own K/V before reading, so each sees itself plus the shared past; the
-        # conditional clean pass that follows sampling leaves the conditional K/V in the cache.
-        v_negative = self._forward(x, t, rotary, self.negative_prompt_kv)
-        v = self._forward(x, t, rotary)
-        return v_negative + self.guidance_scale * (v - v_negative)
+            out = self._forward(x, t, rotary)
+        else:
+            # Both passes write the chunk's own K/V before reading, so each sees itself plus the shared past; the
+            # conditional clean pass that follows sampling leaves the conditional K/V in the cache. Guidance is
+            # linear, so mixing x0 predictions and mixing flows are the same thing.
+            negative = self._forward(x, t, rotary, self.negative_prompt_kv)
+            out = self._forward(x, t, rotary)
+            out = negative + self.guidance_scale * (out - negative)
+        if self.prediction_type == "sample":
+            return flow_from_sample(x, out, t / self.sampler.num_train_timesteps)
+        return out
 
     def _forward(
         self, x: torch.Tensor, t: float, rotary: ChunkRotary, prompt_kv: PromptKV | None = None, observe: bool = False

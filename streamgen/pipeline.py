@@ -34,7 +34,7 @@ from .cache.presets import CachePreset, load_preset
 from .decoding import encode_video, streaming_decoder_for, to_uint8_frames
 from .engine import StreamEngine
 from .models.causal_wan import CausalWanTransformer3DModel, PromptKV
-from .sampling import EulerSampler, FewStepSampler
+from .sampling import PREDICTION_TYPES, EulerSampler, FewStepSampler
 from .schedule import PlannedSegment, Schedule, Transition
 
 TRANSITIONS = ("smooth", "cut", "recall")
@@ -204,7 +204,10 @@ class StreamingVideoPipeline(DiffusionPipeline):
     high noise are blurred means. ``guidance_scale``: the default classifier-free guidance scale (1 = off; a
     model trained with caption dropout can follow its prompt more closely at > 1, for two transformer passes per step).
     ``rope_range``: the temporal RoPE positions the checkpoint was trained on (21 latent frames for Wan / Self-Forcing
-    checkpoints); cache presets with ``rope_range: auto`` keep their indices inside it.
+    checkpoints); cache presets with ``rope_range: auto`` keep their indices inside it. ``prediction_type``: what the
+    transformer outputs, ``"flow"`` (v = noise - x0: Wan and every release) or ``"sample"`` (x0, as the embedded
+    ShapeWorld model: its 8x8 patches hold more values than its width, and a flow output would have to carry the
+    noise of the dimensions it cannot see).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -230,8 +233,11 @@ class StreamingVideoPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         rope_range: int = 21,
+        prediction_type: str = "flow",
     ):
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         if type(transformer) is WanTransformer3DModel:  # a plain diffusers Wan folder: add the streaming methods
             transformer = CausalWanTransformer3DModel.from_wan(transformer)
         self.register_modules(
@@ -250,6 +256,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             rope_range=rope_range,
+            prediction_type=prediction_type,
         )
         self._prompt_kv: dict[tuple[str, int], PromptKV] = {}
         self._prompt_kv_lock = threading.Lock()  # streams of one pipeline may run in several threads (the demo)
@@ -427,6 +434,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         if not isinstance(guidance_scale, (int, float)) or not guidance_scale > 0:
             raise ValueError(f"`guidance_scale` must be a positive number, got {guidance_scale!r}")
         engine.guidance_scale = float(guidance_scale)
+        engine.prediction_type = self.config.get("prediction_type", "flow")
         if guidance_scale != 1.0:
             engine.negative_prompt_kv = self.prompt_kv(negative_prompt, batch_size)
         context = self.encode_context(image, video, height, width, batch_size)

@@ -1,6 +1,7 @@
 """Per-chunk samplers for flow-matching video models (Wan predicts the flow v = noise - x0).
 
-Both samplers turn a chunk of noise into clean latents by calling ``denoise(x_t, t) -> v`` a few times:
+Both samplers turn a chunk of noise into clean latents by calling ``denoise(x_t, t) -> v`` a few times (a model that
+predicts x0 instead, ``prediction_type: sample``, is turned into a flow by :func:`flow_from_sample`):
 
 - :class:`FewStepSampler` — Self-Forcing / CausVid: at each timestep predict x0 = x_t - sigma * v, then re-noise it
   to the next timestep with fresh noise. The step list (default [1000, 750, 500, 250]) is "warped" through the
@@ -20,8 +21,23 @@ import torch
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 
 
+PREDICTION_TYPES = ("flow", "sample")
+MIN_FLOW_SIGMA = 1e-4  # x0 -> flow divides by sigma; the samplers never call the model below their last step's sigma
+
+
 def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def flow_from_sample(x_t: torch.Tensor, x0: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """The flow v = noise - x0 implied by an x0 prediction at x_t = (1 - sigma) x0 + sigma noise:
+    v = (x_t - x0) / sigma. An Euler step to sigma' then lands on x_t + (sigma' - sigma) v, which is exactly x0 at
+    sigma' = 0, so a sampler needs no change for models that predict x0."""
+    if isinstance(sigma, torch.Tensor):
+        sigma = sigma.clamp_min(MIN_FLOW_SIGMA)
+    else:
+        sigma = max(float(sigma), MIN_FLOW_SIGMA)
+    return (x_t.float() - x0.float()).div(sigma).to(x0.dtype)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """`streamgen bench quality`: the harness scores the ground-truth renderer ~100% and a random model near chance."""
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,9 +9,11 @@ import numpy as np
 import pytest
 
 from streamgen.bench.quality import (
-    QUICK, SUITES, Layout, Sizes, markdown_table, register_cli, run_quality, run_quality_compare, strip_timing,
+    QUICK, SUITES, Layout, PipelineSource, ReferenceSource, Sizes, Video, markdown_table, register_cli, run_quality,
+    run_quality_compare, strip_timing,
 )
 from streamgen.pipeline import StreamingVideoPipeline
+from streamgen.world.scenes import first_seeds, sample_scene
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "pipelines" / "tiny-random"
@@ -151,3 +154,21 @@ def test_layout_maps_latent_chunks_to_video_frames():
         "background_pixel_flicker": None, "background_color_flicker": 0.0, "object_color_flicker": None,
         "object_area_flicker": None, "background_flips": 0.0, "color_flips": 0.0, "shape_flips": 0.0}}}})
     assert np.isclose(TEST_SIZES.long_windows[1][1], 15)
+
+
+def test_continuation_plays_true_context_then_scores_each_chunk_against_the_true_continuation(pipe):
+    ref = run_quality("reference", suites=["continuation", "single"], quick=True)["suites"]
+    c = ref["continuation"]
+    assert c["first_chunk"] == {"found": 1.0, "color": 1.0, "shape": 1.0, "centroid_error_px": 0.0}
+    assert c["direction"] == c["speed"] == 1.0 and len(c["per_chunk"]["shape"]) == QUICK.continuation_chunks
+    assert c["context_frames"] == 3 * QUICK.continuation_context_chunks
+    assert ref["single"]["per_chunk"]["shape"] == [1.0] * QUICK.single_chunks
+    # A pipeline sees the true frames as context: the same video with and without them differs.
+    out = run_quality(pipe, suites=["continuation"], cache="rolling", quick=True)["suites"]["continuation"]
+    assert set(out["first_chunk"]) == {"found", "color", "shape", "centroid_error_px"}
+    video = Video(((sample_scene(first_seeds("heldout", 1)[0]), 2, "cut"),), seed=5, context=1)
+    with_context = PipelineSource(pipe, "rolling").generate(video).frames
+    without = PipelineSource(pipe, "rolling").generate(dataclasses.replace(video, context=0)).frames
+    assert with_context.shape == without.shape == (6, 32, 32, 3) and not np.array_equal(with_context, without)
+    truth = video.truth(Layout())  # the context's true frames, then the parts
+    assert len(truth.frames) == 9 and np.array_equal(ReferenceSource().generate(video).frames, truth.frames[3:])

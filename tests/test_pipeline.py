@@ -232,3 +232,20 @@ def test_a_pipeline_can_name_a_packaged_text_encoder_instead_of_carrying_one(tmp
     tokenizer, text_encoder = loaded.text_components()
     assert text_encoder.config.hidden_size == 384 and "Bert" in type(tokenizer).__name__
     assert loaded("a red circle", num_frames=3).frames.shape == (1, 3, 32, 32, 3)
+
+
+def test_an_x0_predicting_model_is_sampled_through_its_implied_flow(pipe):
+    def frames():
+        return pipe("a red circle", num_frames=6, generator=torch.Generator().manual_seed(0), output_type="latent").frames
+
+    flow = frames()
+    pipe.register_to_config(prediction_type="sample")
+    try:
+        sample = frames()
+        stream = pipe.stream("a red circle", num_frames=3)
+        assert stream.engine.prediction_type == "sample"
+    finally:
+        pipe.register_to_config(prediction_type="flow")
+    assert not torch.allclose(flow, sample)
+    with pytest.raises(ValueError, match="prediction_type"):
+        StreamingVideoPipeline(None, None, pipe.transformer, pipe.vae, pipe.scheduler, prediction_type="epsilon")

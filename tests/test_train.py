@@ -40,12 +40,18 @@ def log(out):
 
 def test_default_config_loads_and_validates():
     cfg = load_config("configs/train/shapeworld-tiny.yaml")
-    assert cfg.model.patch_size == (1, 4, 4) and cfg.model.text_dim == 384 and cfg.chunk_frames == 3
+    assert cfg.model.patch_size == (1, 8, 8) and cfg.model.text_dim == 384 and cfg.chunk_frames == 3
+    assert cfg.model.prediction == "sample" and cfg.noise.context == "dense"
     assert cfg.output_dir == "runs/shapeworld-tiny"
+    assert load_config("configs/train/shapeworld-tiny-v1.yaml").model.patch_size == (1, 4, 4)
     with pytest.raises(ValueError, match="unknown key"):
         config_from_dict({"model": {"dims": 3}})
     with pytest.raises(ValueError, match="multiple of chunk_frames"):
         config_from_dict({"data": {"clip_frames": 7}})
+    with pytest.raises(ValueError, match="model.prediction"):
+        config_from_dict({"model": {"prediction": "eps"}})
+    with pytest.raises(ValueError, match="noise.context"):
+        config_from_dict({"noise": {"context": "teacher"}})
 
 
 def test_a_config_can_extend_another(tmp_path):
@@ -181,8 +187,10 @@ def test_folder_of_videos(tmp_path, text):
     assert len(log(tmp_path / "run")) == 2
 
 
-def test_overfit_one_batch_loss_drops(tmp_path, text):
+@pytest.mark.parametrize("context, prediction", [("mixed", "flow"), ("dense", "sample")])
+def test_overfit_one_batch_loss_drops(tmp_path, text, context, prediction):
     cfg = tiny(tmp_path, max_steps=20, data=dict(overfit=True), checkpoint_every=0,
+               model=dict(prediction=prediction), noise=dict(context=context, sample_cache="self-forcing"),
                optim=dict(lr=3e-3, warmup_steps=1, schedule="constant"))
     trainer = Trainer(cfg, text=text)
     batch = trainer.data.batch(0)
@@ -190,7 +198,9 @@ def test_overfit_one_batch_loss_drops(tmp_path, text):
     trainer.run()
     after = [trainer.eval_loss(batch, seed) for seed in range(3)]
     print("overfit loss", np.mean(before), "->", np.mean(after))
-    assert np.mean(after) < 0.7 * np.mean(before)  # measured: 1.88 -> 0.94 (0.50x)
+    assert np.mean(after) < 0.7 * np.mean(before)  # measured: mixed/flow 1.88 -> 0.94 (0.50x)
+    pipe = trainer.pipeline()
+    assert (pipe.config.prediction_type, pipe.config.default_cache) == (prediction, "self-forcing")
 
 
 def test_periodic_eval_scores_held_out_samples_with_the_oracle(tmp_path, text):

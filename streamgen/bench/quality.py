@@ -30,6 +30,16 @@ recall    A -> B -> A (recall): do the recalled A's unprompted details (size cla
           how often a fresh draw of the world's details for A's attributes would match the first A.
 temporal  flicker on the single suite's first ``temporal_videos`` videos: frame-to-frame change of background pixels
           and of the measured background colour, of the object's colour and area, and label flip rates.
+continuation
+          can the model continue a scene it is shown? ``continuation_videos`` held-out scenes play
+          ``continuation_context_chunks`` chunks of TRUE frames (the renderer's, given as ``video=`` context), then
+          the model generates ``continuation_chunks`` chunks under the same prompt. Per generated chunk: object found,
+          colour, shape, and the centroid's distance from where the true continuation has it (px at 32x32); over all
+          generated frames: direction and speed. The next frame is fully determined by the context, so a model that
+          has learned the world is at ~100% from the first chunk on; a blurry or frozen object shows here first.
+
+The single suite also reports its per-chunk curve (``per_chunk``: found / colour / shape of chunk 0, 1, ...): how
+fast a free run loses what the prompt asked for.
 
 Output: a JSON-able dict. Everything outside ``timing`` is deterministic for the same inputs (same pipeline, preset,
 seed, sizes); wall-clock numbers live under ``timing`` only. ``plots`` lists the PNGs written (per-frame agreement
@@ -59,7 +69,8 @@ from ..world.scenes import (
 __all__ = ["SUITES", "Sizes", "FULL", "QUICK", "Layout", "run_quality", "run_quality_compare", "markdown_table",
            "summary_rows", "register_cli", "cmd_bench_quality", "strip_timing"]
 
-SUITES = ("single", "switch", "long", "recall", "temporal")
+SUITES = ("single", "switch", "long", "recall", "temporal", "continuation")  # append only: a suite's seeds follow
+# its index
 APPEARANCE = ("background", "color", "shape")
 SWITCH_FIELDS = ("background", "color", "shape", "direction")  # a switch changes all of these
 RECALL_CHANCE_DRAWS = 256
@@ -80,6 +91,9 @@ class Sizes:
     recall_chunks: int = 4
     temporal_videos: int = 16
     motion_window: int = 24
+    continuation_videos: int = 32
+    continuation_context_chunks: int = 3
+    continuation_chunks: int = 8
 
     def __post_init__(self):
         if self.switch_chunks_after < 1 or self.switch_chunks_before < 1:
@@ -91,7 +105,7 @@ class Sizes:
 FULL = Sizes()
 QUICK = Sizes(single_videos=3, single_chunks=3, switch_pairs=2, switch_chunks_before=2, switch_chunks_after=3,
               long_frames=30, long_windows=((0, 9), (21, 30)), recall_triples=2, recall_chunks=2, temporal_videos=3,
-              motion_window=9)
+              motion_window=9, continuation_videos=2, continuation_context_chunks=1, continuation_chunks=2)
 
 
 @dataclass(frozen=True)
@@ -124,13 +138,27 @@ class Layout:
 
 @dataclass(frozen=True)
 class Video:
-    """One test video: (scene, chunks, transition) parts and the generator seed."""
+    """One test video: (scene, chunks, transition) parts and the generator seed; ``context`` chunks of the first
+    scene's TRUE frames come first, shown to the generator as context (they are not part of the result)."""
 
     parts: tuple[tuple[Scene, int, str], ...]
     seed: int
+    context: int = 0
 
     def key(self) -> tuple:
-        return tuple((s.caption, s.seed, n, t) for s, n, t in self.parts), self.seed
+        return tuple((s.caption, s.seed, n, t) for s, n, t in self.parts), self.seed, self.context
+
+    def context_frames(self, layout: "Layout") -> int:
+        return layout.frames_for_latents(layout.chunk_latents(self.context)) if self.context else 0
+
+    def truth(self, layout: "Layout"):
+        """The renderer's clip of the context followed by the parts (a :class:`~streamgen.world.render.Clip`)."""
+        segment, _, starts = _frame_map(self, layout)
+        skip = self.context_frames(layout)
+        ends = [*starts[1:], len(segment)]
+        lengths = [e - s + (skip if j == 0 else 0) for j, (s, e) in enumerate(zip(starts, ends))]
+        parts = [ClipSegment(scene, n, mode) for (scene, _, mode), n in zip(self.parts, lengths)]
+        return render_clip(parts, skip + len(segment), seed=self.seed, resolution=layout.resolution)
 
 
 @dataclass
@@ -168,14 +196,12 @@ class ReferenceSource:
         self.layout = layout
 
     def generate(self, video: Video) -> Generated:
-        segment, chunk, starts = _frame_map(video, self.layout)
-        ends = [*starts[1:], len(segment)]
+        segment, chunk, _ = _frame_map(video, self.layout)
         start = time.perf_counter()
-        parts = [ClipSegment(scene, e - s, mode) for (scene, _, mode), s, e in zip(video.parts, starts, ends)]
-        clip = render_clip(parts, len(segment), seed=video.seed, resolution=self.layout.resolution)
+        frames = video.truth(self.layout).frames[video.context_frames(self.layout):]
         seconds = time.perf_counter() - start
         n_chunks = int(chunk[-1]) + 1
-        return Generated(clip.frames, segment, chunk, [seconds / n_chunks] * n_chunks, seconds)
+        return Generated(frames, segment, chunk, [seconds / n_chunks] * n_chunks, seconds)
 
 
 class PipelineSource:
@@ -197,7 +223,9 @@ class PipelineSource:
             Segment(scene.caption, self.layout.chunk_latents(n), "latent_frames", transition=mode)
             for scene, n, mode in video.parts))
         generator = torch.Generator(self.pipe.transformer.device).manual_seed(video.seed)
-        stream = self.pipe.stream(schedule=schedule, num_frames=len(segment), cache=self.cache, generator=generator)
+        context = video.truth(self.layout).frames[: video.context_frames(self.layout)] if video.context else None
+        stream = self.pipe.stream(schedule=schedule, num_frames=len(segment), cache=self.cache, generator=generator,
+                                  video=context)
         planned = [self.layout.video_start(p.start) for p in stream.plan]
         if planned != starts:
             raise RuntimeError(f"the pipeline planned switches at video frames {planned}, expected {starts}")
@@ -305,12 +333,14 @@ class _Runner:
 
     def single(self) -> dict:
         per_attr = {name: [] for name in (*APPEARANCE, "direction", "speed", "all")}
-        found, curves = [], []
+        found, curves, chunk_curves = [], [], []
         for video in self.single_videos():
             generated, r = self.play(video)
             scene = video.parts[0][0]
             ids = _ids(scene)
             hits = _appearance_hits(r, scene)
+            chunk_curves.append(_per_chunk({"found": r.found, "color": hits["color"], "shape": hits["shape"]},
+                                           generated.chunk))
             for name in APPEARANCE:
                 per_attr[name].append(float(hits[name].mean()))
             motion = estimate_motion(r.centroid, r.found, r.resolution)
@@ -335,7 +365,7 @@ class _Runner:
                        xlabel="frame", ylabel="fraction of videos")
         return {"videos": len(curves), "frames_per_video": len(curve), "accuracy": accuracy,
                 "chance": {k: _r(v) for k, v in chance.items()}, "found": _r(_mean(found)),
-                "per_frame_all": [_r(v, 3) for v in curve]}
+                "per_frame_all": [_r(v, 3) for v in curve], "per_chunk": _mean_curves(chunk_curves)}
 
     def switch(self) -> dict:
         s, layout = self.sizes, self.layout
@@ -532,6 +562,63 @@ class _Runner:
         return result
 
 
+    def continuation(self) -> dict:
+        s, layout = self.sizes, self.layout
+        per_chunk, motion = [], {"direction": [], "speed": []}
+        for i, scene in enumerate(_scenes(self.seed, "continuation", s.continuation_videos)):
+            video = Video(((scene, s.continuation_chunks, "cut"),), _seed(self.seed, _suite_id("continuation"), i),
+                          context=s.continuation_context_chunks)
+            generated, r = self.play(video)
+            truth = video.truth(layout)
+            true_xy = truth.centroid[video.context_frames(layout):]
+            hits = _appearance_hits(r, scene)
+            scale = RESOLUTION / r.resolution
+            d = np.abs(_wrap_delta(r.centroid - true_xy, r.resolution))
+            error = np.where(r.found, np.hypot(d[:, 0], d[:, 1]) * scale, np.nan)
+            per_chunk.append(_per_chunk({"found": r.found, "color": hits["color"], "shape": hits["shape"],
+                                         "centroid_error_px": error}, generated.chunk))
+            m = estimate_motion(r.centroid, r.found, r.resolution)
+            ids = _ids(scene)
+            motion["direction"].append(float(m.direction == ids["direction"]))
+            motion["speed"].append(float(m.speed == ids["speed"]))
+        curves = _mean_curves(per_chunk)
+        first = {k: v[0] for k, v in curves.items()}
+        path = self.plot_path("continuation")
+        if path is not None:
+            from .quality_plot import line_chart
+
+            xs = np.arange(len(curves["found"]))
+            line_chart(path, {k: (xs, np.array([np.nan if v is None else v for v in curves[k]], float))
+                              for k in ("found", "color", "shape")},
+                       title=f"continuation [{self.label}]: after true frames, per generated chunk",
+                       xlabel="generated chunk", ylabel="fraction of frames")
+        return {"videos": len(per_chunk), "context_frames": layout.frames_for_latents(
+                    layout.chunk_latents(s.continuation_context_chunks)),
+                "generated_frames": layout.frames_for_latents(layout.chunk_latents(s.continuation_chunks)),
+                "first_chunk": first, "per_chunk": curves,
+                **{k: _r(_mean(v)) for k, v in motion.items()}}
+
+
+def _per_chunk(values: dict[str, np.ndarray], chunk: np.ndarray) -> dict[str, list[float]]:
+    """Mean of each per-frame array over the frames of each chunk (NaN-aware: a chunk without a value gives NaN)."""
+    out = {}
+    for name, v in values.items():
+        v = np.asarray(v, np.float64)
+        out[name] = [float(np.nanmean(v[chunk == c])) if np.isfinite(v[chunk == c]).any() else float("nan")
+                     for c in range(int(chunk.max()) + 1)]
+    return out
+
+
+def _mean_curves(curves: list[dict[str, list[float]]]) -> dict[str, list[float | None]]:
+    """Average per-chunk curves over videos, ignoring NaNs (None where no video has a value)."""
+    return {name: [_r(_mean([c[name][k] for c in curves])) for k in range(len(curves[0][name]))]
+            for name in curves[0]} if curves else {}
+
+
+def _wrap_delta(d: np.ndarray, period: int) -> np.ndarray:
+    return (d + period / 2) % period - period / 2
+
+
 def _dot_masks(r: FrameReadout, margin: int = 1) -> np.ndarray:
     """bool [F, H, W]: each frame's decoration dot (as the oracle found it) plus ``margin`` pixels around it."""
     res = r.resolution
@@ -698,6 +785,18 @@ def summary_rows(result: dict) -> list[tuple[str, float | None, str]]:
         for key in ("size", "decoration_color", "decoration_position", "all_details"):
             rows.append((f"recall: {key.replace('_', ' ')} matches", rc["match"][key], "pct"))
             rows.append((f"recall: {key.replace('_', ' ')} chance", rc["chance"][key], "pct"))
+    if "continuation" in suites:
+        c = suites["continuation"]
+        head = f"continuation ({c['context_frames']} true frames)"
+        for key, what in (("found", "object found"), ("color", "colour"), ("shape", "shape")):
+            rows.append((f"{head}: first chunk {what}", c["first_chunk"][key], "pct"))
+        rows.append((f"{head}: first chunk centroid error (px)", c["first_chunk"]["centroid_error_px"], "num"))
+        rows.append((f"{head}: direction over {c['generated_frames']} frames", c["direction"], "pct"))
+        rows.append((f"{head}: last chunk shape", c["per_chunk"]["shape"][-1], "pct"))
+    if "single" in suites and "per_chunk" in suites["single"]:
+        shape = suites["single"]["per_chunk"]["shape"]
+        rows.append(("single: shape in chunk 0", shape[0], "pct"))
+        rows.append(("single: shape in the last chunk", shape[-1], "pct"))
     if "temporal" in suites:
         t = suites["temporal"]
         for key in ("background_pixel_flicker", "background_color_flicker", "object_color_flicker",

@@ -29,10 +29,15 @@ from .rope import Rotary, WanRope
 
 @dataclass
 class PromptKV:
-    """Cross-attention K/V of one prompt, per layer: ``k[layer]``, ``v[layer]`` are [B, L_text, H, D]."""
+    """Cross-attention K/V of one prompt, per layer: ``k[layer]``, ``v[layer]`` are [B, L_text, H, D].
+
+    ``mask`` (optional, bool [B, 1, N_query_tokens, L_text], True = may attend) lets different tokens of one forward
+    read different prompts laid side by side along L_text: training uses it to run the frames of each segment of a
+    clip under that segment's own caption, as a live stream computed them before a switch."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
+    mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -210,7 +215,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
 
         h = block.norm2(x.float()).type_as(x)
         (q,) = _heads(block.attn2, block.attn2.norm_q(block.attn2.to_q(h)))
-        x = x + _attend(block.attn2, q, prompt_kv.k[layer], prompt_kv.v[layer])
+        x = x + _attend(block.attn2, q, prompt_kv.k[layer], prompt_kv.v[layer], prompt_kv.mask)
 
         h = (block.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
         return (x.float() + block.ffn(h).float() * c_gate).type_as(x)

@@ -20,6 +20,10 @@ class ModelConfig:
     freq_dim: int = 64
     text_dim: int = 384  # all-MiniLM-L6-v2 token states
     channels: int = 3  # pixel space (streamgen.vae.PixelSpaceVAE)
+    # What the transformer outputs: "flow" (v = noise - x0, as Wan) or "sample" (x0). Exported as the pipeline's
+    # prediction_type. "sample" is needed when a patch holds more values than the model is wide (8x8x3 = 192 > 128):
+    # a flow output would have to carry the noise of the patch directions the model cannot see.
+    prediction: str = "flow"
 
 
 @dataclass
@@ -65,9 +69,15 @@ class NoiseConfig:
     # levels with noisy context too, and half the exact inference situation.
     clean_context_prob: float = 0.5
     context_sigma_max: float = 0.05
+    # context: "mixed" is the above (diffusion forcing, plus clean_context_prob of clips with clean context and the
+    # loss on their last chunk). "dense" is dense teacher forcing (streamgen.train.teacher_forcing): the clip twice,
+    # clean (sigma ~ U(0, context_sigma_max)) and noisy, each noisy chunk attending to the clean chunks before it, and
+    # every noisy chunk supervised: the inference situation, F / chunk_frames times per clip.
+    context: str = "mixed"
     sample_shift: float = 5.0  # FlowMatchEulerDiscreteScheduler(shift=...) of the exported pipeline
     sample_steps: int | None = None  # the exported pipeline's default Euler steps (None: the few-step schedule)
     sample_guidance: float = 1.0  # the exported pipeline's default classifier-free guidance scale
+    sample_cache: str = "rolling"  # the exported pipeline's default cache preset
 
 
 @dataclass
@@ -78,6 +88,12 @@ class LossConfig:
     # before the object's shape and motion. 0 = plain MSE (the right choice for real footage).
     foreground_weight: float = 0.0
     foreground_threshold: float = 0.1
+    # model.prediction "sample": the x0 error is divided by max(sigma, x0_sigma_floor), i.e. measured as a flow error
+    # (the flow-matching loss), except that near-clean frames cannot dominate it.
+    x0_sigma_floor: float = 0.05
+    # context "dense": loss weight of chunks drawn from the prompt alone (no earlier frame of their scene in the clip;
+    # one chunk in eight of a 24-frame clip), against 1 for continuations.
+    scene_start_weight: float = 1.0
 
 
 @dataclass
@@ -91,6 +107,20 @@ class PositionsConfig:
     max_stream_frames: int = 2200
     prob: float = 0.5
     target: str = "data"
+
+
+@dataclass
+class RolloutConfig:
+    # Training on the model's own rollouts (streamgen.train.rollout): with probability prob a step plays each clip's
+    # first true_chunks true chunks (drawn in [lo, hi]) then generated_chunks chunks of the model's own (sampler_steps
+    # Euler steps, through the exported cache preset noise.sample_cache), and trains the next chunk against the
+    # provider's target. A rollout is reused for replay steps (fresh noise each time). 0 = off.
+    prob: float = 0.0
+    true_chunks: tuple[int, int] = (0, 3)
+    generated_chunks: tuple[int, int] = (1, 3)
+    sampler_steps: int = 4
+    replay: int = 1
+    provider: str = "shapeworld"
 
 
 @dataclass
@@ -113,6 +143,7 @@ class TrainConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     positions: PositionsConfig = field(default_factory=PositionsConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     chunk_frames: int = 3
     batch_size: int = 8
@@ -140,6 +171,14 @@ class TrainConfig:
             raise ValueError("data.kind 'folder' needs data.path")
         if self.optim.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"optim.schedule must be cosine, linear or constant, got {self.optim.schedule!r}")
+        if self.model.prediction not in ("flow", "sample"):
+            raise ValueError(f"model.prediction must be 'flow' or 'sample', got {self.model.prediction!r}")
+        if self.noise.context not in ("mixed", "dense"):
+            raise ValueError(f"noise.context must be 'mixed' or 'dense', got {self.noise.context!r}")
+        if self.noise.context == "dense" and self.positions.target == "teacher":
+            raise ValueError("positions.target: teacher is a re-alignment of the mixed objective; use noise.context: mixed")
+        if self.loss.x0_sigma_floor <= 0 or self.loss.scene_start_weight < 0:
+            raise ValueError("loss.x0_sigma_floor must be > 0 and loss.scene_start_weight >= 0")
         if self.loss.foreground_weight < 0:
             raise ValueError(f"loss.foreground_weight must be >= 0, got {self.loss.foreground_weight}")
         pos = self.positions
@@ -152,6 +191,22 @@ class TrainConfig:
                              f"({self.data.clip_frames})")
         if pos.target == "teacher" and pos.preset is None:
             raise ValueError("positions.target: teacher re-aligns a model to a preset's positions: set positions.preset")
+        r = self.rollout
+        if not 0 <= r.prob <= 1:
+            raise ValueError(f"rollout.prob must be in [0, 1], got {r.prob}")
+        if r.prob > 0:
+            if r.provider != "shapeworld" or self.data.kind != "shapeworld":
+                raise ValueError("rollout needs a target provider: 'shapeworld' (with data.kind: shapeworld) is the one "
+                                 f"there is, got provider {r.provider!r} with data.kind {self.data.kind!r}")
+            if not (0 <= r.true_chunks[0] <= r.true_chunks[1] and 1 <= r.generated_chunks[0] <= r.generated_chunks[1]):
+                raise ValueError(f"rollout.true_chunks {list(r.true_chunks)} must be a range from >= 0 and "
+                                 f"rollout.generated_chunks {list(r.generated_chunks)} one from >= 1")
+            longest = (r.true_chunks[1] + r.generated_chunks[1] + 1) * self.chunk_frames
+            if longest > self.data.clip_frames:
+                raise ValueError(f"a rollout of up to {longest} frames (true + generated + the trained chunk) exceeds "
+                                 f"data.clip_frames ({self.data.clip_frames}), the positions the model is trained on")
+            if r.sampler_steps < 1 or r.replay < 1:
+                raise ValueError("rollout.sampler_steps and rollout.replay must be >= 1")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         return self

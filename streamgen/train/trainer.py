@@ -36,6 +36,7 @@ from ..models.causal_wan import CausalWanTransformer3DModel, block_causal_mask
 from ..sampling import shift_sigma
 from .config import TrainConfig
 from .data import CaptionEncoder, ClipSource
+from . import teacher_forcing
 from .positions import StreamPositions
 
 SIGMA_BINS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0001)
@@ -62,24 +63,34 @@ class ChunkCausalFlow(nn.Module):
         self.chunk_frames = chunk_frames
 
     def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
-        """``positions``: temporal RoPE index of each frame (default 0..F-1; see :mod:`streamgen.train.positions`)."""
+                positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``positions``: temporal RoPE index of each frame (default 0..F-1; see :mod:`streamgen.train.positions`);
+        ``attention_mask``: default block-causal over the frames; ``text_mask``: see :class:`PromptKV` ``mask``."""
         t = self.transformer
         _, _, frames, height, width = x_t.shape
         if positions is None:
             positions = torch.arange(frames)
         rotary = t.rotary(positions, positions, height, width)
-        mask = block_causal_mask(frames, self.chunk_frames, t.tokens_per_frame(height, width), x_t.device)
-        return t.forward_chunk(x_t, timesteps, t.encode_prompt_kv(text_states), None, rotary, attention_mask=mask)
+        if attention_mask is None:
+            attention_mask = block_causal_mask(frames, self.chunk_frames, t.tokens_per_frame(height, width), x_t.device)
+        prompt_kv = t.encode_prompt_kv(text_states)
+        prompt_kv.mask = text_mask
+        return t.forward_chunk(x_t, timesteps, prompt_kv, None, rotary, attention_mask=attention_mask)
 
 
-def sample_sigmas(noise, batch: int, chunks: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigma [B, chunks], clean_context [B] bool). See :class:`~streamgen.train.config.NoiseConfig`."""
+def noise_levels(noise, batch: int, chunks: int, generator: torch.Generator) -> torch.Tensor:
+    """sigma [B, chunks]: shifted logit-normal, with high_noise_prob of the chunks uniform in [high_noise_min, 1]."""
     s = torch.sigmoid(torch.randn(batch, chunks, generator=generator) * noise.logit_std + noise.logit_mean)
     sigma = shift_sigma(s, noise.shift)
     high = torch.rand(batch, chunks, generator=generator) < noise.high_noise_prob
     uniform_high = noise.high_noise_min + (1 - noise.high_noise_min) * torch.rand(batch, chunks, generator=generator)
-    sigma = torch.where(high, uniform_high, sigma)
+    return torch.where(high, uniform_high, sigma)
+
+
+def sample_sigmas(noise, batch: int, chunks: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma [B, chunks], clean_context [B] bool). See :class:`~streamgen.train.config.NoiseConfig`."""
+    sigma = noise_levels(noise, batch, chunks, generator)
     clean = torch.rand(batch, generator=generator) < noise.clean_context_prob
     context = noise.context_sigma_max * torch.rand(batch, chunks, generator=generator)
     if chunks > 1:
@@ -103,6 +114,17 @@ def prompts_and_mask(batch: dict[str, Any], chunk_frames: int, dropout: float, g
             prompts.append(caption)
             masks.append(torch.tensor([float(captions[int(j)] == caption) for j in segments[b]]))
     return prompts, torch.stack(masks)
+
+
+def flow_error(pred: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
+               prediction: str, sigma_floor: float) -> torch.Tensor:
+    """The prediction's error as a flow error [B, C, F, H, W]; ``sigma`` [B, F]. A flow model's is pred - (noise - x0);
+    an x0 model's is (x0 - x0_hat) / max(sigma, sigma_floor), the same quantity for its implied flow
+    (x_t - x0_hat) / sigma, with the floor keeping near-clean frames from dominating."""
+    if prediction == "flow":
+        return pred.float() - (noise - x0)
+    s = sigma.clamp_min(sigma_floor)[:, None, :, None, None]
+    return (x0 - pred.float()) / s
 
 
 def pixel_weights(x0: torch.Tensor, loss) -> torch.Tensor:
@@ -196,6 +218,16 @@ class Trainer:
         if pos.preset is not None:
             self.stream_positions = StreamPositions(pos.preset, config.data.clip_frames, config.chunk_frames,
                                                     pos.rope_range)
+        self.rollout_data, self.rollout_preset, self.target_provider = None, None, None
+        self._rollout, self._rollout_uses = None, 0
+        if config.rollout.prob > 0:
+            from ..cache.presets import load_preset
+            from .rollout import RolloutSource, ShapeWorldTargets
+
+            r = config.rollout
+            self.rollout_data = RolloutSource(config, (r.true_chunks[1] + r.generated_chunks[1] + 1) * config.chunk_frames)
+            self.rollout_preset = load_preset(config.noise.sample_cache).with_rope_range(self.rope_range)
+            self.target_provider = ShapeWorldTargets()
         if pos.target == "teacher":
             if self.step == 0:
                 raise ValueError("positions.target: teacher distils the resumed model into itself: pass --resume")
@@ -206,6 +238,12 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def loss(self, batch: dict[str, Any], generator: torch.Generator, stats: dict | None = None) -> torch.Tensor:
+        if self.config.noise.context == "dense":
+            return self.dense_loss(batch, generator, stats)
+        return self.mixed_loss(batch, generator, stats)
+
+    def mixed_loss(self, batch: dict[str, Any], generator: torch.Generator, stats: dict | None = None) -> torch.Tensor:
+        """Diffusion forcing + clean-context clips (see :class:`~streamgen.train.config.NoiseConfig`)."""
         cfg, acc = self.config, self.accelerator
         x0 = batch["video"].to(acc.device)
         b, _, frames = x0.shape[:3]
@@ -221,16 +259,75 @@ class Trainer:
         text_states = self.captions(prompts).to(acc.device)
         with acc.autocast():
             pred = self.model(x_t, sigma_f * 1000.0, text_states, positions)
-        target = noise - x0
         if self.teacher is not None:
             with torch.no_grad(), acc.autocast():  # the same inputs at the positions the teacher was trained on
-                target = self.teacher(x_t, sigma_f * 1000.0, text_states).float()
-        weight = pixel_weights(x0, cfg.loss)  # [B, 1, F, H, W]
-        per_frame = ((pred.float() - target).pow(2) * weight).mean(dim=(1, 3, 4)) / weight.mean(dim=(1, 3, 4))
-        mask = mask.to(acc.device)
-        loss = (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
+                error = pred.float() - self.teacher(x_t, sigma_f * 1000.0, text_states).float()
+        else:
+            error = flow_error(pred, x_t, x0, noise, sigma_f, cfg.model.prediction, cfg.loss.x0_sigma_floor)
+        return self._reduce(error, x0, mask.to(acc.device), sigma_f, stats)
+
+    def dense_loss(self, batch: dict[str, Any], generator: torch.Generator, stats: dict | None = None) -> torch.Tensor:
+        """Dense teacher forcing (:mod:`streamgen.train.teacher_forcing`): every chunk against its clean past."""
+        cfg, acc = self.config, self.accelerator
+        x0 = batch["video"].to(acc.device)
+        b, _, frames, height, width = x0.shape
+        chunk = cfg.chunk_frames
+        chunks = frames // chunk
+        sigma_f = noise_levels(cfg.noise, b, chunks, generator).repeat_interleave(chunk, 1).to(acc.device)
+        context_f = (cfg.noise.context_sigma_max * torch.rand(b, chunks, generator=generator)).repeat_interleave(chunk, 1)
+        context_f = context_f.to(acc.device)
+        noise = torch.randn(x0.shape, generator=generator).to(acc.device)
+        context_noise = torch.randn(x0.shape, generator=generator).to(acc.device)
+        s, c = sigma_f[:, None, :, None, None], context_f[:, None, :, None, None]
+        x_t = (1 - s) * x0 + s * noise
+        x_c = (1 - c) * x0 + c * context_noise
+        prompts, slots = teacher_forcing.segment_prompts(batch, cfg.text.caption_dropout, generator)
+        tokens = self.transformer.tokens_per_frame(height, width)
+        text_states, text_mask = teacher_forcing.text_inputs(prompts, slots, self.captions, tokens)
+        positions = self.draw_positions(frames, generator)
+        positions = torch.arange(frames) if positions is None else positions
+        mask = teacher_forcing.dense_mask(frames, chunk, tokens, acc.device)
+        with acc.autocast():
+            pred = self.model(torch.cat((x_c, x_t), 2), torch.cat((context_f, sigma_f), 1) * 1000.0,
+                              text_states.to(acc.device), torch.cat((positions, positions)), mask,
+                              text_mask.to(acc.device))[:, :, frames:]
+        error = flow_error(pred, x_t, x0, noise, sigma_f, cfg.model.prediction, cfg.loss.x0_sigma_floor)
+        weight = torch.where(teacher_forcing.scene_start_chunks(batch, chunk), cfg.loss.scene_start_weight, 1.0)
+        weight = weight.repeat_interleave(chunk, 1) * (~batch["in_transition"].bool()).float()
+        return self._reduce(error, x0, weight.to(acc.device), sigma_f, stats)
+
+    def rollout_loss(self, generator: torch.Generator, stats: dict | None = None) -> torch.Tensor:
+        """The next chunk after the model's own rollout (:mod:`streamgen.train.rollout`), noisy, against the played
+        frames, clean, in one block-causal forward; the rollout is replayed ``rollout.replay`` times."""
+        from .rollout import make_rollout
+
+        cfg, acc = self.config, self.accelerator
+        if self._rollout is None or self._rollout_uses >= cfg.rollout.replay:
+            self._rollout, self._rollout_uses = make_rollout(self, self.step, generator), 0
+        self._rollout_uses += 1
+        played, x0 = self._rollout.played.to(acc.device), self._rollout.target.to(acc.device)
+        b, _, chunk = x0.shape[:3]
+        context = played.shape[2]
+        sigma_f = noise_levels(cfg.noise, b, 1, generator).repeat_interleave(chunk, 1).to(acc.device)
+        noise = torch.randn(x0.shape, generator=generator).to(acc.device)
+        s = sigma_f[:, None, :, None, None]
+        x_t = (1 - s) * x0 + s * noise
+        timesteps = torch.cat((torch.full((b, context), self._rollout.context_timestep), sigma_f * 1000.0), 1)
+        with acc.autocast():
+            pred = self.model(torch.cat((played, x_t), 2), timesteps.to(acc.device),
+                              self._rollout.text_states.to(acc.device))[:, :, context:]
+        error = flow_error(pred, x_t, x0, noise, sigma_f, cfg.model.prediction, cfg.loss.x0_sigma_floor)
+        return self._reduce(error, x0, torch.ones(b, chunk, device=acc.device), sigma_f, stats)
+
+    def _reduce(self, error: torch.Tensor, x0: torch.Tensor, frame_weight: torch.Tensor, sigma_f: torch.Tensor,
+                stats: dict | None) -> torch.Tensor:
+        """Weighted mean of the squared error over frames (``frame_weight`` [B, F]); per-sigma-bin sums into
+        ``stats``."""
+        weight = pixel_weights(x0, self.config.loss)  # [B, 1, F, H, W]
+        per_frame = (error.pow(2) * weight).mean(dim=(1, 3, 4)) / weight.mean(dim=(1, 3, 4))
+        loss = (per_frame * frame_weight).sum() / frame_weight.sum().clamp_min(1.0)
         if stats is not None:
-            pf, m, sf = per_frame.detach().cpu(), mask.cpu(), sigma_f.cpu()
+            pf, m, sf = per_frame.detach().cpu(), frame_weight.cpu(), sigma_f.cpu()
             for i in range(len(SIGMA_BINS) - 1):
                 sel = m * ((sf >= SIGMA_BINS[i]) & (sf < SIGMA_BINS[i + 1])).float()
                 key = f"{SIGMA_BINS[i]:g}-{min(SIGMA_BINS[i + 1], 1.0):g}"
@@ -282,9 +379,14 @@ class Trainer:
         bins: dict = {}
         t0 = time.perf_counter()
         self.model.train()
+        rollouts: list[float] = []
         while self.step < end:
-            batch = self.data.batch(self.step, acc.process_index, acc.num_processes)
-            loss = self.loss(batch, self.generator, bins)
+            if cfg.rollout.prob and float(torch.rand((), generator=self.generator)) < cfg.rollout.prob:
+                loss = self.rollout_loss(self.generator, bins)
+                rollouts.append(float(loss.detach()))
+            else:
+                batch = self.data.batch(self.step, acc.process_index, acc.num_processes)
+                loss = self.loss(batch, self.generator, bins)
             acc.backward(loss)
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip) if cfg.optim.grad_clip else None
             self.optimizer.step()
@@ -301,10 +403,13 @@ class Trainer:
                           "grad_norm": None if grad_norm is None else float(grad_norm),
                           "sigma_bins": {k: (v[0] / v[1] if v[1] else None) for k, v in bins.items()},
                           "seconds_per_step": elapsed / len(window), "time": time.time()}
+                if cfg.rollout.prob:
+                    record["rollout_steps"] = len(rollouts)
+                    record["rollout_loss"] = sum(rollouts) / len(rollouts) if rollouts else None
                 if main:
                     with open(self.out / "log.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
-                window, bins, t0 = [], {}, time.perf_counter()
+                window, bins, rollouts, t0 = [], {}, [], time.perf_counter()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
@@ -337,7 +442,7 @@ class Trainer:
             chunk_frames=cfg.chunk_frames, max_sequence_length=cfg.text.max_sequence_length, fps=float(cfg.data.fps),
             height=cfg.data.height, width=cfg.data.width, text_encoder_package=cfg.text.package,
             num_inference_steps=cfg.noise.sample_steps, guidance_scale=cfg.noise.sample_guidance,
-            rope_range=self.rope_range,
+            rope_range=self.rope_range, prediction_type=cfg.model.prediction, default_cache=cfg.noise.sample_cache,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -359,19 +464,28 @@ class Trainer:
             transformer = self.ema_transformer()
             record["pipeline"] = str(self.export(transformer))
             if self.config.eval_quality and self.config.data.kind == "shapeworld":
-                from ..bench.quality import QUICK, run_quality
+                from ..bench.quality import FULL, QUICK, run_quality
 
                 start = time.perf_counter()
                 sizes = dataclasses.replace(QUICK, single_videos=self.config.eval_videos,
-                                            single_chunks=self.config.eval_chunks)
-                result = run_quality(self.pipeline(transformer), suites=["single"], sizes=sizes)
-                record["single_accuracy"] = result["suites"]["single"]["accuracy"]
+                                            single_chunks=self.config.eval_chunks,
+                                            continuation_videos=self.config.eval_videos,
+                                            continuation_context_chunks=FULL.continuation_context_chunks,
+                                            continuation_chunks=FULL.continuation_chunks)
+                result = run_quality(self.pipeline(transformer), suites=["single", "continuation"], sizes=sizes)
+                single, continuation = result["suites"]["single"], result["suites"]["continuation"]
+                record["single_accuracy"] = single["accuracy"]
+                record["single_per_chunk"] = single["per_chunk"]
+                record["continuation"] = {"first_chunk": continuation["first_chunk"],
+                                          "direction": continuation["direction"], "speed": continuation["speed"],
+                                          "per_chunk_shape": continuation["per_chunk"]["shape"]}
                 record["eval_seconds"] = time.perf_counter() - start
                 self.text_encoder.to(acc.device)
             with open(self.out / "eval.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             if self.config.progress:
-                print(f"[eval step {self.step}] {json.dumps(record.get('single_accuracy', {}))}", flush=True)
+                shown = {k: record[k] for k in ("single_accuracy", "continuation") if k in record}
+                print(f"[eval step {self.step}] {json.dumps(shown)}", flush=True)
         acc.wait_for_everyone()
         return record
 
