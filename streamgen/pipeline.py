@@ -423,11 +423,14 @@ class StreamingVideoPipeline(DiffusionPipeline):
         )
         if generator is None and schedule.seed is not None:
             generator = torch.Generator(self.transformer.device).manual_seed(schedule.seed)
+        context = self.encode_context(image, video, height, width, batch_size)
+        # A preset that keeps the whole stream (global) must also hold the init picture / clip written before it.
+        stream_frames = None if num_latent is None else num_latent + (0 if context is None else context.shape[2])
         engine = StreamEngine(
             self.transformer, preset, self.make_sampler(num_inference_steps),
             batch_size=batch_size, latent_channels=self.latent_channels,
             latent_height=height // self.vae_scale_factor_spatial, latent_width=width // self.vae_scale_factor_spatial,
-            chunk_frames=self.config.chunk_frames, stream_frames=num_latent, switch=switch, generator=generator,
+            chunk_frames=self.config.chunk_frames, stream_frames=stream_frames, switch=switch, generator=generator,
         )
         if guidance_scale is None:
             guidance_scale = self.config.guidance_scale
@@ -437,7 +440,6 @@ class StreamingVideoPipeline(DiffusionPipeline):
         engine.prediction_type = self.config.get("prediction_type", "flow")
         if guidance_scale != 1.0:
             engine.negative_prompt_kv = self.prompt_kv(negative_prompt, batch_size)
-        context = self.encode_context(image, video, height, width, batch_size)
         stream = VideoStream(self, engine, plan, num_latent, latents, generator, callback_on_chunk_end, context=context)
         self._active_stream = weakref.ref(stream)
         return stream

@@ -87,3 +87,10 @@ def test_cli_init_video_from_a_file(tmp_path):
     assert read_video(out).shape == (6, 32, 32, 3)
     assert main(["generate", "--pipeline", str(pipeline), "--prompt", "x", "--init-video", str(tmp_path / "nope.mp4"),
                  "--out", str(tmp_path / "y.mp4")]) == 2
+
+
+def test_a_whole_stream_cache_also_holds_the_init_clip(pipe):
+    clip = np.random.default_rng(1).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    stream = pipe.stream("a red square", num_frames=6, cache="global", video=clip,
+                         generator=torch.Generator().manual_seed(0))
+    assert sum(len(c.frames[0]) for c in stream) == 6  # was: CacheFullError once the context filled the history
