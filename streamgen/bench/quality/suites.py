@@ -59,9 +59,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..world.oracle import FrameReadout, estimate_motion, read_frames, read_segment
-from ..world.render import SMOOTH_FRAMES, ClipSegment, render_clip
-from ..world.scenes import (
+from ...world.oracle import FrameReadout, estimate_motion, read_frames, read_segment
+from ...world.render import SMOOTH_FRAMES, ClipSegment, render_clip
+from ...world.scenes import (
     BACKGROUNDS, DECORATION_PX, DIRECTIONS, OBJECT_COLORS, RESOLUTION, SHAPES, SIZES, SPEEDS, Draws, Scene,
     _splitmix64, distinct_attributes, first_seeds, sample_details, sample_scene,
 )
@@ -216,7 +216,7 @@ class PipelineSource:
     def generate(self, video: Video) -> Generated:
         import torch
 
-        from ..schedule import Schedule, Segment
+        from ...schedule import Schedule, Segment
 
         segment, chunk, starts = _frame_map(video, self.layout)
         schedule = Schedule(tuple(
@@ -358,7 +358,7 @@ class _Runner:
         curve = np.mean(np.stack(curves), 0)
         path = self.plot_path("single")
         if path is not None:
-            from .quality_plot import line_chart
+            from ..quality_plot import line_chart
 
             line_chart(path, {"bg+colour+shape": (np.arange(len(curve)), curve)},
                        title=f"single [{self.label}]: per-frame agreement with the prompt",
@@ -412,7 +412,7 @@ class _Runner:
         result = {"smooth_frames_in_reference": SMOOTH_FRAMES, **result}
         path = self.plot_path("switch")
         if path is not None:
-            from .quality_plot import line_chart
+            from ..quality_plot import line_chart
 
             series = {}
             for mode, curves in offsets_curves.items():
@@ -460,7 +460,7 @@ class _Runner:
         self.timing["long_fps"] = fps
         path = self.plot_path("long")
         if path is not None:
-            from .quality_plot import line_chart
+            from ..quality_plot import line_chart
 
             line_chart(path, series, title=f"long [{self.label}]: per-frame agreement (9-frame mean)",
                        xlabel="frame within window", ylabel="fraction")
@@ -505,7 +505,7 @@ class _Runner:
                   "recalled_prompt_all_attributes": _r(_mean(prompted)), "position_tolerance_px": tol}
         path = self.plot_path("recall")
         if path is not None:
-            from .quality_plot import bar_chart
+            from ..quality_plot import bar_chart
 
             short = {"size": "size", "decoration_color": "deco colour", "decoration_position": "deco position",
                      "all_details": "all details"}
@@ -549,7 +549,7 @@ class _Runner:
                             "background_flips": "fraction of frame pairs whose class changes"}}
         path = self.plot_path("temporal")
         if path is not None:
-            from .quality_plot import line_chart
+            from ..quality_plot import line_chart
 
             n = min(len(c) for c in curves_bg)
             xs = np.arange(1, n + 1)
@@ -585,7 +585,7 @@ class _Runner:
         first = {k: v[0] for k, v in curves.items()}
         path = self.plot_path("continuation")
         if path is not None:
-            from .quality_plot import line_chart
+            from ..quality_plot import line_chart
 
             xs = np.arange(len(curves["found"]))
             line_chart(path, {k: (xs, np.array([np.nan if v is None else v for v in curves[k]], float))
@@ -666,7 +666,7 @@ def _source_for(pipeline, cache, device, layout):
     if isinstance(pipeline, str) and pipeline == "reference":
         return ReferenceSource(layout or Layout())
     if isinstance(pipeline, (str, Path)):
-        from ..pipeline import load_pipeline
+        from ...pipeline import load_pipeline
 
         pipeline = load_pipeline(pipeline, device)
     return PipelineSource(pipeline, cache)
@@ -711,7 +711,7 @@ def run_quality_compare(pipeline, presets: Sequence[str], suites: Sequence[str] 
                         log: Callable[[str], None] | None = None) -> dict:
     """The same suites and seeds on several cache presets (and the reference renderer if ``reference``); one
     markdown table with a column per run."""
-    from ..pipeline import StreamingVideoPipeline
+    from ...pipeline import StreamingVideoPipeline
 
     if isinstance(pipeline, (str, Path)):
         source = _source_for(pipeline, None, device, None)
@@ -898,7 +898,7 @@ def cmd_bench_quality(args) -> int:
 
     pipeline = args.pipeline
     if pipeline is None and not (args.reference and not args.compare):
-        from ..cli import default_pipeline
+        from ...cli import default_pipeline
 
         pipeline = str(default_pipeline())
     if args.compare:
