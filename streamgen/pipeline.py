@@ -35,9 +35,9 @@ from .decoding import encode_video, streaming_decoder_for, to_uint8_frames
 from .engine import StreamEngine
 from .models.causal_wan import CausalWanTransformer3DModel, PromptKV
 from .sampling import PREDICTION_TYPES, EulerSampler, FewStepSampler
-from .schedule import PlannedSegment, Schedule, Transition
+from .schedule import PlannedSegment, Schedule
+from .transitions import TRANSITIONS, Transition
 
-TRANSITIONS = ("smooth", "cut", "recall")
 # An open-ended stream plans its schedule over a horizon no real stream reaches (nothing is allocated for it).
 OPEN_ENDED_LATENT_FRAMES = 2**40
 

@@ -32,11 +32,12 @@ import numbers
 import os
 import re
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
+
+from .transitions import Transition
 
 __all__ = [
     "ScheduleError",
@@ -81,22 +82,6 @@ class ScheduleError(ValueError):
 
 # -----------------------------------------------------------------------------
 # Data model
-
-
-class Transition(str, Enum):
-    """How a segment is entered. Parsers accept the names case-insensitively."""
-
-    SMOOTH = "smooth"  # the new scene grows out of the old one
-    CUT = "cut"        # hard cut
-    RECALL = "recall"  # an earlier scene comes back
-
-    @classmethod
-    def _missing_(cls, value):
-        if isinstance(value, str):
-            for member in cls:
-                if member.value == value.lower():
-                    return member
-        return None
 
 
 Unit = Literal["frames", "seconds", "latent_frames"]

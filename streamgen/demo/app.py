@@ -19,7 +19,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402  (a gradio dependency; gr.LinePlot takes a DataFrame)
 
 from ..cache.presets import available_presets  # noqa: E402
-from ..pipeline import TRANSITIONS  # noqa: E402
+from ..transitions import TRANSITIONS  # noqa: E402
 from .session import DemoLimits, DemoSession, SessionRegistry, SessionsFull, frame_data_uri  # noqa: E402
 
 __all__ = ["build_demo", "launch_demo"]

@@ -33,12 +33,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ..transitions import TRANSITIONS
 from .scenes import COLORS, DECORATION_PX, RESOLUTION, SHAPES, Attributes, Scene, sample_scene
 
 __all__ = ["TRANSITIONS", "SMOOTH_FRAMES", "ALL_SHAPES", "ClipSegment", "PlacedSegment", "Clip", "render_clip",
            "render_scene", "shape_alpha", "centroid_offset", "area_factor"]
 
-TRANSITIONS = ("smooth", "cut", "recall")
 SMOOTH_FRAMES = 4  # blended frames of a smooth transition
 ALL_SHAPES: tuple[str, ...] = SHAPES + ("diamond",)  # "diamond" is only a candidate, measured and not used
 
