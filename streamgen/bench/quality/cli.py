@@ -1,0 +1,74 @@
+"""``streamgen bench quality``: the command line over :mod:`.run` and :mod:`.report`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .harness import Layout
+from .report import markdown_table, merged_runs
+from .run import check_suites, run_quality, run_quality_compare, source_for
+from .suites import SUITES
+
+
+def register_cli(bench_subparsers) -> argparse.ArgumentParser:
+    """Add ``quality`` to the ``streamgen bench`` subcommands."""
+    p = bench_subparsers.add_parser("quality", help="oracle-scored quality suites on held-out ShapeWorld prompts")
+    p.add_argument("--pipeline", help="pipeline folder, or a shipped one by name (default: the embedded model)")
+    p.add_argument("--cache", help="cache preset name or YAML path (default: the pipeline's)")
+    p.add_argument("--json", help="write the full result here")
+    p.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
+    p.add_argument("--compare", help="comma-separated cache presets to run on the same seeds (one table)")
+    p.add_argument("--reference", action="store_true",
+                   help="play the schedules with the ground-truth renderer instead of (or, with --compare, beside) "
+                        "the pipeline")
+    p.add_argument("--plots", help="write PNG plots into this folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests and smoke runs)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--table", nargs="+", metavar="JSON",
+                   help="print one table from earlier --json results (e.g. halves of a comparison run in parallel) "
+                        "instead of running anything")
+    p.set_defaults(func=cmd_bench_quality)
+    return p
+
+
+def cmd_bench_quality(args) -> int:
+    if args.table:
+        print(markdown_table(merged_runs(args.table)))
+        return 0
+    suites = check_suites(args.suites)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    pipeline = args.pipeline
+    if pipeline is not None or not (args.reference and not args.compare):
+        from ...resources import find_pipeline
+
+        pipeline = str(find_pipeline(pipeline))  # a folder, a shipped name, or (None) the embedded default
+    if args.compare:
+        presets = [p.strip() for p in args.compare.split(",") if p.strip()]
+        result = run_quality_compare(pipeline, presets, suites, args.seed, reference=args.reference,
+                                     quick=args.quick, out_dir=args.plots, device=args.device, log=log)
+        table = result["table"]
+    else:
+        if args.reference:
+            layout = None
+            if pipeline is not None:
+                layout = Layout.of(source_for(pipeline, None, args.device, None).pipe)
+            result = run_quality("reference", suites, None, args.seed, quick=args.quick, out_dir=args.plots,
+                                 layout=layout, log=log)
+            label = "reference"
+        else:
+            result = run_quality(pipeline, suites, args.cache, args.seed, quick=args.quick, out_dir=args.plots,
+                                 device=args.device, log=log)
+            label = result["cache"]
+        table = markdown_table({label: result})
+    print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
