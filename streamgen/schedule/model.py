@@ -37,7 +37,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from .transitions import Transition
+from ..transitions import Transition
 
 __all__ = [
     "ScheduleError",
