@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from .cli import register_cli
 from .errors import ConversionError
-from .formats import FORMATS
+from .formats import FORMATS, CheckpointFormat, register_format
 
-__all__ = ["ConversionError", "FORMATS", "convert", "register_cli"]
+__all__ = ["CheckpointFormat", "ConversionError", "FORMATS", "convert", "register_cli", "register_format"]
 
 
 def convert(
@@ -38,7 +38,7 @@ def convert(
     weights=None,
     dtype=None,
 ):
-    """Convert checkpoint ``ckpt`` of ``format`` (one of :data:`FORMATS`) into the folder ``out``.
+    """Convert checkpoint ``ckpt`` of ``format`` (a name in :data:`FORMATS`) into the folder ``out``.
 
     - ``lora`` / ``lora_rank`` / ``lora_alpha``: a PEFT LoRA merged as ``W + alpha / rank * B @ A`` (rank and alpha
       from the flags, else the file's ``adapter_config.json`` / alpha tensors, else ``alpha = rank`` for LongLive

@@ -3,25 +3,9 @@
 Files are read only with ``torch.load(path, map_location="cpu", weights_only=True)`` (memory-mapped when the file
 is in the zip format) or with safetensors: a checkpoint never runs code on load.
 
-Where the weights sit, per format (read from each project's inference and trainer code):
-
-- Self-Forcing (``guandeh17/Self-Forcing``; Echo-Forcing ships the same file): ``inference.py`` loads
-  ``state_dict['generator_ema' if args.use_ema else 'generator']`` into a ``WanDiffusionWrapper`` whose transformer
-  is ``.model``, and the README runs ``self_forcing_dmd.pt`` with ``--use_ema`` (the released file holds only
-  ``generator_ema``). Names: ``model.blocks.0.self_attn.q.weight``; EMA shadows of a training run keep FSDP's
-  ``_fsdp_wrapped_module.`` segments. So: ``generator_ema`` wins, ``generator`` is the fallback.
-- LongLive (``NVlabs/LongLive``, ``configs/longlive_inference.yaml``: ``generator_ckpt: longlive_base.pt``,
-  ``lora_ckpt: lora.pt``, ``use_ema: false``): ``inference.py`` takes ``generator`` (``generator_ema`` with
-  ``use_ema``, stripping ``_fsdp_wrapped_module.``), or ``model`` when neither exists. So: ``generator`` wins, then
-  ``generator_ema``, then ``model``. The LoRA file is ``{"generator_lora": <PEFT state dict>, ...}`` or the PEFT
-  state dict itself.
-- Anchor Forcing (``vivoCameraResearch/Anchor-Forcing``, built on LongLive, ``configs/inference.yaml``:
-  ``generator_ckpt: ckpt/base.pt``, ``lora_ckpt: ckpt/final.pt``): the same loading code and layout as LongLive.
-- ``wan``: a bare state dict (the original ``Wan2.1-T2V-1.3B`` ``diffusion_pytorch_model.safetensors``, or any
-  causal-Wan export), or a folder of ``diffusion_pytorch_model*.safetensors`` shards with the original
-  ``config.json``.
-
-Training checkpoints also hold ``critic``, optimizer states and ``step``: those are ignored.
+Which entry of a training checkpoint holds the generator is each format's ``weight_entries``
+(:mod:`streamgen.convert.formats` cites each project's loading code). Training checkpoints also hold ``critic``,
+optimizer states and ``step``: those are ignored.
 """
 
 from __future__ import annotations
@@ -35,11 +19,12 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import ConversionError, listing
-from .formats import FORMAT_NAMES, FORMATS, WEIGHT_KEYS  # noqa: F401  (re-exported)
+from .errors import ConversionError, either, listing
+from .formats import FORMATS, CheckpointFormat
 
 LORA_ENTRIES = ("generator_lora", "critic_lora")
-TRAINING_ENTRIES = ("generator", "generator_ema", "model", "critic", "generator_optimizer", "critic_optimizer")
+MODEL_ENTRIES = ("generator", "generator_ema", "model")  # a file with one of these is a model, whatever LoRA it holds
+TRAINING_ENTRIES = (*MODEL_ENTRIES, "critic", "generator_optimizer", "critic_optimizer")
 
 
 @dataclass
@@ -171,13 +156,16 @@ def _read_wan_folder(path: Path) -> Selected:
     return Selected(tensors, None, [f"read {len(shards)} weight file(s) from {path}"], config)
 
 
-def select_weights(fmt: str, path: str | Path, weights: str | None = None) -> Selected:
+def select_weights(fmt: CheckpointFormat, path: str | Path, weights: str | None = None) -> Selected:
     """Read ``path`` and return the generator's tensors for checkpoint format ``fmt``."""
     path = Path(path)
-    name = FORMAT_NAMES[fmt]
-    if fmt == "wan" and weights is not None:
-        raise ConversionError("--weights picks an entry of a training checkpoint; --format wan reads a bare state dict")
-    if fmt == "wan" and path.is_dir():
+    name = fmt.title
+    bare = not fmt.weight_entries
+    if bare and weights is not None:
+        raise ConversionError(
+            f"--weights picks an entry of a training checkpoint; --format {fmt.name} reads a bare state dict"
+        )
+    if bare and path.is_dir():
         return _read_wan_folder(path)
     obj = read_file(path)
     if not isinstance(obj, Mapping) or not obj:
@@ -185,25 +173,28 @@ def select_weights(fmt: str, path: str | Path, weights: str | None = None) -> Se
             f"{path} holds a {type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''}, not a model "
             f"checkpoint dict: it is not a {name} checkpoint"
         )
-    lora_only = [k for k in LORA_ENTRIES if k in obj] and not any(k in obj for k in WEIGHT_KEYS.get("longlive", ()))
+    lora_only = [k for k in LORA_ENTRIES if k in obj] and not any(k in obj for k in MODEL_ENTRIES)
     if lora_only or is_lora_dict(obj):
+        pairs = [f for f in FORMATS.values() if f.released_lora]
+        loras = either([f"{f.title}'s {f.released_lora[1]}" for f in pairs])
         raise ConversionError(
-            f"{path} is a LoRA checkpoint (it holds only LoRA weights, like LongLive's lora.pt or Anchor Forcing's "
-            f"final.pt), not a full model: pass the base model (longlive_base.pt / base.pt) as --ckpt and this file "
-            f"as --lora, with --format longlive or --format anchor-forcing"
+            f"{path} is a LoRA checkpoint (it holds only LoRA weights, like {loras}), not a full model: pass the base "
+            f"model ({' / '.join(f.released_lora[0] for f in pairs)}) as --ckpt and this file as --lora, with "
+            f"{either([f'--format {f.name}' for f in pairs])}"
         )
 
-    if fmt == "wan":
+    if bare:
         if _tensor_dict(obj):
             return Selected(dict(obj), None)
         found = [k for k in TRAINING_ENTRIES if k in obj]
+        trained = [f.name for f in FORMATS.values() if f.weight_entries]
         hint = (
-            f"it is a training checkpoint with {', '.join(found)}: use --format self-forcing, longlive or "
-            f"anchor-forcing" if found else f"its entries are {listing(map(str, obj))}"
+            f"it is a training checkpoint with {', '.join(found)}: use --format {either(trained)}"
+            if found else f"its entries are {listing(map(str, obj))}"
         )
-        raise ConversionError(f"{path} is not a bare Wan state dict (--format wan): {hint}")
+        raise ConversionError(f"{path} is not a bare {name} state dict (--format {fmt.name}): {hint}")
 
-    candidates = WEIGHT_KEYS[fmt]
+    candidates = fmt.weight_entries
     if weights is not None:
         if weights not in obj:
             raise ConversionError(

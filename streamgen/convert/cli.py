@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import ConversionError
+from .errors import ConversionError, either
 from .formats import DTYPES, FORMATS
 
 DESCRIPTION = """\
-Convert a Self-Forcing, LongLive, Anchor Forcing or original-layout Wan checkpoint into a streamgen folder.
+Convert a {formats} checkpoint into a streamgen folder.
 With --base-pipeline (your Wan2.1-T2V-1.3B-Diffusers folder) OUT is a StreamingVideoPipeline folder whose
 text_encoder, tokenizer and vae are symbolic links into that folder (nothing large is copied; keep the Wan folder
 where it is) and whose scheduler is a copy with flow shift 5. Without it only OUT/transformer is written.
@@ -27,27 +27,33 @@ examples:
 
 def register_cli(subparsers) -> argparse.ArgumentParser:
     """Add the ``convert`` subcommand to an ``argparse`` subparsers object (its handler is ``args.func``)."""
+    formats = list(FORMATS.values())
+    with_lora = [f for f in formats if f.released_lora]
+    entries = list(dict.fromkeys(e for f in formats for e in f.weight_entries))
+    defaults = {e: [f.name for f in formats if f.weight_entries[:1] == (e,)] for e in entries}
     p = subparsers.add_parser(
-        "convert", help="convert a Self-Forcing / LongLive / Anchor Forcing / Wan checkpoint to a streamgen folder",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "convert", help=f"convert a {' / '.join(f.title for f in formats)} checkpoint to a streamgen folder",
+        description=DESCRIPTION.format(formats=either(f.title for f in formats)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--format", required=True, choices=FORMATS, help="the checkpoint's project")
+    p.add_argument("--format", required=True, choices=list(FORMATS), help="the checkpoint's project")
     p.add_argument("--ckpt", required=True, metavar="FILE",
                    help="the model checkpoint (.pt / .pth / .safetensors; for --format wan also a folder of shards)")
-    p.add_argument("--lora", metavar="FILE", help="a PEFT LoRA to merge (LongLive lora.pt, Anchor Forcing final.pt)")
+    p.add_argument("--lora", metavar="FILE", help="a PEFT LoRA to merge ("
+                   + ", ".join(f"{f.title} {f.released_lora[1]}" for f in with_lora) + ")")
     p.add_argument("--lora-rank", type=int, metavar="R", help="the LoRA rank (checked against the file)")
     p.add_argument("--lora-alpha", type=float, metavar="A",
                    help="the LoRA alpha; scale = alpha / rank (default: the file's, else alpha = rank for "
-                        "longlive / anchor-forcing)")
+                        + " / ".join(f.name for f in formats if f.lora_alpha_is_rank) + ")")
     p.add_argument("--base-pipeline", metavar="WAN_DIFFUSERS_DIR",
                    help="your Wan2.1-T2V-1.3B-Diffusers folder: transformer config + linked components")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist yet)")
     p.add_argument("--num-heads", type=int, metavar="N",
                    help="attention heads (default: from --base-pipeline, else width / 128)")
     p.add_argument("--config", metavar="JSON", help="a transformer config.json (diffusers or original Wan names)")
-    p.add_argument("--weights", choices=("generator_ema", "generator", "model"),
-                   help="which entry of a training checkpoint (default: generator_ema for self-forcing, "
-                        "generator for longlive / anchor-forcing)")
+    p.add_argument("--weights", choices=entries,
+                   help="which entry of a training checkpoint (default: "
+                        + ", ".join(f"{e} for {' / '.join(names)}" for e, names in defaults.items() if names) + ")")
     p.add_argument("--dtype", choices=DTYPES, help="store the weights in this dtype (default: as in the checkpoint)")
     p.set_defaults(func=run)
     return p

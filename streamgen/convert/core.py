@@ -27,7 +27,7 @@ import torch
 from .checkpoints import select_weights
 from .config import load_config_source, resolve_config, tensor_config
 from .errors import ConversionError, listing
-from .formats import DEFAULT_CACHE, FORMAT_NAMES, FORMATS
+from .formats import FORMATS, CheckpointFormat
 from .keys import describe, is_diffusers_layout, strip_wrappers, to_diffusers
 from .lora import LoraReport, merge_lora, read_lora
 
@@ -167,7 +167,7 @@ def _write_scheduler(base: Path, dest: Path) -> str:
     return f"{config.get('_class_name', 'scheduler')} ({', '.join(f'{k}={SHIFT:g}' for k in keys)})"
 
 
-def _write_pipeline(tmp: Path, base: Path, index: dict, fmt: str) -> list[str]:
+def _write_pipeline(tmp: Path, base: Path, index: dict, fmt: CheckpointFormat) -> list[str]:
     import diffusers
 
     notes = []
@@ -185,7 +185,7 @@ def _write_pipeline(tmp: Path, base: Path, index: dict, fmt: str) -> list[str]:
         "_class_name": "StreamingVideoPipeline",
         "_diffusers_version": diffusers.__version__,
         **PIPELINE_CONFIG,
-        "default_cache": DEFAULT_CACHE[fmt],
+        "default_cache": fmt.default_cache,
         "scheduler": list(index["scheduler"]),
         "text_encoder": list(index["text_encoder"]),
         "tokenizer": list(index["tokenizer"]),
@@ -229,15 +229,16 @@ def convert(
 ) -> ConversionResult:
     """Convert a checkpoint to ``OUT/transformer`` (+ a pipeline folder with ``base_pipeline``). See the module
     docstring; raises :class:`ConversionError` (one paragraph) and leaves no output folder on any failure."""
-    fmt = format
-    if fmt not in FORMATS:
-        raise ConversionError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    fmt = FORMATS.get(format)
+    if fmt is None:
+        raise ConversionError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if lora is not None and fmt == "self-forcing":
+    if lora is not None and not fmt.accepts_lora:
+        pairs = [f for f in FORMATS.values() if f.released_lora]
         raise ConversionError(
-            "Self-Forcing checkpoints have no LoRA; a base model plus a LoRA file is the LongLive / Anchor Forcing "
-            "layout: use --format longlive or --format anchor-forcing"
+            f"{fmt.title} checkpoints have no LoRA; a base model plus a LoRA file is the "
+            f"{' / '.join(f.title for f in pairs)} layout: use {' or '.join(f'--format {f.name}' for f in pairs)}"
         )
     if (lora_rank is not None or lora_alpha is not None) and lora is None:
         raise ConversionError("--lora-rank / --lora-alpha need --lora FILE")
@@ -246,7 +247,7 @@ def convert(
     ckpt = Path(ckpt)
     base = Path(base_pipeline) if base_pipeline is not None else None
     index = _check_base_pipeline(base) if base is not None else None
-    name = FORMAT_NAMES[fmt]
+    name = fmt.title
 
     selected = select_weights(fmt, ckpt, weights)
     notes = list(selected.notes)
@@ -274,12 +275,12 @@ def convert(
     if lora is not None:
         report = merge_lora(
             sd, read_lora(lora), rank=lora_rank, alpha=lora_alpha,
-            alpha_defaults_to_rank=fmt in ("longlive", "anchor-forcing"), format_name=name,
+            alpha_defaults_to_rank=fmt.lora_alpha_is_rank, format_name=name,
         )
-    elif fmt in ("longlive", "anchor-forcing"):
+    elif fmt.released_lora:
         notes.append(
             f"no --lora: converted the base weights only ({name}'s released model is the base plus a LoRA: "
-            f"{'lora.pt' if fmt == 'longlive' else 'final.pt'})"
+            f"{fmt.released_lora[1]})"
         )
     _check_finite(sd, original_layout, source + (" merged with its LoRA" if report else ""))
     if dtype is not None:
@@ -325,6 +326,6 @@ def convert(
         _remove_created(out.parent, created)
         raise
     return ConversionResult(
-        out=out, format=fmt, source=selected.entry or "state dict", tensors=len(sd), config=model_config,
+        out=out, format=fmt.name, source=selected.entry or "state dict", tensors=len(sd), config=model_config,
         pipeline=base is not None, lora=report, notes=notes,
     )

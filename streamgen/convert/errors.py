@@ -19,3 +19,9 @@ def listing(names: Iterable[str], limit: int = MAX_LISTED) -> str:
     names = list(names)
     shown = ", ".join(names[:limit])
     return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def either(options: Iterable[str]) -> str:
+    """``a, b or c`` for an error message or a help text."""
+    options = list(options)
+    return " or ".join([", ".join(options[:-1]), options[-1]]) if len(options) > 1 else "".join(options)
