@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -91,6 +90,7 @@ class VideoStream:
         self.decoder = streaming_decoder_for(pipe.vae)
         self.decoder.reset()
         self.prompt: str | None = None
+        self._next_segment = 0  # the plan's segments start in order, each once
         self._pending: tuple[str, str, int | None] | None = None
         self._chunks = 0
         self._context = context  # encoded init image / video, consumed before the first chunk
@@ -114,7 +114,9 @@ class VideoStream:
     def switch(self, prompt: str, mode: str = "smooth", scene: int | None = None) -> None:
         """Play ``prompt`` from the next chunk on, entering it with transition ``mode`` (smooth | cut | recall).
         A recall may name the ``scene`` it brings back (scenes count from 0, one more at every switch); otherwise a
-        scene-remembering cache preset picks the earlier scene whose prompt matches best."""
+        scene-remembering cache preset picks the earlier scene whose prompt matches best. The switch happens even to
+        the prompt already playing: a cut to it restarts the scene. Of several calls before the next chunk, the
+        last one counts."""
         if mode not in TRANSITIONS:
             raise ValueError(f"transition mode must be one of {TRANSITIONS}, got {mode!r}")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -154,19 +156,22 @@ class VideoStream:
         self.decoder.decode(context)
 
     def _apply_prompt_changes(self, start: int) -> None:
-        segment = next((s for s in self.plan if s.start == start), None)
-        if segment is not None:
+        if self._next_segment < len(self.plan) and self.plan[self._next_segment].start == start:
+            segment = self.plan[self._next_segment]
+            self._next_segment += 1
             if segment.seed is not None and self.generator is not None:
                 self.generator.manual_seed(segment.seed)
-            self._set_prompt(segment.prompt, segment.transition if start > 0 else "smooth")
+            transition = segment.transition if start > 0 else Transition.SMOOTH
+            # A segment that repeats the playing prompt smoothly (smooth is the default: a schedule may split one
+            # prompt, e.g. to reseed it) continues its scene; a cut or recall into it is asked for, so it happens.
+            if segment.prompt != self.prompt or transition != Transition.SMOOTH:
+                self._set_prompt(segment.prompt, transition)
         if self._pending is not None:
             prompt, mode, scene = self._pending
             self._pending = None
             self._set_prompt(prompt, mode, scene)
 
     def _set_prompt(self, prompt: str, transition: str, recall_scene: int | None = None) -> None:
-        if prompt == self.prompt:
-            return
         prompt_kv = self.pipe.prompt_kv(prompt, self.engine.cache.k.shape[1])
         # Transition(...).value: str() of a schedule's Transition member is "Transition.CUT", not its mode name.
         mode = Transition(transition).value
@@ -260,7 +265,6 @@ class StreamingVideoPipeline(DiffusionPipeline):
         )
         self._prompt_kv: dict[tuple[str, int], PromptKV] = {}
         self._prompt_kv_lock = threading.Lock()  # streams of one pipeline may run in several threads (the demo)
-        self._active_stream: weakref.ref | None = None  # weak: a dropped stream frees its cache
 
     def cache_preset(self, cache: str | CachePreset | None = None) -> CachePreset:
         """The cache preset ``cache`` (name, YAML path or preset; None: the pipeline's default) on this checkpoint:
@@ -440,9 +444,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         engine.prediction_type = self.config.get("prediction_type", "flow")
         if guidance_scale != 1.0:
             engine.negative_prompt_kv = self.prompt_kv(negative_prompt, batch_size)
-        stream = VideoStream(self, engine, plan, num_latent, latents, generator, callback_on_chunk_end, context=context)
-        self._active_stream = weakref.ref(stream)
-        return stream
+        return VideoStream(self, engine, plan, num_latent, latents, generator, callback_on_chunk_end, context=context)
 
     @torch.no_grad()
     def encode_context(self, image, video, height: int, width: int, batch_size: int) -> torch.Tensor | None:
@@ -460,13 +462,6 @@ class StreamingVideoPipeline(DiffusionPipeline):
         pixels = frames_to_video_tensor(fit_frames(frames, height, width), self.vae_scale_factor_temporal)
         latents = encode_video(self.vae, pixels.to(self.vae.device, self.vae.dtype))
         return latents.to(self.transformer.device, torch.float32).expand(batch_size, -1, -1, -1, -1)
-
-    def switch(self, prompt: str, mode: str = "smooth", scene: int | None = None) -> None:
-        """Switch the prompt of the most recently started stream (see :meth:`VideoStream.switch`)."""
-        stream = self._active_stream() if self._active_stream is not None else None
-        if stream is None:
-            raise RuntimeError("no stream is running: start one with pipe.stream(...)")
-        stream.switch(prompt, mode, scene)
 
     @torch.no_grad()
     def __call__(
