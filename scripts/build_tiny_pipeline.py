@@ -1,6 +1,6 @@
 """Write the random-weights tiny pipeline used by the README example before a trained model exists.
 
-    python scripts/build_tiny_pipeline.py pipelines/tiny-random
+    python scripts/build_tiny_pipeline.py streamgen/pipelines/tiny-random
 """
 
 import argparse

@@ -1,7 +1,8 @@
-"""Ship a training run as a repository pipeline: python scripts/ship_model.py runs/RUN shapeworld-tiny
+"""Ship a training run as an embedded pipeline: python scripts/ship_model.py runs/RUN shapeworld-tiny
 
-Copies RUN/pipeline (the EMA weights the trainer exported) to pipelines/NAME, the run's config, loss log and eval
-log to pipelines/NAME/training/ (the provenance the README reports), and RUN/checkpoint/state.pt to
+Copies RUN/pipeline (the EMA weights the trainer exported) to streamgen/pipelines/NAME (package data: wheels carry
+it), the run's config, loss log and eval log to streamgen/pipelines/NAME/training/ (the provenance the README
+reports), and RUN/checkpoint/state.pt to
 checkpoints/NAME/state.pt, overwriting the previous one, so a later session continues the same run with
 ``streamgen train --config ... --resume checkpoints/NAME/state.pt``.
 """
@@ -15,14 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("run", type=Path, help="training output folder (holds pipeline/, checkpoint/, log.jsonl)")
-parser.add_argument("name", help="pipeline name under pipelines/ and checkpoints/")
+parser.add_argument("name", help="pipeline name under streamgen/pipelines/ and checkpoints/")
 parser.add_argument("--default-cache", help="cache preset the pipeline uses when a call names none")
 args = parser.parse_args()
 
 source = args.run / "pipeline"
 if not (source / "model_index.json").is_file():
     raise SystemExit(f"{source}: no exported pipeline (the trainer writes one at every eval and at the end)")
-dest = ROOT / "pipelines" / args.name
+dest = ROOT / "streamgen" / "pipelines" / args.name
 tmp = dest.with_name(dest.name + ".tmp")
 shutil.rmtree(tmp, ignore_errors=True)
 shutil.copytree(source, tmp)

@@ -6,15 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO_PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
-
-
-def default_pipeline() -> Path:
-    """The embedded default pipeline folder shipped in the repository."""
-    for name in ("shapeworld-tiny", "tiny-random"):
-        if (REPO_PIPELINES / name / "model_index.json").is_file():
-            return REPO_PIPELINES / name
-    raise SystemExit(f"no default pipeline found under {REPO_PIPELINES}; pass --pipeline DIR")
+from .resources import find_pipeline, pipeline_path
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -25,7 +17,7 @@ def _load_pipeline(path: str | None, device: str = "cpu", dtype: str = "fp32"):
 
     from .pipeline import load_pipeline
 
-    return load_pipeline(Path(path) if path else default_pipeline(), device, getattr(torch, DTYPES[dtype]))
+    return load_pipeline(find_pipeline(path), device, getattr(torch, DTYPES[dtype]))
 
 
 def int_list(text: str) -> list[int]:
@@ -92,7 +84,7 @@ def cmd_info(args) -> int:
     cache_bytes = 2 * len(t.blocks) * frames * tpf * t.num_heads * t.head_dim * itemsize
     params = sum(p.numel() for p in t.parameters())
     rows = [
-        ("pipeline", str(Path(args.pipeline) if args.pipeline else default_pipeline())),
+        ("pipeline", str(find_pipeline(args.pipeline))),
         ("transformer parameters", f"{params:,}"),
         ("layers / heads / head dim", f"{len(t.blocks)} / {t.num_heads} / {t.head_dim}"),
         ("video size", f"{height}x{width}, {pipe.config.fps:g} fps"),
@@ -113,9 +105,7 @@ def cmd_bench_speed(args) -> int:
     from .bench.speed import run_speed_benchmark, summarize, write_json
 
     if args.preset:
-        folder = REPO_PIPELINES / args.preset
-        if not (folder / "model_index.json").is_file():
-            raise SystemExit(f"--preset {args.preset}: no such folder {folder}")
+        folder = pipeline_path(args.preset)
         if not args.random_weights:
             raise SystemExit("--preset is a configs-only folder: add --random-weights (speed does not depend on weights)")
         from .tiny import random_pipeline_from_configs
@@ -147,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, frames_default):
-        p.add_argument("--pipeline", help="pipeline folder (default: the embedded one under pipelines/)")
+        p.add_argument("--pipeline", help="pipeline folder, or a shipped one by name (default: the embedded model)")
         p.add_argument("--frames", type=int, default=frames_default, help="number of video frames")
         p.add_argument("--cache", help="cache preset name or YAML path (default: the pipeline's)")
         p.add_argument("--height", type=int)
@@ -192,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--seed", type=int, default=0)
     speed.add_argument("--device", default="cpu")
     speed.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    speed.add_argument("--preset", help="a configs-only folder under pipelines/, e.g. wan2.1-1.3b (with --random-weights)")
+    speed.add_argument("--preset", help="a shipped configs-only pipeline, e.g. wan2.1-1.3b (with --random-weights)")
     speed.add_argument("--random-weights", action="store_true", help="build the --preset model with random weights")
     speed.add_argument("--attention", help="diffusers attention backend: native, flash, _native_flash, xformers, ...")
     speed.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks' feed-forwards")

@@ -2,7 +2,8 @@
 
 ```py
 >>> from streamgen import StreamingVideoPipeline
->>> pipe = StreamingVideoPipeline.from_pretrained("pipelines/tiny-random")
+>>> from streamgen.resources import pipeline_path
+>>> pipe = StreamingVideoPipeline.from_pretrained(pipeline_path("tiny-random"))
 >>> video = pipe("a red circle drifting left over a blue backdrop", num_frames=48, cache="rolling").frames[0]
 
 >>> stream = pipe.stream("a red circle drifting left", cache="rolling")   # open-ended, chunk by chunk

@@ -99,7 +99,7 @@ def save_tiny_pipeline(path: str | Path, **kwargs) -> Path:
 def random_pipeline_from_configs(
     folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> StreamingVideoPipeline:
-    """A pipeline with the sizes of a configs-only folder (e.g. ``pipelines/wan2.1-1.3b``) and random weights.
+    """A pipeline with the sizes of a configs-only folder (e.g. the shipped ``wan2.1-1.3b``) and random weights.
 
     Speed does not depend on weight values, so this measures a real model's throughput without its checkpoint.
     The text encoder is a one-layer stand-in of the right width (prompts are encoded once per prompt, outside the

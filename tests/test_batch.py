@@ -3,14 +3,14 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from streamgen.batch import main
+from streamgen.resources import pipeline_path
 from streamgen.video_io import read_video
 
-TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny-random"
+TINY = pipeline_path("tiny-random")
 PROMPTS = (
     '{"prompts": ["a red circle", "a blue square"], "seed": 1}\n'
     '{"prompts": ["a green triangle", "a red circle"], "seed": 2}\n'

@@ -3,7 +3,6 @@
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +12,10 @@ from streamgen.bench.quality import (
     run_quality_compare, strip_timing,
 )
 from streamgen.pipeline import StreamingVideoPipeline
+from streamgen.resources import pipeline_path
 from streamgen.world.scenes import first_seeds, sample_scene
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "pipelines" / "tiny-random"
+TINY = pipeline_path("tiny-random")
 # Smaller than --quick: ~60 frames per run of every suite on the tiny random pipeline.
 TEST_SIZES = Sizes(single_videos=2, single_chunks=2, switch_pairs=2, switch_chunks_before=1, switch_chunks_after=3,
                    long_frames=15, long_windows=((0, 6), (9, 15)), recall_triples=1, recall_chunks=1,

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from streamgen.cli import main
+from streamgen.resources import pipeline_path
 from streamgen.video_io import read_video
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "pipelines" / "tiny-random"
+TINY = pipeline_path("tiny-random")
 SCHEDULE = REPO / "assets" / "schedules" / "shapeworld-switch.yaml"
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamgen.resources import pipeline_path
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "pipelines" / "tiny-random"
+TINY = pipeline_path("tiny-random")
 ARTIFACTS = Path(os.environ.get("STREAMGEN_TEST_ARTIFACTS", REPO / "test-artifacts"))
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -20,10 +20,11 @@ from streamgen.demo.session import (
     frame_data_uri,
     mp4_complete_prefix,
 )
+from streamgen.resources import pipeline_path, preset_path
 from streamgen.video_io import Mp4StreamWriter, read_video
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "pipelines" / "tiny-random"
+TINY = pipeline_path("tiny-random")
 FAST = dict(realtime=False)
 
 
@@ -186,7 +187,7 @@ def test_global_preset_gets_a_bounded_length_and_presets_are_names_only(pipe):
     session.start("a red circle", "global", 0)
     assert len(list(session.run())) == 9 and "finished" in session.stats.state
     with pytest.raises(ValueError, match="unknown cache preset"):
-        session.start("a red circle", str(REPO / "configs" / "cache" / "rolling.yaml"), 0)
+        session.start("a red circle", str(preset_path("rolling")), 0)
     with pytest.raises(ValueError, match="prompt"):
         session.start("  ", "rolling", 0)
     registry.close_all()

@@ -5,18 +5,17 @@ held-out captions, read back by the oracle.
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from streamgen.cli import default_pipeline
 from streamgen.pipeline import load_pipeline
+from streamgen.resources import default_pipeline, pipeline_path
 from streamgen.world.oracle import read_clip
 from streamgen.world.scenes import first_seeds, sample_scene
 
-PIPE = Path(__file__).resolve().parents[1] / "pipelines" / "shapeworld-tiny"
+PIPE = pipeline_path("shapeworld-tiny")
 SCENES = 8
 CHUNKS = 4
 

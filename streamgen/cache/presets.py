@@ -1,4 +1,4 @@
-"""Cache presets: region sizes + position policy + switch strategy, loaded from ``configs/cache/*.yaml``.
+"""Cache presets: region sizes + position policy + switch strategy, shipped as ``streamgen/presets/*.yaml``.
 
 A peer's method is a preset of this one engine, never a fork of it, so presets run side by side on the same model
 and seeds. A preset file looks like::
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from ..resources import preset_dir
 from .positions import (
     AbsolutePositions, BlockRelativePositions, PositionPolicy, SceneRelativePositions, TriRegionPositions,
 )
@@ -42,7 +43,7 @@ from .regions import Region, RegionLayout
 from .scene_switch import is_int
 from .switching import STRATEGIES, SwitchStrategy
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "cache"
+PRESET_DIR = preset_dir()  # the shipped presets: package data, so a wheel has them too
 POSITIONS = ("absolute", "block-relative", "tri-region", "scene-relative")
 RANGED_POSITIONS = ("tri-region", "scene-relative")  # policies that keep indices inside rope_range
 AUTO = "auto"  # rope_range: the range of the checkpoint that plays the preset
@@ -236,7 +237,7 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str | CachePreset) -> CachePreset:
-    """A preset by name (``configs/cache/NAME.yaml``) or by path to a YAML file."""
+    """A preset by name (``streamgen/presets/NAME.yaml``) or by path to a YAML file."""
     if isinstance(name_or_path, CachePreset):
         return name_or_path
     path = Path(name_or_path)

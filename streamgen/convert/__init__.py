@@ -10,7 +10,7 @@ VAE symlinked, not copied).
 ```py
 >>> from streamgen.convert import convert
 >>> convert("self-forcing", "checkpoints/self_forcing_dmd.pt", base_pipeline="Wan2.1-T2V-1.3B-Diffusers",
-...         out="pipelines/self-forcing")
+...         out="converted/self-forcing")
 ```
 
 Importing this package is cheap (no torch): the CLI registers its subcommand with :func:`register_cli`.

@@ -17,11 +17,11 @@ Checkpoints are loaded with weights_only=True. On any error nothing is left at O
 
 examples:
   streamgen convert --format self-forcing --ckpt checkpoints/self_forcing_dmd.pt \\
-      --base-pipeline Wan2.1-T2V-1.3B-Diffusers --out pipelines/self-forcing
+      --base-pipeline Wan2.1-T2V-1.3B-Diffusers --out converted/self-forcing
   streamgen convert --format longlive --ckpt longlive_models/models/longlive_base.pt \\
-      --lora longlive_models/models/lora.pt --base-pipeline Wan2.1-T2V-1.3B-Diffusers --out pipelines/longlive
+      --lora longlive_models/models/lora.pt --base-pipeline Wan2.1-T2V-1.3B-Diffusers --out converted/longlive
   streamgen convert --format anchor-forcing --ckpt ckpt/base.pt --lora ckpt/final.pt \\
-      --base-pipeline Wan2.1-T2V-1.3B-Diffusers --out pipelines/anchor-forcing
+      --base-pipeline Wan2.1-T2V-1.3B-Diffusers --out converted/anchor-forcing
 """
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from pathlib import Path
 
 __all__ = ["INSTALL_HINT", "cmd_demo", "register_cli"]
 
@@ -30,7 +29,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
         "demo", help="live demo in the browser (Gradio): streaming, prompt switches, mp4 download",
         description="Serve a Gradio app that streams video live, with prompt switches. Binds 127.0.0.1 by default.",
     )
-    p.add_argument("--pipeline", help="pipeline folder (default: the embedded one under pipelines/)")
+    p.add_argument("--pipeline", help="pipeline folder, or a shipped one by name (default: the embedded model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="cpu")
@@ -51,13 +50,13 @@ def cmd_demo(args) -> int:
     except ImportError:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    from ..cli import default_pipeline
+    from ..resources import find_pipeline
     from .app import build_demo, launch_demo
     from .session import DemoLimits
 
     from ..pipeline import load_pipeline
 
-    pipe = load_pipeline(Path(args.pipeline) if args.pipeline else default_pipeline(), args.device)
+    pipe = load_pipeline(find_pipeline(args.pipeline), args.device)
     limits = DemoLimits(
         max_frames_per_run=args.max_frames_per_run, max_stream_frames=args.max_stream_frames,
         max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
