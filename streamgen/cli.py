@@ -130,7 +130,7 @@ def cmd_bench_speed(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cache.switching import STRATEGIES
+    from .cache import SWITCH_STRATEGIES
 
     parser = argparse.ArgumentParser(prog="streamgen", description=__doc__)
     parser.add_argument("--threads", type=int, help="torch CPU threads (small models on a busy CPU: try 1)")
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--index", type=int, default=0, help="which schedule of a multi-line file (default 0)")
     gen.add_argument("--switch-frame-indices", type=int_list,
                      help="LongLive JSONL switch points in latent frames, comma-separated")
-    gen.add_argument("--switch", help="switch strategy override: " + " | ".join(STRATEGIES))
+    gen.add_argument("--switch", help="switch strategy override: " + " | ".join(SWITCH_STRATEGIES))
     gen.add_argument("--steps", type=int, help="Euler sampler steps (default: the pipeline's sampler)")
     gen.add_argument("--guidance-scale", type=float,
                      help="classifier-free guidance scale (default: the pipeline's; 1 = off)")

@@ -8,12 +8,15 @@ One chunk, start to end (:meth:`StreamEngine.generate_chunk`):
    chunk's own (noisy) K/V into its slots;
 3. the clean chunk is run once more at the context timestep, leaving its clean K/V in the cache;
 4. the clean latents are kept in a bounded history, so a switch strategy can re-encode them under a new prompt;
-5. a switch strategy that follows the stream between switches (Echo-Forcing's scene memory) runs its per-chunk step
-   (it has also seen the clean pass's queries in step 3, and the first denoising pass's in step 2, where its
-   hierarchical temporal memory chose the compressed history each layer reads).
+5. the preset's switch strategy and between-switch memory run their per-chunk step (they have also seen the first
+   denoising pass's queries in step 2, where Echo-Forcing's hierarchical memory chose the compressed history each
+   layer reads, and the clean pass's in step 3).
 
-At a prompt switch (:meth:`StreamEngine.set_prompt`) the cross-attention K/V are replaced and the preset's switch
-strategy rewrites the cache. Everything is preallocated: memory does not grow with stream length.
+At a prompt switch (:meth:`StreamEngine.set_prompt`) the cross-attention K/V are replaced, then the switch strategy
+rewrites the cache and the memory starts the new scene. The mechanisms only ever see the stream's
+:class:`~streamgen.cache.context.StreamContext`, and the engine calls every hook of their contract
+(:mod:`streamgen.cache.mechanisms`) unconditionally. Everything is preallocated: memory does not grow with stream
+length.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from typing import Callable
 
 import torch
 
+from .cache.context import StreamContext
 from .cache.kv_cache import KVCache
+from .cache.mechanisms import BetweenSwitchMemory, CacheMechanism, PositionPolicy, SwitchStrategy
 from .cache.presets import CachePreset
 from .models.causal_wan import CausalWanTransformer3DModel, ChunkRotary, PromptKV
 from .sampling import flow_from_sample
+from .transitions import Transition
 
 
 class LatentHistory:
@@ -67,11 +73,14 @@ class StreamEngine:
         switch: str | None = None,
         generator: torch.Generator | None = None,
     ):
+        """``switch`` overrides the preset's switch strategy by name (checked as a loaded preset is)."""
         self.transformer = transformer
         self.sampler = sampler
         self.chunk_frames = chunk_frames
         self.latent_hw = (latent_height, latent_width)
         self.generator = generator
+        if switch is not None:
+            preset = preset.with_switch(switch)
         self.preset = preset
 
         layout = preset.stream_layout(stream_frames)
@@ -87,13 +96,18 @@ class StreamEngine:
             dtype=transformer.dtype,
             device=transformer.device,
         )
-        self.positions = preset.position_policy(layout, chunk_frames)
-        self.switch_strategy = preset.switch_strategy(switch, layout)
-        self.prompt: str | None = None  # text of the current prompt, when the caller gives it
-        self.recall_scene: int | None = None  # scene id the latest switch asked to recall, if any
+        self.context = StreamContext(
+            cache=self.cache,
+            positions=preset.position_policy(layout, chunk_frames),
+            switch=preset.switch_strategy(),
+            memory=preset.between_switch_memory(),
+            chunk_frames=chunk_frames,
+            rope_range=preset.rope_range,  # resolved: position_policy() refuses 'auto'
+            temporal_frequencies=transformer._rope().inv_t,
+            reencode=self.reencode,
+        )
         like = torch.empty(batch_size, latent_channels, 1, latent_height, latent_width, device=transformer.device)
         self.history = LatentHistory(layout.num_slots, like)
-        self.frame = 0  # latent frames generated so far
         self.prompt_kv: PromptKV | None = None
         # What the transformer predicts: "flow" (v = noise - x0, Wan and every release) or "sample" (x0; converted to
         # the flow the samplers step with, see streamgen.sampling.flow_from_sample).
@@ -104,27 +118,56 @@ class StreamEngine:
         self.transformer_seconds = 0.0  # wall time inside transformer forwards (for overhead accounting)
         # On GPUs the time is only exact if every forward waits for its kernels, which costs overlap: benchmarks only.
         self.synchronize_timing = False
-        if hasattr(self.switch_strategy, "attach"):
-            self.switch_strategy.attach(self)
-        self._query_observer = getattr(self.switch_strategy, "observe_query", None)
-        self._first_query_observer = getattr(self.switch_strategy, "observe_first_query", None)
-        self._first_pass = False
-        self._after_chunk = getattr(self.switch_strategy, "after_chunk", None)
+        self._first_pass = False  # the next forward is a chunk's first denoising pass
+        for mechanism in self.context.mechanisms:
+            mechanism.attach(self.context)
+
+    # ---- what the mechanisms see, read-only here ---------------------------------------------------------------
+    @property
+    def frame(self) -> int:
+        """Latent frames generated (or prefilled) so far."""
+        return self.context.frame
+
+    @property
+    def prompt(self) -> str | None:
+        return self.context.prompt
+
+    @property
+    def recall_scene(self) -> int | None:
+        return self.context.recall_scene
+
+    @property
+    def positions(self) -> PositionPolicy:
+        return self.context.positions
+
+    @property
+    def switch_strategy(self) -> SwitchStrategy:
+        return self.context.switch
+
+    @property
+    def memory(self) -> BetweenSwitchMemory:
+        return self.context.memory
+
+    @property
+    def mechanisms(self) -> tuple[CacheMechanism, ...]:
+        return self.context.mechanisms
 
     # ---- prompts ------------------------------------------------------------------------------------------------
     def set_prompt(
-        self, prompt_kv: PromptKV, transition: str = "smooth", *, prompt: str | None = None,
+        self, prompt_kv: PromptKV, transition: Transition | str = Transition.SMOOTH, *, prompt: str | None = None,
         recall_scene: int | None = None,
     ) -> None:
         """Use ``prompt_kv`` from the next chunk on; after the first prompt this is a switch, entered with
         ``transition``. ``prompt`` (its text) and ``recall_scene`` (the id of the scene a recall brings back; scenes
-        count from 0 at every switch) are for strategies that remember scenes."""
+        count from 0 at every switch) are for mechanisms that remember scenes."""
+        transition = Transition(transition)
         switching = self.prompt_kv is not None and self.frame > 0
         self.prompt_kv = prompt_kv
-        self.prompt = prompt
-        self.recall_scene = recall_scene
+        self.context.prompt = prompt
+        self.context.recall_scene = recall_scene
         if switching:
-            self.switch_strategy(self, transition)
+            for mechanism in self.mechanisms:
+                mechanism.on_switch(self.context, transition)
 
     # ---- chunks -------------------------------------------------------------------------------------------------
     def generate_chunk(self, noise: torch.Tensor) -> torch.Tensor:
@@ -135,11 +178,11 @@ class StreamEngine:
         rotary = self._begin(frames)
         self._first_pass = True
         x0 = self.sampler.sample(lambda x, t: self._guided(x, t, rotary), noise, self.generator)
-        self._forward(x0, self.sampler.context_timestep, rotary, observe=True)
+        self._forward(x0, self.sampler.context_timestep, rotary, observer=self._observe_query)
         self.history.push(self.frame, x0)
-        self.frame += len(frames)
-        if self._after_chunk is not None:
-            self._after_chunk(self)
+        self.context.frame += len(frames)
+        for mechanism in self.mechanisms:
+            mechanism.after_chunk(self.context)
         return x0
 
     def prefill(self, latents: torch.Tensor) -> None:
@@ -152,7 +195,7 @@ class StreamEngine:
             clean = latents[:, :, start : start + len(run)]
             self._forward(clean, self.sampler.context_timestep, rotary)
             self.history.push(run[0], clean)
-        self.frame += len(frames)
+        self.context.frame += len(frames)
 
     def reencode(self, frames: list[int], in_place: bool = False) -> None:
         """Rewrite the K/V of already generated ``frames`` from their clean latents under the current prompt: placed
@@ -167,7 +210,7 @@ class StreamEngine:
             self.cache.begin_rewrite(frames)
         else:
             self.cache.begin_chunk(frames)
-        key_pos, query_pos = self.positions(self.cache.attention_frames(), frames)
+        key_pos, query_pos = self.context.positions(self.cache.attention_frames(), frames)
         return self.transformer.rotary(key_pos, query_pos, *self.latent_hw)
 
     def _guided(self, x: torch.Tensor, t: float, rotary: ChunkRotary) -> torch.Tensor:
@@ -185,13 +228,22 @@ class StreamEngine:
             return flow_from_sample(x, out, t / self.sampler.num_train_timesteps)
         return out
 
+    def _observe_first_query(self, layer: int, q: torch.Tensor) -> None:
+        for mechanism in self.mechanisms:
+            mechanism.observe_first_query(layer, q)
+
+    def _observe_query(self, layer: int, q: torch.Tensor) -> None:
+        for mechanism in self.mechanisms:
+            mechanism.observe_query(layer, q)
+
     def _forward(
-        self, x: torch.Tensor, t: float, rotary: ChunkRotary, prompt_kv: PromptKV | None = None, observe: bool = False
+        self, x: torch.Tensor, t: float, rotary: ChunkRotary, prompt_kv: PromptKV | None = None,
+        observer: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
+        """One transformer pass over the chunk; ``observer(layer, q)`` sees its queries (the clean pass's)."""
         start = time.perf_counter()
-        observer = self._query_observer if observe else None
         if self._first_pass:  # the chunk's first denoising pass (a hierarchical memory picks its history here)
-            observer, self._first_pass = self._first_query_observer, False
+            observer, self._first_pass = self._observe_first_query, False
         with torch.no_grad():
             out = self.transformer.forward_chunk(
                 x, t, prompt_kv or self.prompt_kv, self.cache, rotary, query_observer=observer

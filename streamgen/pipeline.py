@@ -108,9 +108,10 @@ class VideoStream:
     @property
     def memory_bytes(self) -> int:
         """Every tensor the stream keeps between chunks: the KV cache, the clean-latent history for re-encoding and
-        whatever the switch strategy remembers (Echo-Forcing's scene recorder and pool). Bounded by the preset."""
+        whatever the cache mechanisms remember (Echo-Forcing's scene recorder and pool, its hierarchical memory's
+        candidate ring). Bounded by the preset."""
         engine = self.engine
-        return engine.cache.nbytes + engine.history.latents.nbytes + getattr(engine.switch_strategy, "nbytes", 0)
+        return engine.cache.nbytes + engine.history.latents.nbytes + sum(m.nbytes for m in engine.mechanisms)
 
     def switch(self, prompt: str, mode: str = "smooth", scene: int | None = None) -> None:
         """Play ``prompt`` from the next chunk on, entering it with transition ``mode`` (smooth | cut | recall).

@@ -36,7 +36,7 @@ def make_engine(config, preset, num_prompts: int = 3):
         latent_channels=config["in_channels"], latent_height=LATENT, latent_width=LATENT, chunk_frames=CHUNK,
         generator=torch.Generator().manual_seed(0),
     )
-    engine.positions = RecordingPositions(engine.positions)
+    engine.context.positions = RecordingPositions(engine.context.positions)
     text = torch.Generator().manual_seed(1)
     prompts = [model.encode_prompt_kv(torch.randn(1, 5, config["text_dim"], generator=text)) for _ in range(num_prompts)]
     return engine, prompts

@@ -192,7 +192,7 @@ def test_a_plain_recache_drops_the_junction_whose_latents_left_the_history(tiny_
     generate(engine, 2)
     engine.set_prompt(prompts[1])
     generate(engine, 10)  # the junction (frames 6..8) is older than the 15-frame latent history
-    engine.switch_strategy = Recache()  # e.g. comparing LongLive's re-cache on the same stream
+    engine.context.switch = Recache()  # e.g. comparing LongLive's re-cache on the same stream
     engine.set_prompt(prompts[2])
     assert engine.cache.frames_in("junction") == [] and engine.cache.frames_in("window") == list(range(27, 36))
 

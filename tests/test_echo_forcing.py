@@ -41,9 +41,10 @@ def pooled(engine, scene):
 def test_the_memory_frame_is_the_hand_computed_compression_of_frames_0_4_8(tiny_wan_config):
     engine, prompts = make_engine(tiny_wan_config)
     chunks_kv, queries = [], []
-    observe, after = engine._query_observer, engine._after_chunk
-    engine._query_observer = lambda layer, q: (queries.append((layer, q.clone())), observe(layer, q))
-    engine._after_chunk = lambda e: (chunks_kv.append(e.cache.chunk_kv()), after(e))
+    strategy = engine.switch_strategy
+    observe, after = strategy.observe_query, strategy.after_chunk
+    strategy.observe_query = lambda layer, q: (queries.append((layer, q.clone())), observe(layer, q))
+    strategy.after_chunk = lambda ctx: (chunks_kv.append(ctx.cache.chunk_kv()), after(ctx))
     engine.set_prompt(prompts[0], prompt=TEXTS[0])
     generate(engine, 5)  # 15 frames: the first 12 are recorded, the mean query spans the whole scene
     switch(engine, prompts, 1, "cut")
@@ -278,7 +279,7 @@ def test_the_pool_keeps_only_its_capacity_of_scenes(tiny_wan_config, tmp_path):
         ("first_chunk_weight: 0.8", "first_chunk_weight: 2", "modes.cut.first_chunk_weight must be in"),
         ("carry: 2", "carry: 3", "region 'carry' must be an external region of at least 3"),
         ("frames: 6, evict: true", "frames: 22, evict: true", r"streamed regions .* hold 22 frames, more than rope_range 21"),
-        ("max_reuse: 8", "max_reuse: 8\n    reuse: 2", "temporal_memory: .*unexpected keyword argument 'reuse'"),
+        ("max_reuse: 8", "max_reuse: 8\n  reuse: 2", "memory_options: .*unexpected keyword argument 'reuse'"),
         ("positions: scene-relative", "positions: absolute", "needs positions: scene-relative"),
         ("rope_range: 21\n", "", "scene-relative positions need rope_range"),
         ("frames: 1, external: true", "frames: 1, external: yes please", "external must be true or false"),

@@ -91,10 +91,10 @@ def hand_selection(ring_k, ring_frames, frame, q_first, mean, mean_abs, inv_t, t
 
 def test_the_compressed_history_is_the_top_tokens_of_the_hand_computed_phase_score(tiny_wan_config):
     engine, prompts = make_engine(tiny_wan_config, "echo-forcing")
-    memory = engine.switch_strategy._temporal
+    memory = engine.memory
     generate(engine, 7, prompts)
     snapshot = {}
-    select = engine._first_query_observer
+    select = memory.observe_first_query
 
     def spy(layer, q):
         if layer == 1:
@@ -106,7 +106,7 @@ def test_the_compressed_history_is_the_top_tokens_of_the_hand_computed_phase_sco
         if layer == 1:
             snapshot["compressed"] = engine.cache.region_kv("compressed")[0][1, 0].clone()
 
-    engine._first_query_observer = spy
+    memory.observe_first_query = spy
     generate(engine, 1, prompts)
     tpf = engine.cache.tokens_per_frame
     assert memory.query_tokens[1] == 21 * tpf  # the scene's first 21 frames' clean queries
@@ -120,17 +120,17 @@ def test_no_token_is_compressed_more_often_than_max_reuse(tiny_wan_config, tmp_p
     path = tmp_path / "reuse-once.yaml"
     path.write_text((PRESET_DIR / "echo-forcing.yaml").read_text().replace("max_reuse: 8", "max_reuse: 1"))
     engine, prompts = make_engine(tiny_wan_config, str(path))
-    memory = engine.switch_strategy._temporal
+    memory = engine.memory
     generate(engine, 7, prompts)
     chosen = []
-    select = engine._first_query_observer
+    select = memory.observe_first_query
 
     def spy(layer, q):
         select(layer, q)
         if layer == 0:
             chosen.append(engine.cache.region_kv("compressed")[0][0, 0].clone())  # layer 0, batch 0
 
-    engine._first_query_observer = spy
+    memory.observe_first_query = spy
     seen = set()
     for _ in range(5):
         generate(engine, 1, prompts)
@@ -143,19 +143,19 @@ def test_no_token_is_compressed_more_often_than_max_reuse(tiny_wan_config, tmp_p
 
 def test_a_switch_restarts_the_hierarchy_and_long_streams_stay_in_range_with_constant_memory(tiny_wan_config):
     engine, prompts = make_engine(tiny_wan_config, "echo-forcing")
-    strategy = engine.switch_strategy
-    nbytes = engine.cache.nbytes + strategy.nbytes
+    memory = engine.memory
+    nbytes = engine.cache.nbytes + engine.switch_strategy.nbytes + memory.nbytes
     generate(engine, 9, prompts)
     engine.set_prompt(prompts[1], "cut", prompt="another scene")
     assert regions(engine)["anchors"] == [] and regions(engine)["compressed"] == []
-    assert strategy._temporal.ring_frame == [-1] * OPTIONS["history_frames"]
+    assert memory.ring_frame == [-1] * OPTIONS["history_frames"]
     for chunk in range(40):
         if chunk % 12 == 11:
             engine.set_prompt(prompts[chunk % 3], ("smooth", "recall")[chunk % 2], prompt=f"scene {chunk}")
         generate(engine, 1, prompts)
     for key_frames, _, keys, queries in engine.positions.calls:
         assert all(0 <= p <= 20 for p in keys + queries) and len(key_frames) <= 21
-    assert engine.cache.nbytes + strategy.nbytes == nbytes
+    assert engine.cache.nbytes + engine.switch_strategy.nbytes + memory.nbytes == nbytes
 
 
 def test_bad_temporal_memory_layouts_fail_clearly(tmp_path):

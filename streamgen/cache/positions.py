@@ -1,29 +1,22 @@
-"""Position policies: the temporal RoPE index of every cached key frame and of the query frames.
+"""The built-in position policies: the temporal RoPE index of every cached key frame and of the query frames.
 
 Keys are cached un-roped, so a policy is free to give a cached frame a different temporal index at every chunk.
-Only the spatial axes keep their fixed grid positions.
+Only the spatial axes keep their fixed grid positions. The contract: :class:`streamgen.cache.mechanisms.PositionPolicy`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
+from .mechanisms import JUMP, PositionPolicy, register_position_policy
 from .regions import RegionLayout
 
 
-class PositionPolicy(Protocol):
-    def __call__(
-        self, key_frames: list[tuple[int, str]], query_frames: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(key positions [N_key_frames], query positions [N_query_frames]) as float64 tensors."""
-        ...
-
-
+@register_position_policy("absolute")
 @dataclass(frozen=True)
-class AbsolutePositions:
+class AbsolutePositions(PositionPolicy):
     """Self-Forcing / LongLive: a frame's temporal index is its index in the stream (grows without bound)."""
 
     def __call__(self, key_frames, query_frames):
@@ -31,16 +24,26 @@ class AbsolutePositions:
         return keys, torch.tensor(query_frames, dtype=torch.float64)
 
 
+@register_position_policy("block-relative")
 @dataclass(frozen=True)
-class BlockRelativePositions:
+class BlockRelativePositions(PositionPolicy):
     """Infinity-RoPE style: the query chunk always sits at ``query_origin``; other frames keep their distance to
     it, while frames of ``pinned_regions`` (the attention sink) keep their own stream indices. Indices stay
     bounded however long the stream, and a uniform shift leaves every query-key distance inside the window
     unchanged.
+
+    ``position_options``: ``query_origin`` (default: the end of the cache's position range, its slots less a chunk)
+    and ``pinned_regions`` (default: the sink).
     """
 
     query_origin: int
     pinned_regions: tuple[str, ...] = ("sink",)
+
+    @classmethod
+    def from_layout(cls, layout, *, chunk_frames, rope_range, query_origin: int | None = None,
+                    pinned_regions=("sink",)) -> "BlockRelativePositions":
+        origin = query_origin if query_origin is not None else layout.num_slots - chunk_frames
+        return cls(query_origin=origin, pinned_regions=tuple(pinned_regions))
 
     def __call__(self, key_frames, query_frames):
         shift = self.query_origin - query_frames[0]
@@ -49,8 +52,9 @@ class BlockRelativePositions:
         return torch.tensor(keys, dtype=torch.float64), torch.tensor(queries, dtype=torch.float64)
 
 
+@register_position_policy("tri-region")
 @dataclass(frozen=True)
-class TriRegionPositions:
+class TriRegionPositions(PositionPolicy):
     """Anchor Forcing's tri-region RoPE: one temporal origin per region, so every index stays inside the backbone's
     trained range [0, rope_range - 1] however long the stream.
 
@@ -67,6 +71,8 @@ class TriRegionPositions:
     that lands in the sink consistent with itself.
     """
 
+    needs_rope_range = True
+
     rope_range: int
     sink: str
     junction: str
@@ -74,7 +80,7 @@ class TriRegionPositions:
     junction_frames: int
 
     @classmethod
-    def from_layout(cls, layout: RegionLayout, rope_range: int) -> "TriRegionPositions":
+    def from_layout(cls, layout: RegionLayout, *, chunk_frames: int, rope_range: int) -> "TriRegionPositions":
         """Roles from the layout: the junction is the promoted region, the window the region it is promoted from,
         the sink the remaining one."""
         promoted = [r for r in layout.regions if r.promoted_from is not None]
@@ -117,7 +123,8 @@ class TriRegionPositions:
         return torch.tensor(keys, dtype=torch.float64), torch.tensor(queries, dtype=torch.float64)
 
 
-class SceneRelativePositions:
+@register_position_policy("scene-relative")
+class SceneRelativePositions(PositionPolicy):
     """Echo-Forcing's slot-relative RoPE with a scene-local restart: every attended frame's temporal index is its
     rank in the cache, regions in layout order; inside a region, frames the stream fills go by stream index and
     frames a strategy wrote (external regions: the scene memory, carried frames, the rolled anchors of the
@@ -133,6 +140,9 @@ class SceneRelativePositions:
     Stateful (the pending jump), so every stream builds its own.
     """
 
+    capabilities = frozenset({JUMP})
+    needs_rope_range = True
+
     def __init__(self, rope_range: int, region_order: tuple[str, ...], written_regions: tuple[str, ...]):
         self.rope_range = rope_range
         self.region_order = region_order
@@ -140,18 +150,18 @@ class SceneRelativePositions:
         self._jump = 0
 
     @classmethod
-    def from_layout(cls, layout: RegionLayout, rope_range: int) -> "SceneRelativePositions":
-        streamed = sum(r.frames for r in layout.regions if not r.external)
-        if streamed > rope_range:
+    def from_layout(cls, layout: RegionLayout, *, chunk_frames: int, rope_range: int) -> "SceneRelativePositions":
+        streamed = [(r.name, r.frames) for r in layout.regions if not r.external]
+        held = sum(frames for _, frames in streamed)
+        if held > rope_range:
             raise ValueError(
-                f"scene-relative positions: the streamed regions {[(r.name, r.frames) for r in layout.regions if not r.external]} "
-                f"hold {streamed} frames, more than rope_range {rope_range}"
+                f"scene-relative positions: the streamed regions {streamed} hold {held} frames, more than rope_range "
+                f"{rope_range}"
             )
         return cls(rope_range, tuple(r.name for r in layout.regions),
                    tuple(r.name for r in layout.regions if r.external))
 
     def jump_next_chunk(self, frames: int) -> None:
-        """Move the next chunk ``frames`` positions away from the frames cached before it (once)."""
         self._jump = frames
 
     def __call__(self, key_frames, query_frames):

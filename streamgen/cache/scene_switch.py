@@ -23,44 +23,31 @@ Transition modes (``switch_options.modes``; every number comes from the preset):
 - ``decay``: a fixed rate, or [min_rate, max_rate] for difference-aware rates; ``evict_after``: chunks until the
   kept frames are dropped.
 
-Between switches, ``temporal_memory`` (options of :class:`~streamgen.cache.temporal_memory.HierarchicalMemory`)
-turns on Echo-Forcing's hierarchical temporal memory: rolled anchors + compressed history + window instead of a
-plain rolling cache.
+The recorded first frames of the playing scene are lent to a between-switch memory that reads them
+(:meth:`SceneMemorySwitch.scene_frames_kv`: the anchors of Echo-Forcing's hierarchical temporal memory,
+``memory: hierarchical``), so they are kept once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
+from ..transitions import TRANSITIONS, Transition
+from .mechanisms import JUMP, SwitchStrategy, register_switch_strategy
 from .memory_decay import MemoryDecay
-from .regions import RegionLayout
 from .scene_memory import SceneRecorder
 from .scene_pool import SceneEntry, ScenePool
-from .temporal_memory import HierarchicalMemory
+from .values import is_int, is_number
 
-if TYPE_CHECKING:
-    from ..engine import StreamEngine
-
-TRANSITIONS = ("smooth", "cut", "recall")
 MEMORY_SOURCES = ("previous", "run-start", "match")
 MODE_KEYS = {"memory", "carry", "jump", "first_chunk_weight", "decay", "evict_after"}
 OPTIONAL_MODE_KEYS = {"recache_carry": False}
 
 
-def is_int(value) -> bool:
-    """An int that is not a bool (YAML's true/false load as bools, which are ints)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _is_rate(value) -> bool:
-    return _is_number(value) and 0 < value <= 1
+    return is_number(value) and 0 < value <= 1
 
 
 @dataclass(frozen=True)
@@ -118,9 +105,12 @@ class TransitionMode:
         return cls(memory, carry, jump, float(weight), decay, evict_after, recache_carry)
 
 
+@register_switch_strategy("scene-memory")
 @dataclass
-class SceneMemorySwitch:
+class SceneMemorySwitch(SwitchStrategy):
     """The ``scene-memory`` switch strategy. One instance follows one stream (:meth:`attach`)."""
+
+    needs_positions = frozenset({JUMP})  # the new scene's first chunk jumps away from the kept frames
 
     recall_frames: int  # first latent frames of each scene recorded for its memory
     recall_stride: int  # memory compressed from recorded frames 0, stride, 2 * stride, ...
@@ -131,7 +121,6 @@ class SceneMemorySwitch:
     pool_device: str | None = None  # None: the cache's device
     memory_region: str = "memory"
     carry_region: str = "carry"
-    temporal_memory: dict | None = None  # HierarchicalMemory options; None: the streamed regions roll plainly
     _transitions: dict = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -139,9 +128,9 @@ class SceneMemorySwitch:
             value = getattr(self, key)
             if not (is_int(value) and value > 0):
                 raise ValueError(f"switch option {key} must be a positive integer, got {value!r}")
-        if not (_is_number(self.base_weight) and 0 <= self.base_weight <= 1):
+        if not (is_number(self.base_weight) and 0 <= self.base_weight <= 1):
             raise ValueError(f"switch option base_weight must be in [0, 1], got {self.base_weight!r}")
-        if not (_is_number(self.shared_word_fraction) and 0 < self.shared_word_fraction <= 1):
+        if not (is_number(self.shared_word_fraction) and 0 < self.shared_word_fraction <= 1):
             raise ValueError(
                 f"switch option shared_word_fraction must be in (0, 1], got {self.shared_word_fraction!r}"
             )
@@ -149,17 +138,6 @@ class SceneMemorySwitch:
             raise ValueError(f"switch option modes must map exactly {list(TRANSITIONS)} to their settings, "
                              f"got {sorted(self.modes) if isinstance(self.modes, dict) else self.modes!r}")
         self._transitions = {name: TransitionMode.from_dict(name, self.modes[name]) for name in TRANSITIONS}
-        self._temporal = None
-        if self.temporal_memory is not None:
-            if not isinstance(self.temporal_memory, dict):
-                raise ValueError(f"switch option temporal_memory must be a mapping, got {self.temporal_memory!r}")
-            options = dict(self.temporal_memory)
-            if "offsets" in options:
-                options["offsets"] = tuple(options["offsets"])
-            try:
-                self._temporal = HierarchicalMemory(**options)
-            except TypeError as err:
-                raise ValueError(f"switch option temporal_memory: {err}") from None
         if self.pool_device is not None:
             try:
                 torch.device(self.pool_device)
@@ -168,7 +146,8 @@ class SceneMemorySwitch:
                     f"switch option pool_device must name a torch device, got {self.pool_device!r}"
                 ) from err
 
-    def validate(self, layout: RegionLayout) -> None:
+    def check(self, plan) -> None:
+        layout = plan.layout
         names = [r.name for r in layout.regions]
         needs = {self.memory_region: 1}
         carry = max(mode.carry for mode in self._transitions.values())
@@ -184,91 +163,81 @@ class SceneMemorySwitch:
             raise ValueError(f"region {self.memory_region!r} holds one memory frame: it must have frames: 1")
 
     # ---- following the stream ----------------------------------------------------------------------------------
-    def attach(self, engine: "StreamEngine") -> None:
+    def attach(self, ctx) -> None:
         """Allocate this stream's recorder and pool (once: memory stays constant however long the stream)."""
-        self.validate(engine.cache.layout)
-        if not hasattr(engine.positions, "jump_next_chunk"):
-            raise ValueError("the scene-memory switch needs scene-relative positions (positions: scene-relative)")
-        layers, batch, _, heads, dim = engine.cache.k.shape
-        sizes = dict(num_layers=layers, batch_size=batch, tokens_per_frame=engine.cache.tokens_per_frame,
-                     num_heads=heads, head_dim=dim, dtype=engine.cache.k.dtype)
-        self.recorder = SceneRecorder(self.recall_frames, self.recall_stride, device=engine.cache.k.device, **sizes)
-        self.pool = ScenePool(self.pool_size, device=self.pool_device or engine.cache.k.device, **sizes)
+        layers, batch, _, heads, dim = ctx.cache.k.shape
+        sizes = dict(num_layers=layers, batch_size=batch, tokens_per_frame=ctx.cache.tokens_per_frame,
+                     num_heads=heads, head_dim=dim, dtype=ctx.cache.k.dtype)
+        self.recorder = SceneRecorder(self.recall_frames, self.recall_stride, device=ctx.cache.k.device, **sizes)
+        self.pool = ScenePool(self.pool_size, device=self.pool_device or ctx.cache.k.device, **sizes)
         self.scene = 0  # id of the scene playing
-        self.scene_start = engine.frame
+        self.scene_start = ctx.frame
         self.scene_prompt: str | None = None
         self.run_start = 0  # first scene since the latest non-smooth switch
         self.decay: MemoryDecay | None = None
-        self._check_rope_budget(engine)
-        if self._temporal is not None:
-            self._temporal.attach(engine, self.recorder)
+        self._check_rope_budget(ctx)
 
-    def _check_rope_budget(self, engine) -> None:
+    def _check_rope_budget(self, ctx) -> None:
         """The memory and carried frames plus the new scene's frames attended before they are dropped must fit the
-        trained position range (the streamed regions alone are checked by the position policy)."""
-        layout = engine.cache.layout
+        trained position range (the streamed regions alone are checked by the position policy). Needs the chunk
+        size, so it waits for the stream."""
+        layout = ctx.cache.layout
         scene = sum(r.frames for r in layout.regions if r.name not in (self.memory_region, self.carry_region))
         for name, mode in self._transitions.items():
-            attended = 1 + mode.carry + min(scene, mode.evict_after * engine.chunk_frames)
-            if attended > engine.positions.rope_range:
+            attended = 1 + mode.carry + min(scene, mode.evict_after * ctx.chunk_frames)
+            if attended > ctx.rope_range:
                 raise ValueError(
                     f"switch mode {name}: memory 1 + carry {mode.carry} + {mode.evict_after} chunk(s) of the new "
-                    f"scene = {attended} frames attended, more than rope_range {engine.positions.rope_range}"
+                    f"scene = {attended} frames attended, more than rope_range {ctx.rope_range}"
                 )
 
     @property
     def nbytes(self) -> int:
-        extra = self._temporal.nbytes if self._temporal is not None else 0
-        return self.recorder.nbytes + self.pool.nbytes + extra
+        return self.recorder.nbytes + self.pool.nbytes
+
+    def recorded_scene_frames(self) -> int:
+        return self.recall_frames
+
+    def scene_frames_kv(self, frames: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.tensor(frames, device=self.recorder.k.device)
+        k, v = self.recorder.k.index_select(2, index), self.recorder.v.index_select(2, index)
+        return k.flatten(2, 3), v.flatten(2, 3)
 
     def observe_query(self, layer: int, q: torch.Tensor) -> None:
         self.recorder.observe_query(layer, q)
-        if self._temporal is not None:
-            self._temporal.observe_query(layer, q)
 
-    def observe_first_query(self, layer: int, q: torch.Tensor) -> None:
-        """The first denoising pass of a chunk: the hierarchical memory picks this layer's compressed history."""
-        if self._temporal is not None:
-            self._temporal.select(layer, q)
-
-    def after_chunk(self, engine: "StreamEngine") -> None:
+    def after_chunk(self, ctx) -> None:
         """Record the clean chunk for the scene's memory; fade (and in time drop) what the last switch kept."""
         if self.recorder.recorded == 0:
-            self.scene_prompt = engine.prompt
-        k, v = engine.cache.chunk_kv()
+            self.scene_prompt = ctx.prompt
+        k, v = ctx.cache.chunk_kv()
         self.recorder.record(k, v)
         if self.decay is not None:
-            first_frame_k = k[:, :, : engine.cache.tokens_per_frame]
-            if self.decay.after_chunk(engine.cache, first_frame_k):
+            first_frame_k = k[:, :, : ctx.cache.tokens_per_frame]
+            if self.decay.after_chunk(ctx.cache, first_frame_k):
                 self.decay = None
-        if self._temporal is not None:
-            self._temporal.after_chunk(engine)
 
     # ---- the switch ----------------------------------------------------------------------------------------------
-    def __call__(self, engine: "StreamEngine", transition: str) -> None:
-        if transition not in self._transitions:
-            raise ValueError(f"transition mode must be one of {list(TRANSITIONS)}, got {transition!r}")
+    def on_switch(self, ctx, transition: Transition) -> None:
         mode = self._transitions[transition]
-        self._check_recall_request(engine, mode)
+        self._check_recall_request(ctx, mode)
         self._end_scene()
-        entry, jump = self._memory(engine, mode)
-        self._truncate(engine, mode, entry)
+        entry, jump = self._memory(ctx, mode)
+        self._truncate(ctx, mode, entry)
         if mode.recache_carry:
-            engine.reencode(engine.cache.frames_in(self.carry_region), in_place=True)
-        engine.positions.jump_next_chunk(jump)
+            ctx.reencode(ctx.cache.frames_in(self.carry_region), in_place=True)
+        ctx.positions.jump_next_chunk(jump)
         kept = (self.memory_region, self.carry_region) if mode.carry else (self.memory_region,)
         self.decay = MemoryDecay(kept, mode.decay, mode.evict_after)
         self.scene += 1
-        self.scene_start = engine.frame
+        self.scene_start = ctx.frame
         self.recorder.reset()
-        if self._temporal is not None:
-            self._temporal.reset(engine)
-        if transition != "smooth":
+        if transition != Transition.SMOOTH:
             self.run_start = self.scene
 
-    def _check_recall_request(self, engine, mode: TransitionMode) -> None:
+    def _check_recall_request(self, ctx, mode: TransitionMode) -> None:
         """Fail before anything changes if the switch names a scene that cannot be recalled."""
-        wanted = engine.recall_scene
+        wanted = ctx.recall_scene
         if wanted is None:
             return
         if mode.memory != "match":
@@ -283,16 +252,16 @@ class SceneMemorySwitch:
             k, v = self.recorder.compress(self.base_weight)
             self.pool.add(self.scene, self.scene_prompt, self.scene_start, k, v)
 
-    def _memory(self, engine, mode: TransitionMode) -> tuple[SceneEntry | None, int]:
+    def _memory(self, ctx, mode: TransitionMode) -> tuple[SceneEntry | None, int]:
         """The pooled scene whose memory frame is kept, and the RoPE jump for the new scene's first chunk."""
         if mode.memory == "previous":
             return self.pool.latest(), mode.jump
         if mode.memory == "run-start":
             return self.pool.find(self.run_start) or self.pool.latest(), mode.jump
         best, similarities = None, None
-        if engine.prompt is not None and all(e.prompt is not None for e in self.pool.entries):
-            best, similarities = self.pool.match(engine.prompt, self.shared_word_fraction)
-        entry = best if engine.recall_scene is None else self.pool.find(engine.recall_scene)
+        if ctx.prompt is not None and all(e.prompt is not None for e in self.pool.entries):
+            best, similarities = self.pool.match(ctx.prompt, self.shared_word_fraction)
+        entry = best if ctx.recall_scene is None else self.pool.find(ctx.recall_scene)
         if entry is None:
             raise ValueError("a recall needs the new prompt's text (and the pooled scenes') or a scene id")
         if isinstance(mode.jump, int):
@@ -304,9 +273,9 @@ class SceneMemorySwitch:
         share = gaps[self.pool.entries.index(entry)] / sum(gaps) if sum(gaps) > 0 else 0.0
         return entry, round(low + share * (high - low))
 
-    def _truncate(self, engine, mode: TransitionMode, entry: SceneEntry | None) -> None:
+    def _truncate(self, ctx, mode: TransitionMode, entry: SceneEntry | None) -> None:
         """Leave the cache holding only the memory frame (scaled for the first chunk) and the carried frames."""
-        cache = engine.cache
+        cache = ctx.cache
         streamed = [r.name for r in cache.layout.regions if not r.external]
         if mode.carry:
             recent = sorted(f for name in streamed for f in cache.frames_in(name))[-mode.carry :]

@@ -1,49 +1,31 @@
-"""Switch strategies: what happens to the KV cache when the prompt changes.
+"""The built-in switch strategies: what happens to the KV cache when the prompt changes.
 
 The engine has already replaced the cross-attention K/V with the new prompt's when a strategy runs; a strategy only
-rewrites self-attention memory.
+rewrites self-attention memory. Regions to keep that a layout lacks are simply not there to keep, so these fit any
+layout unless they say otherwise. The contract is :class:`~streamgen.cache.mechanisms.SwitchStrategy`; Echo-Forcing's
+scene memory is :mod:`streamgen.cache.scene_switch`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
-from .regions import RegionLayout
-from .scene_switch import SceneMemorySwitch, is_int
-
-if TYPE_CHECKING:
-    from ..engine import StreamEngine
+from .mechanisms import SwitchStrategy, register_switch_strategy
+from .values import is_int
 
 
-class SwitchStrategy(Protocol):
-    """A strategy that must follow the stream between switches (Echo-Forcing's scene memory) may also define
-    ``attach(engine)`` (once, when the engine is built), ``observe_query(layer, q)`` (the clean pass's queries) and
-    ``after_chunk(engine)`` (after every generated chunk); the engine calls whichever exist."""
-
-    def __call__(self, engine: "StreamEngine", transition: str) -> None: ...
-
-    def validate(self, layout: RegionLayout) -> None:
-        """Raise ValueError if the strategy cannot work on ``layout`` (checked when a preset is loaded)."""
-        ...
-
-
-class _FitsAnyLayout:
-    def validate(self, layout: RegionLayout) -> None:
-        """Any layout works (regions to keep that a layout lacks are simply not there to keep)."""
-        return None
-
-
+@register_switch_strategy("none")
 @dataclass(frozen=True)
-class KeepCache(_FitsAnyLayout):
+class KeepCache(SwitchStrategy):
     """``none``: keep every cached frame as it was computed under the old prompt."""
 
-    def __call__(self, engine, transition):
+    def on_switch(self, ctx, transition):
         return None
 
 
+@register_switch_strategy("recache")
 @dataclass(frozen=True)
-class Recache(_FitsAnyLayout):
+class Recache(SwitchStrategy):
     """``recache`` (LongLive KV re-cache): keep ``keep_regions`` (the attention sink), and re-encode every other
     cached frame from its clean latents at the context timestep under the NEW prompt, oldest first, chunk by
     chunk, so the memory the next chunk reads agrees with the prompt it is asked to follow.
@@ -51,8 +33,8 @@ class Recache(_FitsAnyLayout):
 
     keep_regions: tuple[str, ...] = ("sink",)
 
-    def __call__(self, engine, transition):
-        cache = engine.cache
+    def on_switch(self, ctx, transition):
+        cache = ctx.cache
         dropped = [r.name for r in cache.layout.regions if r.name not in self.keep_regions]
         # A promoted region (junction) holds frames that left the window long ago, whose clean latents may be gone
         # from the history: it is dropped, not re-encoded.
@@ -60,11 +42,12 @@ class Recache(_FitsAnyLayout):
         frames = sorted(f for name in rebuilt for f in cache.frames_in(name))
         for name in dropped:
             cache.clear(name)
-        engine.reencode(frames)
+        ctx.reencode(frames)
 
 
+@register_switch_strategy("anchor-recache")
 @dataclass(frozen=True)
-class AnchorRecache:
+class AnchorRecache(SwitchStrategy):
     """``anchor-recache`` (Anchor Forcing): a re-cache warm-started from anchored context. The sink and the
     ``anchor_region`` (the junction: the first chunk after the previous switch) are kept, so the window's frames,
     re-encoded under the NEW prompt oldest first, attend to sink + previous junction + the frames re-encoded so far.
@@ -75,12 +58,13 @@ class AnchorRecache:
     keep_regions: tuple[str, ...] = ("sink",)
     anchor_region: str = "junction"
 
-    def __call__(self, engine, transition):
-        Recache(keep_regions=(*self.keep_regions, self.anchor_region))(engine, transition)
-        size = engine.cache.layout.region(self.anchor_region).frames
-        engine.cache.mark(self.anchor_region, list(range(engine.frame, engine.frame + size)))
+    def on_switch(self, ctx, transition):
+        Recache(keep_regions=(*self.keep_regions, self.anchor_region)).on_switch(ctx, transition)
+        size = ctx.cache.layout.region(self.anchor_region).frames
+        ctx.cache.mark(self.anchor_region, list(range(ctx.frame, ctx.frame + size)))
 
-    def validate(self, layout):
+    def check(self, plan):
+        layout = plan.layout
         names = [r.name for r in layout.regions]
         if self.anchor_region not in names or layout.region(self.anchor_region).promoted_from is None:
             raise ValueError(
@@ -89,8 +73,9 @@ class AnchorRecache:
             )
 
 
+@register_switch_strategy("flush")
 @dataclass(frozen=True)
-class Flush(_FitsAnyLayout):
+class Flush(SwitchStrategy):
     """``flush`` (Infinity-RoPE KV flush): keep ``keep_regions`` (the sink) and the ``keep_recent`` most recent
     frames of the rest exactly as computed (no re-encode), drop everything else. With block-relative positions the
     kept frames are simply re-indexed next to the new prompt's first chunk, which continues motion from them while
@@ -104,16 +89,10 @@ class Flush(_FitsAnyLayout):
         if not is_int(self.keep_recent) or self.keep_recent < 0:
             raise ValueError(f"switch option keep_recent must be a non-negative integer, got {self.keep_recent!r}")
 
-    def __call__(self, engine, transition):
-        cache = engine.cache
+    def on_switch(self, ctx, transition):
+        cache = ctx.cache
         flushed = [r.name for r in cache.layout.regions if r.name not in self.keep_regions]
         frames = sorted(f for name in flushed for f in cache.frames_in(name))
         recent = frames[-self.keep_recent :] if self.keep_recent else []
         for name in flushed:
             cache.retain(name, recent)
-
-
-STRATEGIES = {
-    "none": KeepCache, "recache": Recache, "anchor-recache": AnchorRecache, "flush": Flush,
-    "scene-memory": SceneMemorySwitch,
-}

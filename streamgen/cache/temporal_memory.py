@@ -16,22 +16,20 @@ full, every chunk sees, in slot order:
 
 Keys stay un-roped in the cache; the scene-relative position policy gives every slot its rank, so all indices stay
 inside the trained range. Everything is preallocated per stream (a ring of ``history_frames`` frames and per-token
-reuse counts); the anchors are read from the scene recorder the scene memory keeps anyway.
+reuse counts); the anchors are read from the scene's first frames that the switch strategy records anyway
+(``scene-memory``; :meth:`~streamgen.cache.mechanisms.SwitchStrategy.scene_frames_kv`), a need checked at load.
+
+The preset names it ``memory: hierarchical``, with these dataclass fields as ``memory_options``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from .kv_cache import _token_index
-from .regions import RegionLayout
-
-if TYPE_CHECKING:
-    from ..engine import StreamEngine
-    from .scene_memory import SceneRecorder
+from .mechanisms import BetweenSwitchMemory, register_memory
 
 
 def ping_pong_block(chunk: int, chunk_frames: int, anchor_frames: int, scene_frames: int) -> list[int]:
@@ -90,9 +88,10 @@ def drift_gate(chunk_query: torch.Tensor, mean_query: torch.Tensor, strength: fl
     return torch.exp(-strength * (1 - cos))
 
 
+@register_memory("hierarchical")
 @dataclass
-class HierarchicalMemory:
-    """The between-switch cache manager of a scene-memory stream (see the module docstring)."""
+class HierarchicalMemory(BetweenSwitchMemory):
+    """Echo-Forcing's between-switch memory (see the module docstring)."""
 
     anchor_region: str = "anchors"
     compressed_region: str = "compressed"
@@ -103,7 +102,16 @@ class HierarchicalMemory:
     max_reuse: int = 8
     drift_strength: float = 3.0
 
-    def validate(self, layout: RegionLayout, chunk_frames: int, recorded_frames: int) -> None:
+    def __post_init__(self):
+        self.offsets = tuple(self.offsets)  # YAML gives a list
+        if self.history_frames <= self.exclude_recent or self.exclude_recent < 0:
+            raise ValueError(f"temporal memory: history_frames ({self.history_frames}) must exceed exclude_recent "
+                             f"({self.exclude_recent}) >= 0")
+        if self.max_reuse < 1 or not self.offsets:
+            raise ValueError("temporal memory: max_reuse must be >= 1 and offsets non-empty")
+
+    def check(self, plan) -> None:
+        layout = plan.layout
         names = [r.name for r in layout.regions]
         for name in (self.anchor_region, self.compressed_region):
             if name not in names or not layout.region(name).external:
@@ -112,26 +120,22 @@ class HierarchicalMemory:
         if self.window_region not in names or not layout.region(self.window_region).evict:
             raise ValueError(f"temporal memory: region {self.window_region!r} must be the evicting window; "
                              f"regions are {names}")
-        anchors, window = layout.region(self.anchor_region).frames, layout.region(self.window_region).frames
-        if anchors % chunk_frames or window < 2 * chunk_frames:
-            raise ValueError(f"temporal memory: the anchors ({anchors} frames) must be whole chunks of {chunk_frames} "
-                             f"and the window ({window}) must hold the recent chunk and the current one")
-        if recorded_frames < anchors:
-            raise ValueError(f"temporal memory: the scene recorder keeps {recorded_frames} frames, the anchors need "
-                             f"{anchors} (switch option recall_frames)")
-        if self.history_frames <= self.exclude_recent or self.exclude_recent < 0:
-            raise ValueError(f"temporal memory: history_frames ({self.history_frames}) must exceed exclude_recent "
-                             f"({self.exclude_recent}) >= 0")
-        if self.max_reuse < 1 or not self.offsets:
-            raise ValueError("temporal memory: max_reuse must be >= 1 and offsets non-empty")
+        anchors, recorded = layout.region(self.anchor_region).frames, plan.switch.recorded_scene_frames()
+        if recorded < anchors:
+            raise ValueError(f"temporal memory: the scene recorder keeps {recorded} frames, the anchors need "
+                             f"{anchors} (the switch strategy records each scene's first frames: scene-memory's "
+                             "recall_frames)")
 
     # ---- one stream ------------------------------------------------------------------------------------------------
-    def attach(self, engine: "StreamEngine", recorder: "SceneRecorder") -> None:
-        cache = engine.cache
+    def attach(self, ctx) -> None:
+        cache = ctx.cache
         layout = cache.layout
-        self.validate(layout, engine.chunk_frames, recorder.k.shape[2])
-        self.recorder = recorder
-        self.chunk_frames = engine.chunk_frames
+        anchors, window = layout.region(self.anchor_region).frames, layout.region(self.window_region).frames
+        if anchors % ctx.chunk_frames or window < 2 * ctx.chunk_frames:
+            raise ValueError(f"temporal memory: the anchors ({anchors} frames) must be whole chunks of "
+                             f"{ctx.chunk_frames} and the window ({window}) must hold the recent chunk and the "
+                             "current one")
+        self.chunk_frames = ctx.chunk_frames
         self.anchors = layout.region(self.anchor_region).frames
         self.compressed = layout.region(self.compressed_region).frames
         self.scene_budget = self.anchors + self.compressed + layout.region(self.window_region).frames
@@ -146,16 +150,15 @@ class HierarchicalMemory:
         self.query_sum = torch.zeros(layers, batch, heads, pairs, dtype=torch.complex64, device=cache.k.device)
         self.query_abs_sum = torch.zeros(layers, batch, heads, pairs, dtype=torch.float32, device=cache.k.device)
         self.query_tokens = torch.zeros(layers, dtype=torch.float32, device=cache.k.device)
-        rope = engine.transformer._rope()
-        self.temporal_frequencies = rope.inv_t.float().to(cache.k.device)
-        self.engine = engine
-        self.reset(engine)
+        self.temporal_frequencies = ctx.temporal_frequencies.float().to(cache.k.device)
+        self.ctx = ctx
+        self.reset(ctx)
 
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in (self.ring_k, self.ring_v, self.uses, self.query_sum, self.query_abs_sum))
 
-    def reset(self, engine: "StreamEngine") -> None:
+    def reset(self, ctx) -> None:
         """A new scene: nothing of the old one is a candidate, the scene's mean query is measured again."""
         self.scene_start: int | None = None  # the scene's first generated frame, set by its first chunk
         self.ring_frame = [-1] * self.history_frames
@@ -163,26 +166,29 @@ class HierarchicalMemory:
         self.query_sum.zero_()
         self.query_abs_sum.zero_()
         self.query_tokens.zero_()
-        engine.cache.clear(self.anchor_region)
-        engine.cache.clear(self.compressed_region)
+        ctx.cache.clear(self.anchor_region)
+        ctx.cache.clear(self.compressed_region)
         self._steady = False
 
     # ---- hooks ---------------------------------------------------------------------------------------------------
+    def on_switch(self, ctx, transition) -> None:
+        self.reset(ctx)
+
     def observe_query(self, layer: int, q: torch.Tensor) -> None:
         """Clean-pass queries [B, n, H, D]: the scene's mean query over its first ``scene_budget`` frames."""
-        start = self.engine.frame if self.scene_start is None else self.scene_start
-        if self.engine.frame - start + self.chunk_frames > self.scene_budget:
+        start = self.ctx.frame if self.scene_start is None else self.scene_start
+        if self.ctx.frame - start + self.chunk_frames > self.scene_budget:
             return
         c = _pairs(q)
         self.query_sum[layer] += c.sum(dim=1)
         self.query_abs_sum[layer] += c.abs().sum(dim=1)
         self.query_tokens[layer] += q.shape[1]
 
-    def after_chunk(self, engine: "StreamEngine") -> None:
+    def after_chunk(self, ctx) -> None:
         """Keep the clean chunk as a candidate, then lay out the anchors and compressed slots of the next chunk."""
-        k, v = engine.cache.chunk_kv()
-        tpf = engine.cache.tokens_per_frame
-        first = engine.frame - self.chunk_frames
+        k, v = ctx.cache.chunk_kv()
+        tpf = ctx.cache.tokens_per_frame
+        first = ctx.frame - self.chunk_frames
         if self.scene_start is None:
             self.scene_start = first
         for i in range(self.chunk_frames):
@@ -192,61 +198,59 @@ class HierarchicalMemory:
             self.ring_v[:, :, span] = v[:, :, i * tpf : (i + 1) * tpf]
             self.uses[:, :, span] = 0
             self.ring_frame[slot] = first + i
-        next_chunk = (engine.frame - self.scene_start) // self.chunk_frames
+        next_chunk = (ctx.frame - self.scene_start) // self.chunk_frames
         if (next_chunk + 1) * self.chunk_frames <= self.scene_budget:
-            self._fill(engine)
+            self._fill(ctx)
         else:
-            self._roll(engine, next_chunk)
+            self._roll(ctx, next_chunk)
 
-    def _fill(self, engine: "StreamEngine") -> None:
+    def _fill(self, ctx) -> None:
         """Before the budget is full: the scene's frames that left the window, in order, anchors first."""
         window = self.scene_budget - self.anchors - self.compressed
-        window_start = engine.frame + self.chunk_frames - window  # what the next chunk's window starts with
+        window_start = ctx.frame + self.chunk_frames - window  # what the next chunk's window starts with
         left = list(range(self.scene_start, max(self.scene_start, window_start)))
         anchored, compressed = left[: self.anchors], left[self.anchors : self.anchors + self.compressed]
-        self._hold_anchors(engine, anchored)
+        self._hold_anchors(ctx, anchored)
         if compressed:
             index = self._ring_tokens(compressed)
-            engine.cache.hold(self.compressed_region, compressed, self.ring_k.index_select(2, index),
+            ctx.cache.hold(self.compressed_region, compressed, self.ring_k.index_select(2, index),
                               self.ring_v.index_select(2, index))
         self._steady = False
 
-    def _roll(self, engine: "StreamEngine", chunk: int) -> None:
+    def _roll(self, ctx, chunk: int) -> None:
         local = anchor_frames_at(chunk, self.chunk_frames, self.anchors, self.scene_budget)
-        self._hold_anchors(engine, [self.scene_start + f for f in local])
+        self._hold_anchors(ctx, [self.scene_start + f for f in local])
         # Slots named after the newest candidates; each layer writes its tokens at the chunk's first pass.
-        newest = engine.frame - self.exclude_recent
-        engine.cache.reserve(self.compressed_region, list(range(newest - self.compressed, newest)))
+        newest = ctx.frame - self.exclude_recent
+        ctx.cache.reserve(self.compressed_region, list(range(newest - self.compressed, newest)))
         self._steady = True
 
-    def _hold_anchors(self, engine: "StreamEngine", frames: list[int]) -> None:
+    def _hold_anchors(self, ctx, frames: list[int]) -> None:
         if not frames:
-            engine.cache.clear(self.anchor_region)
+            ctx.cache.clear(self.anchor_region)
             return
-        local = torch.tensor([f - self.scene_start for f in frames], device=self.recorder.k.device)
-        k = self.recorder.k.index_select(2, local).flatten(2, 3)
-        v = self.recorder.v.index_select(2, local).flatten(2, 3)
-        engine.cache.hold(self.anchor_region, frames, k, v)
+        k, v = ctx.switch.scene_frames_kv([f - self.scene_start for f in frames])
+        ctx.cache.hold(self.anchor_region, frames, k, v)
 
     def _ring_tokens(self, frames: list[int]) -> torch.Tensor:
         slots = [self.ring_frame.index(f) for f in frames]
-        return _token_index(slots, self.engine.cache.tokens_per_frame).to(self.ring_k.device)
+        return _token_index(slots, self.ctx.cache.tokens_per_frame).to(self.ring_k.device)
 
-    def select(self, layer: int, q: torch.Tensor) -> None:
+    def observe_first_query(self, layer: int, q: torch.Tensor) -> None:
         """First denoising pass of a steady chunk, layer ``layer`` (queries [B, n, H, D]): write the compressed
         history this layer attends to."""
         if not self._steady:
             return
-        cache = self.engine.cache
+        cache = self.ctx.cache
         tpf = cache.tokens_per_frame
         mean = self.query_sum[layer] / self.query_tokens[layer].clamp(min=1)
         mean_abs = self.query_abs_sum[layer] / self.query_tokens[layer].clamp(min=1)
         gate = drift_gate(_pairs(q).mean(dim=1), mean, self.drift_strength)
         frames = torch.tensor(self.ring_frame, device=q.device).repeat_interleave(tpf)  # [N]
-        distances = self.engine.frame - frames
+        distances = self.ctx.frame - frames
         scores = phase_scores(self.ring_k[layer], distances, mean, mean_abs, self.temporal_frequencies,
                               self.offsets, gate)
-        newest = self.engine.frame - self.exclude_recent
+        newest = self.ctx.frame - self.exclude_recent
         # The window's frames only if nothing else is left; spent or empty slots never.
         scores = torch.where((frames >= newest)[None], torch.full_like(scores, -1e30), scores)
         spent = (self.uses[layer] >= self.max_reuse) | (frames < 0)[None]
