@@ -96,7 +96,7 @@ def test_a_policy_without_the_jump_capability_says_so():
     "changes, message",
     [
         ({"switch": "recache"}, r"memory 'hierarchical': temporal memory: the scene recorder keeps 0 frames"),
-        ({"positions": "tri-region"}, r"switch 'scene-memory' needs positions: scene-relative \(a policy that can jump"),
+        ({"positions": "tri-region"}, r"switch 'scene-memory' needs positions: scene-relative \(a policy that can"),
         ({"memory_options": {"anchor_region": "sink"}}, r"memory 'hierarchical': .*region 'sink' must be an external"),
         ({"position_options": {"origin": 3}}, r"positions 'scene-relative', position_options: .*'origin'"),
         ({"memory": "teleport"}, r"unknown memory 'teleport'; known: \['none', 'hierarchical'"),

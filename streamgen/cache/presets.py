@@ -26,7 +26,7 @@ inherited, and a file that names another mechanism of a kind (``switch: flush``)
 ``frames: auto`` sizes a region to the whole requested stream (the ``global`` preset), which only works when the
 stream length is known in advance. ``promoted_from: <region>`` makes a region that only receives frames a switch
 strategy marked, as the named evicting region drops them (Anchor Forcing's junction). ``external: true`` makes a
-region only a switch strategy writes (Echo-Forcing's scene memory and carried frames).
+region only a mechanism writes (Echo-Forcing's scene memory and carried frames, its hierarchical memory's anchors).
 
 ``rope_range`` is the number of temporal positions the backbone was trained on (21 latent frames for Wan /
 Self-Forcing checkpoints). It belongs to the preset because the position policy is built from the preset alone and
@@ -59,10 +59,9 @@ from .values import is_int
 
 PRESET_DIR = preset_dir()  # the shipped presets: package data, so a wheel has them too
 AUTO = "auto"  # rope_range: the range of the checkpoint that plays the preset
-# Each kind of mechanism: the preset key naming it, the key of its options, its registry.
-KINDS = (("positions", "position_options", POSITION_POLICIES), ("switch", "switch_options", SWITCH_STRATEGIES),
-         ("memory", "memory_options", MEMORIES))
-PRESET_KEYS = {"name", "description", "regions", "rope_range", *(key for kind in KINDS for key in kind[:2])}
+# Each kind of mechanism: the preset key naming it and the key of its options.
+KINDS = (("positions", "position_options"), ("switch", "switch_options"), ("memory", "memory_options"))
+PRESET_KEYS = {"name", "description", "regions", "rope_range", *(key for kind in KINDS for key in kind)}
 OWN_KEYS = ("name", "description")  # what ``extends:`` never inherits
 REGION_KEYS = {"name", "frames", "evict", "promoted_from", "external"}
 
@@ -107,9 +106,10 @@ class CachePreset:
         each other, the range, then the regions (once their sizes are known)."""
         policy, switch, memory = self._mechanisms()
         for key, mechanism in (("switch", switch), ("memory", memory)):
-            missing = mechanism.needs_positions - policy.capabilities
+            needs = mechanism.needs_positions
+            missing = needs - policy.capabilities
             if missing:
-                able = [name for name, cls in POSITION_POLICIES.items() if mechanism.needs_positions <= cls.capabilities]
+                able = [name for name, cls in POSITION_POLICIES.items() if needs <= cls.capabilities]
                 raise ValueError(f"{key} {getattr(self, key)!r} needs positions: {' | '.join(able) or '(none)'} (a "
                                  f"policy that can {' and '.join(sorted(missing))}), got {self.positions!r}")
         if self.rope_range not in (None, AUTO) and not (is_int(self.rope_range) and self.rope_range > 0):
@@ -120,13 +120,13 @@ class CachePreset:
             ranged = [name for name, cls in POSITION_POLICIES.items() if cls.needs_rope_range]
             raise ValueError(f"rope_range only applies to {' and '.join(ranged)} positions")
         if not self.needs_stream_length:
-            self._check_layout(self.layout())
+            self._check_layout(self.layout(), policy, switch, memory)
 
     def _mechanisms(self) -> tuple[type[PositionPolicy], SwitchStrategy, BetweenSwitchMemory]:
         return POSITION_POLICIES[self.positions], self.switch_strategy(), self.between_switch_memory()
 
-    def _check_layout(self, layout: RegionLayout) -> None:
-        policy, switch, memory = self._mechanisms()
+    def _check_layout(self, layout: RegionLayout, policy: type[PositionPolicy], switch: SwitchStrategy,
+                      memory: BetweenSwitchMemory) -> None:
         if self.rope_range != AUTO:  # a policy is checked against the range once a checkpoint gives it
             with _naming("positions", self.positions, "position_options"):
                 policy.check(layout, rope_range=self.rope_range, **self.position_options)
@@ -184,7 +184,7 @@ class CachePreset:
                 )
         if self.needs_stream_length:
             try:
-                self._check_layout(layout)
+                self._check_layout(layout, *self._mechanisms())
             except ValueError as err:
                 raise ValueError(f"cache preset {self.name!r}: {err}") from err
         return layout
@@ -217,22 +217,13 @@ class CachePreset:
             unknown = set(data) - PRESET_KEYS
             if unknown:
                 raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(PRESET_KEYS)}")
-            options = {}
-            for _, key, _ in KINDS:
-                value = data.get(key) or {}
-                if not isinstance(value, dict):
-                    raise ValueError(f"{key} must be a mapping of keyword arguments, got {value!r}")
-                options[key] = dict(value)
-            return cls(
-                name=str(data["name"]),
-                regions=tuple(_region_spec(r) for r in data["regions"]),
-                positions=data.get("positions", "absolute"),
-                switch=data.get("switch", "none"),
-                memory=data.get("memory", "none"),
-                rope_range=data.get("rope_range"),
-                description=data.get("description", ""),
-                **options,
-            )
+            given = {key: data[key] for key in PRESET_KEYS - {"name", "regions"} if key in data}
+            for _, key in KINDS:
+                options = given.pop(key, None) or {}
+                if not isinstance(options, dict):
+                    raise ValueError(f"{key} must be a mapping of keyword arguments, got {options!r}")
+                given[key] = dict(options)
+            return cls(name=str(data["name"]), regions=tuple(_region_spec(r) for r in data["regions"]), **given)
         except KeyError as err:
             raise ValueError(f"invalid cache preset {source}: missing key {err}") from err
         except (TypeError, ValueError) as err:
@@ -302,7 +293,7 @@ def _extended(base: dict, changes: dict) -> dict:
     inherits: its name and description, and the options of a kind whose mechanism ``changes`` replaces."""
     defaults = {f.name: f.default for f in fields(CachePreset)}
     out = {key: value for key, value in base.items() if key not in OWN_KEYS}
-    for kind, options_key, _ in KINDS:
+    for kind, options_key in KINDS:
         if kind in changes and changes[kind] != base.get(kind, defaults[kind]):
             out.pop(options_key, None)
     return _merged(out, changes)

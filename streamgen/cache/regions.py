@@ -14,8 +14,9 @@ frames a switch strategy marked for it (:meth:`SlotTable.mark`) at the moment th
 so a frame is never held twice and nothing is kept before it has left the window. A newly marked set replaces what
 the region held when its first frame arrives.
 
-An *external* region (``external=True``: Echo-Forcing's scene memory and carried frames) never takes new frames
-either: a switch strategy puts frames into it directly (:meth:`SlotTable.hold`) and writes their K/V itself.
+An *external* region (``external=True``: Echo-Forcing's scene memory, carried frames, and its hierarchical memory's
+anchors and compressed history) never takes new frames either: a cache mechanism (switch strategy or between-switch
+memory) puts frames into it directly (:meth:`SlotTable.hold`) and writes their K/V itself.
 
 Everything here is Python bookkeeping over a handful of slots; the tensors live in :mod:`streamgen.cache.kv_cache`.
 """
@@ -36,14 +37,14 @@ class Region:
     frames: int
     evict: bool = False
     promoted_from: str | None = None  # filled only with marked frames evicted from this region
-    external: bool = False  # filled only by a switch strategy (SlotTable.hold)
+    external: bool = False  # filled only by a cache mechanism (SlotTable.hold)
 
     def __post_init__(self):
         if self.frames <= 0:
             raise ValueError(f"cache region {self.name!r}: frames must be positive, got {self.frames}")
         if self.external and (self.evict or self.promoted_from is not None):
             raise ValueError(
-                f"cache region {self.name!r}: an external region is written only by a switch strategy, it cannot "
+                f"cache region {self.name!r}: an external region is written only by a cache mechanism, it cannot "
                 "evict or be promoted into"
             )
         if self.promoted_from is not None and self.evict:
@@ -141,7 +142,7 @@ class SlotTable:
         K/V the caller writes."""
         spec = self.layout.region(region)
         if not spec.external:
-            raise ValueError(f"cache region {region!r} is not external; only a switch strategy's regions can be held")
+            raise ValueError(f"cache region {region!r} is not external; only external regions can be held")
         if len(frames) > spec.frames:
             raise ValueError(f"cache region {region!r} holds {spec.frames} frames, {len(frames)} were given")
         self.clear(region)

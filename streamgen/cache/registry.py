@@ -41,9 +41,6 @@ class Registry(Generic[Mechanism]):
             raise ValueError(f"unknown {self.key} {name!r}; known: {list(self._classes)}")
         return self._classes[name]
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._classes
-
     def __iter__(self) -> Iterator[str]:
         return iter(self._classes)
 
