@@ -21,18 +21,20 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", required=True, help="schedule file (.yaml/.json, LongLive .jsonl, Echo .txt)")
     parser.add_argument("--out-dir", default="videos")
-    parser.add_argument("--pipeline", help="pipeline folder (default: the embedded one)")
+    parser.add_argument("--pipeline", help="pipeline folder, or a shipped one by name (default: the embedded model)")
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--cache", help="cache preset (default: the pipeline's)")
     parser.add_argument("--switch-frame-indices", type=int_list)
     parser.add_argument("--seed", type=int, default=0, help="seed of schedules that carry none (plus their index)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show diffusers' / transformers' loading bars")
     args = parser.parse_args(argv)
 
     import torch
     from accelerate import PartialState
 
-    from .cli import _load_pipeline
+    from .loading import open_pipeline
+    from .progress import quiet_loading
     from .schedule import ScheduleError, load_schedules
     from .video_io import Mp4StreamWriter
 
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except ScheduleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    pipe = _load_pipeline(args.pipeline, str(state.device))
+    with quiet_loading(not args.verbose):
+        pipe = open_pipeline(args.pipeline, str(state.device))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = list(enumerate(schedules))[state.process_index :: state.num_processes]

@@ -1,4 +1,8 @@
-"""The ``streamgen`` command: generate, info, bench."""
+"""The ``streamgen`` command: generate, demo, info, bench, convert, train.
+
+Building the parser imports nothing heavy (no torch, no diffusers), so ``streamgen --help`` answers at once; each
+command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .resources import find_pipeline, pipeline_path
+from .loading import DTYPES, open_pipeline
+from .progress import quiet_loading
+from .resources import find_pipeline, pipeline_names, pipeline_path, preset_names
 
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def _load_pipeline(path: str | None, device: str = "cpu", dtype: str = "fp32"):
-    import torch
-
-    from .pipeline import load_pipeline
-
-    return load_pipeline(find_pipeline(path), device, getattr(torch, DTYPES[dtype]))
+DESCRIPTION = "Interactive streaming video generation: a causal video model streams chunk by chunk while you switch " \
+              "prompts."
+EPILOG = "Run 'streamgen COMMAND -h' for a command's options. Without --pipeline, commands use the embedded " \
+         "ShapeWorld model."
 
 
 def int_list(text: str) -> list[int]:
@@ -47,7 +47,7 @@ def cmd_generate(args) -> int:
     from .video_io import Mp4StreamWriter
 
     schedule = _schedule(args)
-    pipe = _load_pipeline(args.pipeline, args.device, args.dtype)
+    pipe = open_pipeline(args.pipeline, args.device, args.dtype)
     generator = torch.Generator(pipe.transformer.device).manual_seed(args.seed)
     stream = pipe.stream(
         schedule=schedule, num_frames=args.frames, cache=args.cache, switch=args.switch, height=args.height,
@@ -73,7 +73,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_info(args) -> int:
-    pipe = _load_pipeline(args.pipeline)
+    pipe = open_pipeline(args.pipeline)
     t = pipe.transformer
     height, width = args.height or pipe.config.height, args.width or pipe.config.width
     spatial = pipe.vae_scale_factor_spatial
@@ -113,7 +113,7 @@ def cmd_bench_speed(args) -> int:
         pipe = random_pipeline_from_configs(folder, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]))
         pipe.set_progress_bar_config(disable=True)
     else:
-        pipe = _load_pipeline(args.pipeline, args.device, args.dtype)
+        pipe = open_pipeline(args.pipeline, args.device, args.dtype)
     if args.attention:
         pipe.transformer.set_attention_backend(args.attention)
     if args.compile:
@@ -129,28 +129,60 @@ def cmd_bench_speed(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser where an option's help may end in a list that costs a heavy import (the switch strategies
+    live behind torch): the action's ``late_help`` function runs only when help is printed."""
+
+    def format_help(self) -> str:
+        for action in self._actions:
+            if getattr(action, "late_help", None):
+                action.help, action.late_help = action.help + action.late_help(), None
+        return super().format_help()
+
+
+def _switch_strategies() -> str:
     from .cache import SWITCH_STRATEGIES
 
-    parser = argparse.ArgumentParser(prog="streamgen", description=__doc__)
+    return ": " + " | ".join(SWITCH_STRATEGIES)
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default=False) -> None:
+    """``-v`` before or after the command name: the subcommands' copies default to SUPPRESS so that they never
+    overwrite the top-level value."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show diffusers' / transformers' loading progress bars")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in dict.fromkeys(action.choices.values()):
+                _add_verbose(subparser, argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="streamgen", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--threads", type=int, help="torch CPU threads (small models on a busy CPU: try 1)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p, frames_default):
-        p.add_argument("--pipeline", help="pipeline folder, or a shipped one by name (default: the embedded model)")
+        shipped = ", ".join(pipeline_names(with_weights=True))
+        p.add_argument("--pipeline", help=f"pipeline folder, or a shipped one by name ({shipped}; "
+                                          "default: the embedded model)")
         p.add_argument("--frames", type=int, default=frames_default, help="number of video frames")
-        p.add_argument("--cache", help="cache preset name or YAML path (default: the pipeline's)")
+        p.add_argument("--cache", help="cache preset: a YAML path or a shipped preset "
+                                       f"({', '.join(preset_names())}; default: the pipeline's)")
         p.add_argument("--height", type=int)
         p.add_argument("--width", type=int)
 
-    gen = sub.add_parser("generate", help="generate a video, written to mp4 chunk by chunk")
+    gen = sub.add_parser("generate", help="generate a video, written to mp4 chunk by chunk",
+                         description="Generate a video from a prompt or a prompt schedule; each chunk is written "
+                                     "to the mp4 as soon as it is generated.")
     common(gen, 48)
     gen.add_argument("--prompt", help="one prompt for the whole video")
     gen.add_argument("--prompts", help="schedule file: .yaml/.json, LongLive .jsonl or Echo-Forcing .txt")
     gen.add_argument("--index", type=int, default=0, help="which schedule of a multi-line file (default 0)")
     gen.add_argument("--switch-frame-indices", type=int_list,
                      help="LongLive JSONL switch points in latent frames, comma-separated")
-    gen.add_argument("--switch", help="switch strategy override: " + " | ".join(SWITCH_STRATEGIES))
+    gen.add_argument("--switch", help="switch strategy override (default: the preset's)").late_help = \
+        _switch_strategies
     gen.add_argument("--steps", type=int, help="Euler sampler steps (default: the pipeline's sampler)")
     gen.add_argument("--guidance-scale", type=float,
                      help="classifier-free guidance scale (default: the pipeline's; 1 = off)")
@@ -162,20 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="out.mp4")
     gen.set_defaults(func=cmd_generate)
 
+    from .bench.quality import register_cli as register_quality
     from .convert import register_cli as register_convert
     from .demo import register_cli as register_demo
     from .train import register_cli as register_train
 
-    register_convert(sub)
     register_demo(sub)
-    register_train(sub)
 
-    info = sub.add_parser("info", help="model size, tokens per frame and cache budget of a pipeline")
+    info = sub.add_parser("info", help="model size, tokens per frame and cache budget of a pipeline",
+                          description="Print a pipeline's size, tokens per latent frame and a cache preset's memory.")
     common(info, 81)
     info.set_defaults(func=cmd_info)
 
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="suite", required=True)
-    speed = bench.add_parser("speed", help="FPS, latency, memory and overhead of one stream")
+    bench = sub.add_parser("bench", help="benchmarks: speed (FPS, latency, memory) and quality (oracle scores)",
+                           description="Benchmarks of a pipeline: 'speed' times one long stream, 'quality' reads "
+                                       "generated ShapeWorld videos back with the oracle.")
+    bench = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    speed = bench.add_parser("speed", help="FPS, latency, memory and overhead of one stream",
+                             description="FPS, first-chunk and per-chunk latency, memory and pipeline overhead of "
+                                         "one long stream.")
     common(speed, 300)
     speed.add_argument("--prompt", default="a red circle drifting left over a blue backdrop")
     speed.add_argument("--steps", type=int, help="Euler steps (default: the pipeline's sampler)")
@@ -189,9 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--json", help="write the full result here")
     speed.set_defaults(func=cmd_bench_speed)
 
-    from .bench.quality import register_cli as register_quality
-
     register_quality(bench)
+    register_convert(sub)
+    register_train(sub)
+    _add_verbose(parser)
     return parser
 
 
@@ -202,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        return args.func(args)
+        with quiet_loading(not args.verbose):
+            return args.func(args)
     except ValueError as err:  # bad input: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2

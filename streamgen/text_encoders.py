@@ -30,5 +30,8 @@ def load_packaged_text_encoder(package: str):
     """(tokenizer, text_encoder) from an installed package, in eval mode."""
     from transformers import AutoModel, AutoTokenizer
 
+    from .progress import quiet_loading
+
     folder = packaged_text_encoder_folder(package)
-    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    with quiet_loading():  # a local file; it loads at a stream's first prompt, inside the pipeline's own bar
+        return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()

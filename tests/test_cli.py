@@ -74,3 +74,68 @@ def test_killing_generate_leaves_a_playable_mp4_with_every_finished_chunk(tmp_pa
     time.sleep(1.0)  # the ffmpeg child drains its pipe and closes the file
     assert finished >= 4 * 3
     assert len(read_video(out)) >= finished
+
+
+COMMANDS = ("generate", "demo", "info", "bench", "convert", "train")
+
+
+def _help(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return re.sub(r"-\s+", "-", " ".join(capsys.readouterr().out.split()))  # unwrapped, hyphenated names whole
+
+
+def test_building_the_parser_imports_neither_torch_nor_diffusers():
+    code = ("import sys; from streamgen.cli import build_parser; build_parser(); "
+            "print([m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_top_level_help_lists_every_command_in_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in COMMANDS:
+        assert re.search(rf"^ +{command} +\w", text, re.M), f"{command} is not listed with its help"
+    assert "``" not in text
+
+
+def test_every_command_has_a_description(capsys):
+    for command in COMMANDS:
+        usage, _, rest = _help([command], capsys).partition(" options: ")
+        assert len(usage.split(" ]")[-1]) > 0 and "." in usage, command
+        assert "``" not in usage + rest, command
+
+
+def test_cache_and_switch_help_list_the_shipped_choices(capsys):
+    import yaml
+
+    from streamgen.resources import preset_names, preset_path
+
+    text = _help(["generate"], capsys)
+    cache_help = re.search(r"--cache CACHE (.*?) --height", text).group(1)  # the option's help, not the usage line
+    assert all(name in cache_help for name in preset_names()) and len(preset_names()) >= 9
+    switch_help = re.search(r"--switch SWITCH (.*?) --steps", text).group(1)
+    named = {yaml.safe_load(preset_path(name).read_text()).get("switch") for name in preset_names()} - {None}
+    assert {"recache", "scene-memory"} <= named <= set(re.findall(r"[\w-]+", switch_help))
+
+
+def test_loading_is_quiet_unless_verbose(capsys):
+    from diffusers.utils import logging as diffusers_logging
+
+    assert main(["info", "--pipeline", str(TINY)]) == 0
+    assert "Loading" not in capsys.readouterr().err
+    for argv in (["-v", "info", "--pipeline", str(TINY)], ["info", "--pipeline", str(TINY), "--verbose"]):
+        assert main(argv) == 0
+        assert "Loading pipeline components" in capsys.readouterr().err, argv
+    assert diffusers_logging.is_progress_bar_enabled()  # the command put the switch back
+
+
+def test_pipeline_takes_a_folder_or_a_shipped_name(tmp_path, capsys):
+    assert main(["info", "--pipeline", "tiny-random"]) == 0
+    assert str(TINY) in capsys.readouterr().out
+    assert main(["info", "--pipeline", "no-such-pipeline"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown shipped pipeline 'no-such-pipeline'; shipped: shapeworld-tiny, tiny-random" in error

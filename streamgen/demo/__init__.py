@@ -50,13 +50,11 @@ def cmd_demo(args) -> int:
     except ImportError:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    from ..resources import find_pipeline
+    from ..loading import open_pipeline
     from .app import build_demo, launch_demo
     from .session import DemoLimits
 
-    from ..pipeline import load_pipeline
-
-    pipe = load_pipeline(find_pipeline(args.pipeline), args.device)
+    pipe = open_pipeline(args.pipeline, args.device)
     limits = DemoLimits(
         max_frames_per_run=args.max_frames_per_run, max_stream_frames=args.max_stream_frames,
         max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,

@@ -35,7 +35,12 @@ def cmd_train(args) -> int:
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a causal video model (chunk-causal flow matching) from a YAML config")
+    p = subparsers.add_parser(
+        "train", help="train a causal video model (chunk-causal flow matching) from a YAML config",
+        description="Train a causal video model by chunk-causal flow matching, as a YAML config says (data, model, "
+                    "noise, optimizer); the output folder gets a loss log, resumable checkpoints and an exported "
+                    "pipeline folder.",
+    )
     p.add_argument("--config", required=True, help="training config YAML (e.g. configs/train/shapeworld-tiny.yaml)")
     p.add_argument("--out", help="output folder (overrides output_dir): log, checkpoint, exported pipeline")
     p.add_argument("--max-steps", type=int, help="override max_steps (also the length of the LR schedule)")
