@@ -1,6 +1,6 @@
-"""CONTRIBUTING.md's recipes run exactly as written: every code block that names its file in its first line is
-written to that file, the worked example's script runs in a fresh interpreter (its registration never reaches this
-process's registries) and prints what the guide shows."""
+"""CONTRIBUTING.md's cache recipes run exactly as written: every code block of their sections that names its file in
+its first line is written to that file, the worked example's script runs in a fresh interpreter (its registration
+never reaches this process's registries) and prints what the guide shows."""
 
 import re
 import subprocess
@@ -10,13 +10,15 @@ from pathlib import Path
 from streamgen.cache import load_preset
 
 GUIDE = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
+SECTIONS = ("## Add a cache preset", "## Add a position policy / switch strategy / memory")
 BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
 NAMED = re.compile(r"# ([\w.-]+\.(?:py|yaml))\n")
 
 
 def blocks() -> list[tuple[str, str]]:
-    """(language, text) of every fenced block, in order."""
-    return BLOCK.findall(GUIDE.read_text())
+    """(language, text) of every fenced block of the cache recipes' sections, in order."""
+    sections = re.split(r"^(?=## )", GUIDE.read_text(), flags=re.M)
+    return [block for section in sections if section.startswith(SECTIONS) for block in BLOCK.findall(section)]
 
 
 def write_named_blocks(folder: Path) -> list[str]:
