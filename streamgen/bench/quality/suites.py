@@ -31,8 +31,6 @@ SEED_IDS = 16
 SWITCH_FIELDS = ("background", "color", "shape", "direction")  # a switch changes all of these
 RECALL_CHANCE_DRAWS = 256
 _RECALL_CHANCE_KEY = 99  # the recall suite's chance draws: a key no suite's seed_id can take
-# The six suites below keep the ids they had as places in the first released suite tuple (single = 1, ...,
-# continuation = 6), so every number measured since stays reproducible.
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,8 @@ class Suite:
     rows: Callable[[dict], list[Row]]
 
 
+# The six suites below keep the ids they had as places in the first released suite tuple (single = 1, ...,
+# continuation = 6), so every number measured since stays reproducible.
 SUITES: dict[str, Suite] = {}
 
 
