@@ -261,7 +261,8 @@ class Trainer:
             pred = self.model(x_t, sigma_f * 1000.0, text_states, positions)
         if self.teacher is not None:
             with torch.no_grad(), acc.autocast():  # the same inputs at the positions the teacher was trained on
-                error = pred.float() - self.teacher(x_t, sigma_f * 1000.0, text_states).float()
+                target = self.teacher(x_t, sigma_f * 1000.0, text_states).float()
+            error = pred.float() - target
         else:
             error = flow_error(pred, x_t, x0, noise, sigma_f, cfg.model.prediction, cfg.loss.x0_sigma_floor)
         return self._reduce(error, x0, mask.to(acc.device), sigma_f, stats)
