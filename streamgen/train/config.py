@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from ..transitions import TRANSITIONS
+
 
 @dataclass
 class ModelConfig:
@@ -35,7 +37,7 @@ class DataConfig:
     width: int = 32
     fps: float = 16.0
     switch_probs: tuple[float, ...] = (0.4, 0.4, 0.2)  # P(0, 1, 2 switches) per clip
-    modes: tuple[str, ...] = ("smooth", "cut", "recall")
+    modes: tuple[str, ...] = TRANSITIONS
     min_segment: int = 3
     overfit: bool = False  # every step sees the same batch (for overfit checks)
 
