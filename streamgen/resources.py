@@ -8,6 +8,7 @@ Nothing heavy is imported, so the command line's ``--help`` can list the presets
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def find_pipeline(folder_or_name: str | Path | None = None) -> Path:
     """What ``--pipeline`` names: a folder on disk, else a shipped pipeline's name; None: the embedded default."""
     if folder_or_name is None:
         return default_pipeline()
-    path = Path(folder_or_name)
-    if path.is_dir() or len(path.parts) > 1:  # a path (even a wrong one) is never taken for a shipped name
-        return path
-    return pipeline_path(str(folder_or_name))
+    text = str(folder_or_name)
+    if Path(text).is_dir() or "/" in text or os.sep in text:  # a path (even a wrong one) is never taken for a name
+        return Path(text)
+    if text in pipeline_names():
+        return pipeline_path(text)
+    raise ValueError(f"{text!r} is neither a folder nor a shipped pipeline; shipped: {', '.join(pipeline_names())}")

@@ -138,4 +138,4 @@ def test_pipeline_takes_a_folder_or_a_shipped_name(tmp_path, capsys):
     assert str(TINY) in capsys.readouterr().out
     assert main(["info", "--pipeline", "no-such-pipeline"]) == 2
     error = capsys.readouterr().err
-    assert "unknown shipped pipeline 'no-such-pipeline'; shipped: shapeworld-tiny, tiny-random" in error
+    assert "'no-such-pipeline' is neither a folder nor a shipped pipeline; shipped: shapeworld-tiny" in error

@@ -50,6 +50,9 @@ def test_user_presets_and_pipelines_still_load_from_a_path(tmp_path, monkeypatch
     assert find_pipeline("tiny-random") == Path("tiny-random")
     assert find_pipeline(str(folder)) == folder
     assert find_pipeline("elsewhere/tiny-random") == Path("elsewhere/tiny-random")  # a path is never a name
+    assert find_pipeline("./tiny-random") == Path("tiny-random")
+    with pytest.raises(ValueError, match=r"'mine' is neither a folder nor a shipped pipeline; shipped: shapeworld"):
+        find_pipeline("mine")
     assert find_pipeline(None) == default_pipeline()
 
 
