@@ -7,6 +7,9 @@ command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -41,38 +44,127 @@ def _schedule(args):
     return schedules[args.index]
 
 
+def _pipeline_config(folder: Path) -> dict:
+    """A pipeline folder's model_index.json (what can be known before loading), {} if it has none."""
+    try:
+        return json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_numbers(args) -> None:
+    """Numbers a command can refuse before loading anything."""
+    for flag in ("frames", "height", "width", "steps"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} must be at least 1, got {value}")
+    guidance = getattr(args, "guidance_scale", None)
+    if guidance is not None and not (math.isfinite(guidance) and guidance > 0):
+        raise ValueError(f"--guidance-scale must be a positive number, got {guidance}")
+    seed = getattr(args, "seed", 0)
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"--seed must fit in 64 bits, got {seed}")
+
+
+class GenerationFailed(RuntimeError):
+    """A run that failed after writing frames: the message says where they are."""
+
+
 def cmd_generate(args) -> int:
-    import torch
+    from .prompts import MAX_PROMPT_CHARS, check_prompt_length, shorten
+    from .signals import Stopped, StopSignals
+    from .video_io import Mp4StreamWriter, check_output_path
 
-    from .video_io import Mp4StreamWriter
-
+    # Everything that can be refused without the model is refused before it loads: numbers, the schedule, prompt
+    # lengths (the limit is in model_index.json) and the output path.
+    _check_numbers(args)
     schedule = _schedule(args)
-    pipe = open_pipeline(args.pipeline, args.device, args.dtype)
-    generator = torch.Generator(pipe.transformer.device).manual_seed(args.seed)
-    stream = pipe.stream(
-        schedule=schedule, num_frames=args.frames, cache=args.cache, switch=args.switch, height=args.height,
-        width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance_scale, generator=generator,
-        image=args.init_image, video=args.init_video,
-    )
+    folder = find_pipeline(args.pipeline)
+    config = _pipeline_config(folder)
+    limit = int(config.get("max_prompt_chars", MAX_PROMPT_CHARS))
+    for i, segment in enumerate(schedule.segments):
+        check_prompt_length(segment.prompt, limit, "--prompt" if args.prompt is not None else f"{args.prompts}: "
+                                                                                              f"segment {i}'s prompt")
+    height, width = args.height or config.get("height") or 0, args.width or config.get("width") or 0
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    # Each chunk is on disk before the next is generated: killing the process leaves a playable file.
-    with Mp4StreamWriter(out, fps=pipe.config.fps) as writer:
-        for chunk in stream:
-            frames = chunk.frames[0]
-            writer.write(frames)
-            written += len(frames)
-            print(
-                f"chunk {chunk.index}: latent frames {chunk.latent_start}-{chunk.latent_start + chunk.latents.shape[2] - 1}"
-                f", {written} video frames written | {chunk.prompt}",
-                file=sys.stderr, flush=True,
-            )
-    print(f"wrote {out} ({written} frames, {pipe.config.fps:g} fps)")
+    partial = check_output_path(out, estimated_bytes=args.frames * height * width * 3 // 8)  # ~1/8 of raw RGB
+    with StopSignals() as stops:
+        import torch
+
+        pipe = open_pipeline(folder, args.device, args.dtype)
+        generator = torch.Generator(pipe.transformer.device).manual_seed(args.seed)
+        stream = pipe.stream(
+            schedule=schedule, num_frames=args.frames, cache=args.cache, switch=args.switch, height=args.height,
+            width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+            generator=generator, image=args.init_image, video=args.init_video,
+        )
+        # Frames go to out.mp4.partial, each chunk on disk before the next is generated (a killed run leaves it
+        # playable, and an earlier out.mp4 whole); it replaces out.mp4 when the run ends as asked or is stopped.
+        writer = Mp4StreamWriter(partial, fps=pipe.config.fps)
+        try:
+            for chunk in stream:
+                frames = chunk.frames[0]
+                with stops.deferred():  # a Ctrl-C lands between chunks, never inside a frame
+                    writer.write(frames)
+                last = chunk.latent_start + chunk.latents.shape[2] - 1
+                print(f"chunk {chunk.index}: latent frames {chunk.latent_start}-{last}, {writer.frames_written} "
+                      f"video frames written | {shorten(chunk.prompt)}", file=sys.stderr, flush=True)
+        except Stopped as stop:
+            kept = _finish(writer, partial, out, stops)
+            print(f"stopped: {kept} frames kept in {out if kept else partial}", file=sys.stderr)
+            return stop.exit_code
+        except Exception as err:  # NaN output, a full disk, ffmpeg gone: keep what is decodable, say where
+            raise GenerationFailed(f"{_failure(err, partial)}; {_salvage(writer, partial, out, stops)}") from err
+        kept = _finish(writer, partial, out, stops)
+    print(f"wrote {out} ({kept} frames, {pipe.config.fps:g} fps)")
     return 0
 
 
+def _finish(writer, partial: Path, out: Path, stops) -> int:
+    """Close the video and move it onto ``out`` (atomically: ``out`` is the old or the new video, never half);
+    the number of frames it holds."""
+    with stops.ignored():
+        try:
+            writer.close()
+        except Exception as err:
+            raise GenerationFailed(f"{_failure(err, partial)}; {_salvage(writer, partial, out, stops)}") from err
+        if writer.frames_written:
+            os.replace(partial, out)
+    return writer.frames_written
+
+
+def _salvage(writer, partial: Path, out: Path, stops) -> str:
+    """After a failure: cut ``partial`` after its last whole frame and say how many frames it keeps; ``out`` (an
+    earlier video, if any) is left as it was."""
+    from .video_io import mp4_complete_prefix
+
+    with stops.ignored():
+        try:
+            writer.close()
+        except Exception:
+            pass  # the failure being reported is the one that matters
+        if not partial.is_file():
+            return "no frames were written"
+        with open(partial, "r+b") as f:
+            end, frames = mp4_complete_prefix(f)
+            f.truncate(end)
+    earlier = f"; {out} is unchanged" if out.exists() else ""
+    return f"{frames} decodable frames kept in {partial}{earlier}"
+
+
+def _failure(err: BaseException, partial: Path) -> str:
+    from .video_io import FfmpegError
+
+    return f"writing {partial} failed ({err.reason})" if isinstance(err, FfmpegError) else _one_line(err)
+
+
+def _one_line(err: BaseException, limit: int = 1000) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 def cmd_info(args) -> int:
+    _check_numbers(args)
     pipe = open_pipeline(args.pipeline)
     t = pipe.transformer
     height, width = args.height or pipe.config.height, args.width or pipe.config.width
@@ -96,6 +188,10 @@ def cmd_info(args) -> int:
     width_ = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width_}}  {value}")
+    try:  # the threshold at which generate refuses the stream
+        pipe.check_memory(preset, pipe.num_latent_frames(args.frames), height, width)
+    except ValueError as err:
+        print(f"warning: {err}", file=sys.stderr)
     return 0
 
 
@@ -234,17 +330,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        import torch
+    """Run a command; every failure is one ``error:`` line on stderr (2: bad input, 1: a failure while running),
+    Ctrl-C / SIGTERM one ``stopped`` line (exit 130 / 143), never a traceback."""
+    from .signals import Stopped
 
-        torch.set_num_threads(args.threads)
+    args = build_parser().parse_args(argv)
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         with quiet_loading(not args.verbose):
             return args.func(args)
-    except ValueError as err:  # bad input: one clear line, no traceback
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    except Stopped as stop:
+        print(f"stopped ({stop})", file=sys.stderr)
+        return stop.exit_code
+    except ValueError as err:  # bad input
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError, MemoryError) as err:  # failed while running: loading, writing, the model
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

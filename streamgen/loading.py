@@ -17,4 +17,23 @@ def open_pipeline(folder: str | Path | None = None, device: str = "cpu", dtype: 
 
     from .pipeline import load_pipeline
 
-    return load_pipeline(find_pipeline(folder), device, getattr(torch, DTYPES[dtype]))
+    folder = find_pipeline(folder)
+    check_device(device)
+    return load_pipeline(folder, device, getattr(torch, DTYPES[dtype]))
+
+
+def check_device(device: str) -> None:
+    """ValueError, before anything loads, if ``device`` is not a torch device this machine has."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cpu":
+        return
+    count = {"cuda": torch.cuda.device_count, "mps": lambda: int(torch.backends.mps.is_available())}.get(dev.type)
+    if count is None:
+        raise ValueError(f"--device {device!r}: streamgen runs on cpu, cuda or mps")
+    if count() <= (dev.index or 0):
+        raise ValueError(f"--device {device!r}: this machine has {count()} {dev.type} device(s)")

@@ -34,12 +34,25 @@ from .cache.presets import CachePreset, load_preset
 from .decoding import encode_video, streaming_decoder_for, to_uint8_frames
 from .engine import StreamEngine
 from .models.causal_wan import CausalWanTransformer3DModel, PromptKV
+from .prompts import MAX_PROMPT_CHARS, check_prompt_length
 from .sampling import PREDICTION_TYPES, EulerSampler, FewStepSampler
 from .schedule import PlannedSegment, Schedule
 from .transitions import TRANSITIONS, Transition
+from .weights import check_finite_weights, check_weight_files
 
 # An open-ended stream plans its schedule over a horizon no real stream reaches (nothing is allocated for it).
 OPEN_ENDED_LATENT_FRAMES = 2**40
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (free GPU memory, or available RAM), None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    return None
 
 
 @dataclass
@@ -65,9 +78,17 @@ class StreamingVideoPipelineOutput(BaseOutput):
     frames: np.ndarray | torch.Tensor
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN / inf latents: the stream stops instead of decoding them into a black video."""
+
+
 class VideoStream:
     """An iterator over the chunks of one live stream. Each stream owns its cache, RNG and schedule, so several
     streams of one pipeline never see each other's frames. :meth:`switch` changes the prompt before the next chunk.
+
+    A stream has one consumer: iterating it from a second thread while a chunk is being generated raises
+    RuntimeError at once (two consumers would interleave chunks through one cache). :meth:`switch` may be called
+    from any thread.
     """
 
     def __init__(
@@ -96,6 +117,9 @@ class VideoStream:
         self._chunks = 0
         self._context = context  # encoded init image / video, consumed before the first chunk
         self.context_frames = 0 if context is None else context.shape[2]
+        self.scenes = 0  # scenes played so far: the first prompt starts scene 0, each switch one more
+        self._consumer = threading.Lock()  # held while a chunk is generated; a second consumer fails at once
+        self._failed: BaseException | None = None
 
     @property
     def latent_frame(self) -> int:
@@ -113,24 +137,57 @@ class VideoStream:
         engine = self.engine
         return engine.cache.nbytes + engine.history.latents.nbytes + sum(m.nbytes for m in engine.mechanisms)
 
+    @property
+    def finished(self) -> bool:
+        """True once every requested frame is generated (never for an open-ended stream) or the stream failed."""
+        done = self.num_latent_frames is not None and self._generated_frames() >= self.num_latent_frames
+        return done or self._failed is not None
+
+    def _generated_frames(self) -> int:
+        return self.engine.frame - self.context_frames if self._context is None else 0
+
     def switch(self, prompt: str, mode: str = "smooth", scene: int | None = None) -> None:
         """Play ``prompt`` from the next chunk on, entering it with transition ``mode`` (smooth | cut | recall).
-        A recall may name the ``scene`` it brings back (scenes count from 0, one more at every switch); otherwise a
-        scene-remembering cache preset picks the earlier scene whose prompt matches best. The switch happens even to
-        the prompt already playing: a cut to it restarts the scene. Of several calls before the next chunk, the
-        last one counts."""
+        A recall may name the ``scene`` it brings back (scenes count from 0, one more at every switch; it must have
+        been played already); otherwise a scene-remembering cache preset picks the earlier scene whose prompt matches
+        best. The switch happens even to the prompt already playing: a cut to it restarts the scene. Of several
+        calls before the next chunk, the last one counts. A finished stream has no next chunk: switching it raises.
+        """
         if mode not in TRANSITIONS:
             raise ValueError(f"transition mode must be one of {TRANSITIONS}, got {mode!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("switch() needs a non-empty prompt")
-        if scene is not None and (mode != "recall" or not isinstance(scene, int) or scene < 0):
+        check_prompt_length(prompt, self.pipe.config.max_prompt_chars, "switch() prompt")
+        if scene is not None and (mode != "recall" or isinstance(scene, bool) or not isinstance(scene, int)
+                                  or scene < 0):
             raise ValueError(f"scene= names the scene a recall brings back (an id >= 0), got {scene!r} with {mode!r}")
+        if scene is not None and scene >= max(self.scenes, 1):
+            raise ValueError(f"scene {scene} has not been played: this stream has played scene(s) 0-"
+                             f"{max(self.scenes, 1) - 1}")
+        if self.finished:
+            raise RuntimeError(f"this stream has ended ({self._chunks} chunks): there is no next chunk to switch; "
+                               "start a new stream")
         self._pending = (prompt, mode, scene)
 
     def __iter__(self) -> Iterator[StreamChunk]:
         return self
 
     def __next__(self) -> StreamChunk:
+        if not self._consumer.acquire(blocking=False):
+            raise RuntimeError("this stream is already being iterated from another thread: a stream has one "
+                               "consumer (start another with pipe.stream() for a second one)")
+        try:
+            if self._failed is not None:
+                raise self._failed
+            try:
+                return self._next_chunk()
+            except NonFiniteOutputError as err:
+                self._failed = err
+                raise
+        finally:
+            self._consumer.release()
+
+    def _next_chunk(self) -> StreamChunk:
         if self._context is not None:  # the first prompt also encodes the init picture / clip
             self._apply_prompt_changes(0)
             self._continue_from(self._context)
@@ -145,6 +202,12 @@ class VideoStream:
         size = min(size, self._frames_to_next_switch(start))
         noise = self._noise(start, size)
         x0 = self.engine.generate_chunk(noise)
+        if not torch.isfinite(x0).all():  # broken weights or inputs: say so instead of decoding a black video
+            bad = int((~torch.isfinite(x0)).sum())
+            raise NonFiniteOutputError(
+                f"chunk {self._chunks}: the model produced {bad:,} NaN/inf values of {x0.numel():,} latents; the "
+                "stream stops (check the weights, dtype and inputs)"
+            )
         chunk = StreamChunk(self._chunks, self.engine.frame - size, x0, self.decoder.decode(x0), self.prompt)
         self._chunks += 1
         if self.callback_on_chunk_end is not None:
@@ -177,8 +240,11 @@ class VideoStream:
         prompt_kv = self.pipe.prompt_kv(prompt, self.engine.cache.k.shape[1])
         # Transition(...).value: str() of a schedule's Transition member is "Transition.CUT", not its mode name.
         mode = Transition(transition).value
+        switching = self.engine.prompt_kv is not None and self.engine.frame > 0
         self.engine.set_prompt(prompt_kv, mode, prompt=prompt, recall_scene=recall_scene)
         self.prompt = prompt
+        if switching or self.scenes == 0:
+            self.scenes += 1
 
     def _frames_to_next_switch(self, start: int) -> int:
         # The schedule already puts switches on chunk boundaries; this only matters for a short first segment.
@@ -214,7 +280,11 @@ class StreamingVideoPipeline(DiffusionPipeline):
     checkpoints); cache presets with ``rope_range: auto`` keep their indices inside it. ``prediction_type``: what the
     transformer outputs, ``"flow"`` (v = noise - x0: Wan and every release) or ``"sample"`` (x0, as the embedded
     ShapeWorld model: its 8x8 patches hold more values than its width, and a flow output would have to carry the
-    noise of the dimensions it cannot see).
+    noise of the dimensions it cannot see). ``max_prompt_chars``: longer prompts are refused before tokenizing
+    (:mod:`streamgen.prompts`).
+
+    Loading checks the weights: a weight file that is truncated, empty or would run code is refused before loading,
+    a NaN / inf or absurd (|w| > 1e4) weight after it, each naming the file or tensor (:mod:`streamgen.weights`).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -241,6 +311,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         rope_range: int = 21,
         prediction_type: str = "flow",
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -264,9 +335,25 @@ class StreamingVideoPipeline(DiffusionPipeline):
             guidance_scale=guidance_scale,
             rope_range=rope_range,
             prediction_type=prediction_type,
+            max_prompt_chars=max_prompt_chars,
         )
         self._prompt_kv: dict[tuple[str, int], PromptKV] = {}
         self._prompt_kv_lock = threading.Lock()  # streams of one pipeline may run in several threads (the demo)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained``, with the weight files of a local folder checked before loading and the
+        transformer's and VAE's weights checked for NaN / inf / absurd values after it."""
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir():
+            check_weight_files(folder)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        for name in ("transformer", "vae"):  # a broken text encoder shows as a non-finite output at the first chunk
+            module = getattr(pipe, name, None)
+            if isinstance(module, torch.nn.Module):
+                files = sorted((folder / name).glob("*.safetensors")) if folder.is_dir() else []
+                check_finite_weights(module, files[0] if len(files) == 1 else folder / name)
+        return pipe
 
     def cache_preset(self, cache: str | CachePreset | None = None) -> CachePreset:
         """The cache preset ``cache`` (name, YAML path or preset; None: the pipeline's default) on this checkpoint:
@@ -294,6 +381,40 @@ class StreamingVideoPipeline(DiffusionPipeline):
         t = self.vae_scale_factor_temporal
         return num_latent_frames if t == 1 else 1 + t * (num_latent_frames - 1)
 
+    def max_size(self) -> int:
+        """The largest height / width in pixels: the transformer's ``rope_max_seq_len`` patches per axis (the
+        positions a Wan config declares), times the pixels of one patch."""
+        patch = self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
+        return int(self.transformer.config.rope_max_seq_len) * patch
+
+    def stream_memory_bytes(self, preset: CachePreset, num_latent_frames: int | None, height: int, width: int,
+                            batch_size: int = 1) -> int:
+        """Bytes a stream allocates up front: the KV cache of ``preset`` (sized for ``num_latent_frames`` when it
+        keeps the whole stream) and the clean-latent history, for frames of ``height`` x ``width`` pixels."""
+        t = self.transformer
+        spatial = self.vae_scale_factor_spatial
+        h, w = height // spatial, width // spatial
+        slots = preset.layout(num_latent_frames if preset.needs_stream_length else None).num_slots
+        kv = 2 * len(t.blocks) * batch_size * slots * t.tokens_per_frame(h, w) * t.num_heads * t.head_dim
+        history = batch_size * self.latent_channels * slots * h * w
+        return kv * t.dtype.itemsize + history * 4
+
+    def check_memory(self, preset: CachePreset, num_latent_frames: int | None, height: int, width: int,
+                     batch_size: int = 1) -> int:
+        """The stream's up-front bytes (:meth:`stream_memory_bytes`); ValueError naming the preset, the bytes and the
+        memory available when they do not fit (checked before anything is allocated)."""
+        needed = self.stream_memory_bytes(preset, num_latent_frames, height, width, batch_size)
+        free = available_memory(self.transformer.device)
+        if free is not None and needed > free:
+            frames = f"{num_latent_frames:,} latent frames" if preset.needs_stream_length else "its window"
+            raise ValueError(
+                f"cache preset {preset.name!r} for {frames} at {height}x{width} (batch {batch_size}) needs "
+                f"{needed:,} bytes ({needed / 2**30:,.1f} GiB) of KV cache and latent history, more than the "
+                f"{free:,} bytes ({free / 2**30:,.1f} GiB) of memory available on {self.transformer.device}; use "
+                "fewer frames, a smaller size or a rolling preset"
+            )
+        return needed
+
     def default_size(self) -> tuple[int, int]:
         """(height, width) in pixels from the pipeline config."""
         if self.config.height is None or self.config.width is None:
@@ -305,6 +426,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
     def encode_prompt(self, prompt: str | list[str], batch_size: int = 1) -> torch.Tensor:
         """Text encoder states [B, max_sequence_length, text_dim], zero past each prompt's end (as WanPipeline)."""
         prompts = [prompt] * batch_size if isinstance(prompt, str) else list(prompt)
+        for text in prompts:  # before the tokenizer reads a huge string whole
+            check_prompt_length(text, self.config.get("max_prompt_chars", MAX_PROMPT_CHARS))
         tokenizer, text_encoder = self.text_components()
         max_len = self.config.max_sequence_length
         tokens = tokenizer(
@@ -350,6 +473,12 @@ class StreamingVideoPipeline(DiffusionPipeline):
             raise ValueError(f"`prompt` must be a non-empty string, got {prompt!r}")
         if schedule is not None and not isinstance(schedule, Schedule):
             raise ValueError(f"`schedule` must be a streamgen.schedule.Schedule, got {type(schedule).__name__}")
+        limit = self.config.max_prompt_chars
+        check_prompt_length(prompt, limit, "`prompt`")
+        for i, segment in enumerate(schedule.segments if schedule is not None else ()):
+            check_prompt_length(segment.prompt, limit, f"the schedule's segment {i} prompt")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
         if num_frames is not None:
             if not isinstance(num_frames, int) or num_frames < 1:
                 raise ValueError(f"`num_frames` must be a positive int, got {num_frames!r}")
@@ -357,9 +486,15 @@ class StreamingVideoPipeline(DiffusionPipeline):
             if t > 1 and (num_frames - 1) % t:
                 raise ValueError(f"`num_frames - 1` must be divisible by {t} for this VAE, got num_frames={num_frames}")
         multiple = self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
+        largest = self.max_size()
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0 or value % multiple:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
                 raise ValueError(f"`{name}` must be a positive multiple of {multiple}, got {value!r}")
+            if value > largest:
+                raise ValueError(
+                    f"`{name}` {value} is more than this model's largest size, {largest} (rope_max_seq_len "
+                    f"{self.transformer.config.rope_max_seq_len} patches x {multiple} pixels)"
+                )
         if preset.needs_stream_length and num_frames is None:
             raise ValueError(f"cache preset {preset.name!r} keeps the whole stream, so `num_frames` is required")
         if latents is not None:
@@ -419,6 +554,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         preset = self.cache_preset(cache)
         self.check_inputs(prompt, schedule, num_frames, height, width, latents, preset, batch_size)
         num_latent = self.num_latent_frames(num_frames) if num_frames is not None else None
+        self.check_memory(preset, num_latent, height, width, batch_size)
         if schedule is None:
             schedule = Schedule.single(prompt)
         plan = schedule.plan(

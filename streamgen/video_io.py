@@ -24,16 +24,32 @@ How (and why it works):
 
 from __future__ import annotations
 
+import io
 import numbers
 import os
+import re
+import shutil
+import stat
+import struct
 import subprocess
 import tempfile
 import threading
 from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["Mp4StreamWriter", "read_video"]
+__all__ = ["FfmpegError", "Mp4StreamWriter", "check_output_path", "mp4_complete_prefix", "partial_path", "read_video"]
+
+
+class FfmpegError(RuntimeError):
+    """ffmpeg failed while writing; ``reason`` is the last line of its log (e.g. "Error closing file: No space left
+    on device"), the message holds the whole log."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _ffmpeg_exe() -> str:
@@ -174,9 +190,12 @@ class Mp4StreamWriter:
         self._log.seek(0)
         return self._log.read().decode(errors="replace").strip()
 
-    def _failed(self, what: str) -> RuntimeError:
+    def _failed(self, what: str) -> FfmpegError:
         code = self._proc.poll() if self._proc is not None else None
-        return RuntimeError(f"Mp4StreamWriter({self.path!r}): {what} (ffmpeg exit code {code}):\n{self._ffmpeg_log()}")
+        log = self._ffmpeg_log()
+        lines = [re.sub(r"^(\[[^]]*\] *)+", "", line).strip() for line in log.splitlines()]
+        reason = next((line for line in reversed(lines) if line and not line.startswith("Last message")), what)
+        return FfmpegError(f"Mp4StreamWriter({self.path!r}): {what} (ffmpeg exit code {code}):\n{log}", reason)
 
     def _check_frames(self, frames) -> np.ndarray:
         name = "Mp4StreamWriter.write"
@@ -278,6 +297,85 @@ class Mp4StreamWriter:
                 proc.stdin.close()
             except Exception:
                 pass
+
+
+def mp4_complete_prefix(data: bytes | BinaryIO) -> tuple[int, int]:
+    """``(length, fragments)``: the longest prefix of a fragmented mp4 (bytes, or a binary file read by its box
+    headers only) made of whole top-level boxes that ends after a whole ``moof`` + ``mdat`` fragment (or right after
+    ``moov`` if no fragment is complete yet), and how many fragments it holds. ``(0, 0)`` if there is no whole
+    ``moov``.
+
+    :class:`Mp4StreamWriter` writes fragmented mp4 (one fragment per frame) that plays up to its last complete
+    fragment; a copy taken while ffmpeg is writing, or a file cut off by a full disk, may end inside a box.
+    """
+    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    total = f.seek(0, io.SEEK_END)
+    offset, good, fragments, good_fragments = 0, 0, 0, 0
+    seen_moov = in_fragment = False
+    while offset + 8 <= total:
+        f.seek(offset)
+        head = f.read(16)
+        size, kind = struct.unpack(">I4s", head[:8])
+        header = 8
+        if size == 1:
+            if offset + 16 > total:
+                break
+            size = struct.unpack(">Q", head[8:16])[0]
+            header = 16
+        if size == 0 or size < header or offset + size > total:
+            break  # open-ended or cut short
+        offset += size
+        if kind == b"moov":
+            seen_moov = True
+        elif kind == b"moof":
+            in_fragment = True
+            continue
+        elif kind == b"mdat" and in_fragment:
+            in_fragment = False
+            fragments += 1
+        if seen_moov and not in_fragment:
+            good, good_fragments = offset, fragments
+    return good, good_fragments
+
+
+# ---- an output that never destroys an earlier video -----------------------------------------------------------------
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where a video bound for ``path`` is written until its run ends: ``out.mp4.partial`` beside it (the same
+    folder, so the final rename is atomic)."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def check_output_path(path: str | os.PathLike, estimated_bytes: int = 0) -> Path:
+    """Make sure a video can be written at ``path`` before any work starts (its folder is created, and a probe
+    file written there and removed); returns its :func:`partial_path`. ValueError, one line, if ``path`` is a folder
+    or not a regular file (``/dev/full``), its folder cannot be made or written (a file in the way, a read-only file
+    system, permissions), or its file system has less than ``estimated_bytes`` free."""
+    path = Path(path)
+    partial = partial_path(path)
+    for target in (path, partial):
+        if target.is_dir():
+            raise ValueError(f"--out {path}: {target} is a folder; give a file name such as {target / 'out.mp4'}")
+        if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+            raise ValueError(f"--out {path}: {target} exists and is not a regular file (a device, pipe or socket)")
+    blocker = next((a for a in partial.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"--out {path}: {blocker} is a file, not a folder")
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".streamgen-probe-", dir=partial.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        where = err.filename or partial.parent
+        raise ValueError(f"--out {path}: cannot write there ({err.strerror or err}: {where})") from None
+    free = shutil.disk_usage(partial.parent).free
+    if free < estimated_bytes:
+        raise ValueError(f"--out {path}: {free:,} bytes free in {partial.parent}, the video needs about "
+                         f"{estimated_bytes:,}")
+    return partial
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:

@@ -55,25 +55,60 @@ def test_bench_speed_writes_every_metric(tmp_path, capsys):
     assert result["overhead_ratio"] >= 1.0
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_gone(pid: int, timeout: float = 120.0) -> None:
+    """Wait for a process that is not our child to exit (zombies count as exited); the deadline holds on a loaded
+    machine and a passing test never reaches it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still running {timeout} s after its parent was killed")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_killing_generate_leaves_a_playable_mp4_with_every_finished_chunk(tmp_path):
+    """A rerun to the same --out killed with SIGKILL: the earlier video is untouched, and out.mp4.partial plays
+    with every chunk the run reported."""
     out = tmp_path / "killed.mp4"
+    assert main(["generate", "--pipeline", str(TINY), "--prompt", "a blue square", "--frames", "9", "--out", str(out)]) == 0
+    earlier = out.read_bytes()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamgen.cli", "generate", "--pipeline", str(TINY), "--prompt", "a red circle",
          "--frames", "3000", "--out", str(out)],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     chunks, finished = 0, 0
-    deadline = time.time() + 120
-    while chunks < 4 and time.time() < deadline:
-        line = proc.stderr.readline()
+    for line in proc.stderr:  # ends at the 4th chunk, or at EOF if the run died (then the asserts below say so)
         if line.startswith("chunk "):
             chunks += 1
             finished = int(line.split(",")[1].split()[0])  # "N video frames written"
+            if chunks == 4:
+                break
+    ffmpeg = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(1.0)  # the ffmpeg child drains its pipe and closes the file
-    assert finished >= 4 * 3
-    assert len(read_video(out)) >= finished
+    for pid in ffmpeg:
+        _wait_gone(pid)  # ffmpeg drains its pipe and finishes the file after its parent is gone
+    assert finished >= 4 * 3 and ffmpeg
+    assert out.read_bytes() == earlier
+    assert len(read_video(tmp_path / "killed.mp4.partial")) >= finished
 
 
 COMMANDS = ("generate", "demo", "info", "bench", "convert", "train")

@@ -17,6 +17,9 @@ from streamgen.video_io import Mp4StreamWriter, read_video
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 4  # frames per write() in these tests
+# Deadlines hold on a loaded 2-core machine (a child's imports alone can take seconds there); a passing test never
+# waits for them: each wait ends on the event it waits for (a line, an exit, frames on disk).
+DEADLINE = 120.0
 
 
 def make_frames(start: int, count: int, height: int = 32, width: int = 32) -> np.ndarray:
@@ -148,7 +151,7 @@ def test_file_is_playable_while_writing(tmp_path):
         for i in range(3):
             writer.write(make_frames(i * CHUNK, CHUNK))
             expected = (i + 1) * CHUNK - 1
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + DEADLINE
             while (n := _frames_on_disk(path)) < expected and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert expected <= n <= (i + 1) * CHUNK
@@ -201,7 +204,7 @@ def _spawn_writer(path: Path, pause: float) -> subprocess.Popen:
     )
 
 
-def _read_until(proc: subprocess.Popen, wanted: str, timeout: float = 20.0) -> tuple[int, int]:
+def _read_until(proc: subprocess.Popen, wanted: str, timeout: float = DEADLINE) -> tuple[int, int]:
     """Read the child's lines until ``wanted``; return (ffmpeg pid, chunks written)."""
     deadline = time.monotonic() + timeout
     ffmpeg_pid, written = None, 0
@@ -217,7 +220,7 @@ def _read_until(proc: subprocess.Popen, wanted: str, timeout: float = 20.0) -> t
     return ffmpeg_pid, written
 
 
-def _wait_gone(pid: int, timeout: float = 15.0) -> None:
+def _wait_gone(pid: int, timeout: float = DEADLINE) -> None:
     """Wait for a process that is not our child (ffmpeg, orphaned) to exit. Zombies count as exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -245,7 +248,7 @@ def test_sigkill_keeps_every_written_frame(tmp_path):
         # SIGKILL to the writer's whole process group (as a job runner or `kill -9 -PGID` would): ffmpeg, in its own
         # session, must survive it and then finish the file by itself.
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.wait(timeout=DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -270,7 +273,7 @@ def test_ctrl_c_does_not_reach_ffmpeg(tmp_path):
         ffmpeg_pid, _ = _read_until(proc, "wrote 2")
         assert os.getpgid(ffmpeg_pid) != os.getpgid(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=15)  # KeyboardInterrupt -> writer.close() -> traceback, non-zero exit
+        proc.wait(timeout=DEADLINE)  # KeyboardInterrupt -> writer.close() -> traceback, non-zero exit
     finally:
         if proc.poll() is None:
             proc.kill()

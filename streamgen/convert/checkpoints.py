@@ -1,6 +1,6 @@
 """Reading checkpoint files safely and picking the generator's weights out of each project's checkpoint dict.
 
-Files are read only with ``torch.load(path, map_location="cpu", weights_only=True)`` (memory-mapped when the file
+Files are read only with :func:`streamgen.safe_load.torch_load` (``weights_only=True``; memory-mapped when the file
 is in the zip format) or with safetensors: a checkpoint never runs code on load.
 
 Which entry of a training checkpoint holds the generator is each format's ``weight_entries``
@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..safe_load import UnsafeFileError, torch_load
 from .errors import ConversionError, either, listing
 from .formats import FORMATS, CheckpointFormat
 
@@ -93,15 +94,10 @@ def read_file(path: str | Path, what: str = "checkpoint") -> Any:
             f"{magic!r}); if it should be one, it is corrupted: download it again"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors, ...
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if unsafe:
-            raise ConversionError(
-                f"the {what} {path} stores Python objects other than tensors ({unsafe.group(1)}), and streamgen only "
-                f"loads checkpoints with weights_only=True, which refuses them (unpickling arbitrary objects can run "
-                f"code); re-save the state dict alone with torch.save or safetensors"
-            ) from None
+        return torch_load(path, mmap=mmap)
+    except UnsafeFileError as err:
+        raise ConversionError(f"{what}: {err}") from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, zip errors, ...
         reason = _short(err)
         raise ConversionError(
             f"the {what} {path} cannot be read as a PyTorch checkpoint ({reason}); it is truncated or corrupted: "

@@ -12,10 +12,11 @@ Wire it into the ``streamgen`` parser with::
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 
-__all__ = ["INSTALL_HINT", "cmd_demo", "register_cli"]
+__all__ = ["INSTALL_HINT", "check_port", "cmd_demo", "register_cli"]
 
 INSTALL_HINT = (
     "the demo needs gradio, an optional extra: install it with\n"
@@ -33,7 +34,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--concurrency", type=int, default=2, help="streams generating at once (default 2)")
+    p.add_argument("--concurrency", type=int,
+                   help="streams generating at once (default: --max-sessions, a worker per session, so that no "
+                        "session waits for another's run to end)")
     p.add_argument("--queue-size", type=int, default=16, help="events waiting for a worker, at most (default 16)")
     p.add_argument("--max-sessions", type=int, default=8, help="browser sessions holding a stream (default 8)")
     p.add_argument("--max-frames-per-run", type=int, default=960,
@@ -44,7 +47,33 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _port_busy(host: str, port: int) -> str:
+    return f"port {port} on {host} is already in use: pass another --port (e.g. --port {port + 1 if port < 65535 else 7861})"
+
+
+def check_port(host: str, port: int) -> None:
+    """ValueError naming ``--port`` / ``--host`` if the demo could not listen there (gradio's own error names its
+    environment variable and ``launch()`` argument instead). Binds as gradio does (SO_REUSEADDR), then lets go."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be 1-65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"--host {host!r}: not an address of this machine ({err})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ValueError(_port_busy(host, port)) from None
+            raise ValueError(f"--host {host} --port {port}: cannot listen there ({err.strerror})") from None
+
+
 def cmd_demo(args) -> int:
+    check_port(args.host, args.port)  # before loading anything: a busy port is the commonest first-run failure
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -67,6 +96,8 @@ def cmd_demo(args) -> int:
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         launch_demo(demo, args.host, args.port)  # blocks until Ctrl-C
+    except OSError as err:  # the port was taken between the check and gradio's bind
+        raise ValueError(f"{_port_busy(args.host, args.port)} ({err.strerror or 'gradio could not bind it'})") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         registry.close_all()  # finish every session's mp4 and remove its temp folder

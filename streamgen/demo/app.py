@@ -19,6 +19,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402  (a gradio dependency; gr.LinePlot takes a DataFrame)
 
 from ..cache.presets import available_presets  # noqa: E402
+from ..prompts import shorten  # noqa: E402
 from ..transitions import TRANSITIONS  # noqa: E402
 from .session import DemoLimits, DemoSession, SessionRegistry, SessionsFull, frame_data_uri  # noqa: E402
 
@@ -53,7 +54,7 @@ def _stats_html(session: DemoSession | None) -> str:
         latency = f"{r['last_latency_ms']:.1f} ms" if r["last_latency_ms"] is not None else "-"
         rows = [
             ("state", r["state"]),
-            ("prompt", r["prompt"]),
+            ("prompt", shorten(r["prompt"])),  # the stats go out with every frame: never the whole prompt
             ("cache preset / seed", f"{r['preset']} / {r['seed']}"),
             ("chunks / frames", f"{r['chunks']} / {r['frames']}"),
             ("display FPS", f"{r['display_fps']:.1f}"),
@@ -63,7 +64,7 @@ def _stats_html(session: DemoSession | None) -> str:
             ("last chunk latency", latency),
         ]
         if r["pending_switch"]:
-            rows.append(("switching to", f"{r['pending_switch'][0]} ({r['pending_switch'][1]}), next chunk"))
+            rows.append(("switching to", f"{shorten(r['pending_switch'][0])} ({r['pending_switch'][1]}), next chunk"))
     body = "".join(
         f'<tr><th>{html.escape(k)}</th><td data-key="{html.escape(k)}">{html.escape(str(v))}</td></tr>' for k, v in rows
     )
@@ -77,10 +78,12 @@ def _latency_frame(session: DemoSession | None) -> pd.DataFrame:
     return pd.DataFrame(data, columns=PLOT_COLUMNS)
 
 
-def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int = 2, queue_size: int = 16):
-    """The Blocks app and its session registry. ``concurrency`` streams generate at once (the rest wait in a queue
-    of at most ``queue_size`` events); quick controls (stop, switch, save) bypass the queue."""
+def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | None = None, queue_size: int = 16):
+    """The Blocks app and its session registry. ``concurrency`` streams generate at once (default: one worker per
+    session, ``limits.max_sessions``, so a session never waits for another's run to end; the rest wait in a queue of
+    at most ``queue_size`` events); quick controls (stop, switch, save) bypass the queue."""
     limits = limits or DemoLimits()
+    concurrency = concurrency or limits.max_sessions
     registry = SessionRegistry(pipe, limits)
     presets = available_presets()
     default_preset = pipe.config.default_cache if pipe.config.default_cache in presets else presets[0]
@@ -125,7 +128,7 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int = 2, 
             if session is None:
                 raise ValueError("no stream yet: press Start first")
             session.switch(prompt, mode)
-        except ValueError as err:
+        except (ValueError, RuntimeError) as err:  # a bad prompt, or a stream that has ended
             raise gr.Error(str(err)) from None
         return _stats_html(session)
 
@@ -159,7 +162,8 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int = 2, 
                     x_title="chunk", y_title="ms", height=220, elem_id="sg-plot",
                 )
             with gr.Column(scale=2):
-                prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", lines=2, elem_id="sg-prompt")
+                prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", lines=2, elem_id="sg-prompt",
+                                    max_length=pipe.config.max_prompt_chars)
                 with gr.Row():
                     preset = gr.Dropdown(presets, value=default_preset, label="cache preset", elem_id="sg-preset")
                     seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="sg-seed")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import itertools
 import shutil
-import struct
 import tempfile
 import threading
 import time
@@ -31,7 +30,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..video_io import Mp4StreamWriter
+from ..prompts import check_prompt_length
+from ..video_io import Mp4StreamWriter, mp4_complete_prefix
 
 __all__ = ["DemoLimits", "DemoSession", "FrameUpdate", "SessionRegistry", "SessionsFull", "frame_data_uri",
            "mp4_complete_prefix"]
@@ -112,40 +112,6 @@ def frame_data_uri(frame: np.ndarray, display_size: int = 384) -> str:
     return f"data:{mime};base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def mp4_complete_prefix(data: bytes) -> tuple[int, int]:
-    """``(length, fragments)``: the longest prefix of a fragmented mp4 made of whole top-level boxes that ends after
-    a whole ``moof`` + ``mdat`` fragment (or right after ``moov`` if no fragment is complete yet), and how many
-    fragments it holds. ``(0, 0)`` if there is no whole ``moov``.
-
-    :class:`Mp4StreamWriter` writes fragmented mp4 (one fragment per frame) that plays up to its last complete
-    fragment; a copy taken while ffmpeg is writing may end inside a box, so the demo cuts it here.
-    """
-    offset, good, fragments, good_fragments = 0, 0, 0, 0
-    seen_moov = in_fragment = False
-    while offset + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
-        header = 8
-        if size == 1:
-            if offset + 16 > len(data):
-                break
-            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
-            header = 16
-        if size == 0 or size < header or offset + size > len(data):
-            break  # open-ended or cut short
-        offset += size
-        if kind == b"moov":
-            seen_moov = True
-        elif kind == b"moof":
-            in_fragment = True
-            continue
-        elif kind == b"mdat" and in_fragment:
-            in_fragment = False
-            fragments += 1
-        if seen_moov and not in_fragment:
-            good, good_fragments = offset, fragments
-    return good, good_fragments
-
-
 class DemoSession:
     """The stream, mp4 and temp folder of one browser session."""
 
@@ -183,6 +149,7 @@ class DemoSession:
 
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("enter a prompt first")
+        check_prompt_length(prompt, self.pipe.config.max_prompt_chars)  # a browser can send more than the box takes
         if preset not in available_presets():  # names only: a browser must not point us at files
             raise ValueError(f"unknown cache preset {preset!r}; choose one of {available_presets()}")
         self._run_token = None
@@ -206,6 +173,7 @@ class DemoSession:
         """Switch the running stream to ``prompt`` from its next chunk on (``stream.switch``)."""
         if self.stream is None:
             raise ValueError("no stream yet: press Start first")
+        check_prompt_length(prompt, self.pipe.config.max_prompt_chars)
         self.stream.switch(prompt.strip() if isinstance(prompt, str) else prompt, mode)
         self.pending_switch = (prompt.strip(), mode)
         self.touch()

@@ -67,6 +67,9 @@ def parse_schedule_text(text: str, format: str = "auto", *,
     return schedules
 
 
+MAX_SCHEDULE_BYTES = 16 * 2**20
+
+
 def load_schedules(path_or_text: str | os.PathLike | bytes, *, format: str = "auto",
                    switch_frame_indices: Sequence[int] | None = None) -> list[Schedule]:
     """Load schedules from a file, or from raw text (str) or file contents (bytes).
@@ -82,9 +85,13 @@ def load_schedules(path_or_text: str | os.PathLike | bytes, *, format: str = "au
     elif isinstance(path_or_text, os.PathLike) or _looks_like_path(path_or_text):
         source = os.fspath(path_or_text)
         try:
-            data = Path(source).read_bytes()
+            with open(source, "rb") as f:
+                data = f.read(MAX_SCHEDULE_BYTES + 1)  # bounded: /dev/zero or a stray video never fills memory
         except OSError as e:
             raise ScheduleError(f"cannot read the file: {e.strerror or e}", source=source) from None
+        if len(data) > MAX_SCHEDULE_BYTES:
+            raise ScheduleError(f"the file holds more than {MAX_SCHEDULE_BYTES:,} bytes: not a prompt schedule",
+                                source=source)
         text = _decode(data, source)
         if format == "auto":
             format = _FORMAT_OF_SUFFIX.get(Path(source).suffix.lower(), "auto")
