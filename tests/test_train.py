@@ -75,17 +75,89 @@ def test_cli_parses():
     assert parser.parse_args(["train", "--config", "c.yaml"]).resume is False
 
 
+def _a_state() -> dict:
+    """A training state with every kind of value the trainer's holds."""
+    import random
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.95))
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    return {"step": 7, "model": model.state_dict(), "ema": {"decay": 0.999, "updates": 7, "shadow": {"w": torch.ones(2)}},
+            "optimizer": optimizer.state_dict(), "scheduler": {"lr_lambdas": [None], "_last_lr": [1e-3]},
+            "generator": torch.Generator().manual_seed(3).get_state(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "config": {"seed": 0, "name": "x"}}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def test_a_training_state_is_safetensors_plus_json_and_loads_back_exactly(tmp_path):
+    from safetensors import safe_open
+
+    from streamgen.train.checkpoint import load_state, save_state
+
+    state = _a_state()
+    save_state(state, tmp_path / "state.safetensors")
+    loaded = load_state(tmp_path / "state.safetensors")
+    assert _same(state, loaded)  # tuples stay tuples, int keys stay ints, numpy's RNG key stays uint32
+    with safe_open(str(tmp_path / "state.safetensors"), "pt") as f:
+        assert "optimizer/state/0/exp_avg" in f.keys() and '"step": 7' in f.metadata()["state"]
+    assert not (tmp_path / "state.safetensors.tmp").exists()
+
+
+def test_a_legacy_state_pt_loads_through_an_allow_list_and_a_code_running_one_is_refused(tmp_path):
+    import os
+
+    from streamgen.safe_load import REFUSED
+    from streamgen.train.checkpoint import load_state
+
+    state = _a_state()
+    torch.save(state, tmp_path / "state.pt")  # what the trainer wrote before state.safetensors
+    assert _same(state, load_state(tmp_path / "state.pt"))
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    for proto in (2, 4):
+        torch.save({**state, "config": Payload()}, tmp_path / "evil.pt", pickle_protocol=proto)
+        with pytest.raises(ValueError, match=REFUSED + r".*evil.pt: its pickle calls posix.system"):
+            load_state(tmp_path / "evil.pt")
+    assert not (tmp_path / "ran").exists()
+    (tmp_path / "junk.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a readable training state"):
+        load_state(tmp_path / "junk.pt")
+
+
 def test_resume_from_a_committed_state_file(tmp_path):
     from streamgen.train.cli import _seed_checkpoint
+    from streamgen.train.checkpoint import save_state
 
-    state = tmp_path / "state.pt"
-    state.write_bytes(b"x")
-    _seed_checkpoint(state, tmp_path / "run")
-    assert (tmp_path / "run" / "checkpoint" / "state.pt").read_bytes() == b"x"
+    legacy, new = tmp_path / "state.pt", tmp_path / "state.safetensors"
+    torch.save(_a_state(), legacy)
+    save_state(_a_state(), new)
+    _seed_checkpoint(legacy, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoint" / "state.pt").read_bytes() == legacy.read_bytes()
+    _seed_checkpoint(new, tmp_path / "run2")
+    assert (tmp_path / "run2" / "checkpoint" / "state.safetensors").read_bytes() == new.read_bytes()
     with pytest.raises(SystemExit, match="already holds a checkpoint"):
-        _seed_checkpoint(state, tmp_path / "run")
+        _seed_checkpoint(new, tmp_path / "run")
     with pytest.raises(SystemExit, match="no such checkpoint"):
         _seed_checkpoint(tmp_path / "missing.pt", tmp_path / "other")
+    (tmp_path / "junk.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a readable training state"):
+        _seed_checkpoint(tmp_path / "junk.pt", tmp_path / "run3")
+    assert not (tmp_path / "run3").exists()  # nothing written for a refused file
 
 
 def test_noise_scheme_is_high_and_context_clean():
@@ -130,21 +202,33 @@ def test_train_log_checkpoint_resume_identical(tmp_path, text):
     straight.run()
     first = Trainer(tiny(tmp_path / "b"), text=text)
     first.run(until=2)  # "interrupted" after step 2 (its checkpoint)
-    assert (tmp_path / "b" / "checkpoint" / "state.pt").is_file()
+    state = tmp_path / "b" / "checkpoint" / "state.safetensors"
+    assert state.is_file() and not (tmp_path / "b" / "checkpoint" / "state.pt").exists()
     with pytest.raises(ValueError, match="--resume"):
         Trainer(tiny(tmp_path / "b"), text=text)
-    resumed = Trainer(tiny(tmp_path / "b"), resume=True, text=text)
-    assert resumed.step == 2
-    resumed.run()
-    a, b = log(tmp_path / "a"), log(tmp_path / "b")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
-    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bit-identical loss sequence across the resume
-    assert {"step", "loss", "lr", "sigma_bins", "seconds_per_step"} <= set(a[0])
-    for key, value in straight.ema.shadow.items():
-        assert torch.equal(value, resumed.ema.shadow[key]), key  # identical EMA weights
-    for (k, p), q in zip(straight.transformer.state_dict().items(), resumed.transformer.state_dict().values()):
-        assert torch.equal(p, q), k
-    assert resumed.step == 4 and (tmp_path / "b" / "pipeline" / "model_index.json").is_file()
+    # The same state as a legacy state.pt (torch.save of the dict, as trainers before safetensors wrote it).
+    from streamgen.train.checkpoint import load_state
+    from streamgen.train.cli import _seed_checkpoint
+
+    torch.save(load_state(state), tmp_path / "legacy.pt")
+    _seed_checkpoint(tmp_path / "legacy.pt", tmp_path / "c")
+    for run in ("b", "c"):
+        resumed = Trainer(tiny(tmp_path / run), resume=True, text=text)
+        assert resumed.step == 2
+        resumed.run()
+        a, b = log(tmp_path / "a"), log(tmp_path / run)
+        a = a[-len(b):]  # run c was seeded from a state file: its log starts after it
+        assert [r["step"] for r in a] == [r["step"] for r in b] == ([1, 2, 3, 4] if run == "b" else [3, 4])
+        assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bit-identical loss sequence across the resume
+        assert {"step", "loss", "lr", "sigma_bins", "seconds_per_step"} <= set(a[0])
+        for key, value in straight.ema.shadow.items():
+            assert torch.equal(value, resumed.ema.shadow[key]), key  # identical EMA weights
+        for (k, p), q in zip(straight.transformer.state_dict().items(), resumed.transformer.state_dict().values()):
+            assert torch.equal(p, q), k
+        assert resumed.step == 4 and (tmp_path / run / "pipeline" / "model_index.json").is_file()
+    # Resuming a legacy state writes the new format in its place.
+    assert (tmp_path / "c" / "checkpoint" / "state.safetensors").is_file()
+    assert not (tmp_path / "c" / "checkpoint" / "state.pt").exists()
 
 
 def test_exported_pipeline_loads_and_generates(tmp_path, text):
@@ -165,6 +249,24 @@ def test_exported_pipeline_loads_and_generates(tmp_path, text):
     # the EMA weights are what was exported
     for name, p in pipe.transformer.named_parameters():
         assert torch.equal(p, trainer.ema.shadow[name]), name
+
+
+def test_init_starts_a_fresh_run_from_a_pipelines_weights(tmp_path, text):
+    """--init PIPELINE: model and EMA start from the pipeline's transformer, step 0; another architecture is refused
+    in one line naming the mismatch."""
+    first = Trainer(tiny(tmp_path / "a", max_steps=2), text=text)
+    first.run()
+    exported = {k: v.clone() for k, v in first.ema.shadow.items()}
+    second = Trainer(tiny(tmp_path / "b"), text=text, init=tmp_path / "a" / "pipeline")
+    assert second.step == 0
+    for name, p in second.transformer.named_parameters():
+        assert torch.equal(p, exported[name]) and torch.equal(second.ema.shadow[name], exported[name]), name
+    second.run(until=1)
+    assert log(tmp_path / "b")[0]["step"] == 1
+    with pytest.raises(ValueError, match=r"--init .*does not match this config's model"):
+        Trainer(tiny(tmp_path / "c", model=dict(num_layers=3)), text=text, init=tmp_path / "a" / "pipeline")
+    with pytest.raises(ValueError, match=r"no transformer/\*.safetensors"):
+        Trainer(tiny(tmp_path / "d"), text=text, init=tmp_path)
 
 
 def test_folder_of_videos(tmp_path, text):
@@ -216,13 +318,15 @@ def test_report_sums_compute_across_resumes_and_tables_the_evals(tmp_path):
     from streamgen.train.report import markdown, plot, summarize
 
     records = [{"step": 50, "loss": 1.5, "seconds_per_step": 2.0}, {"step": 100, "loss": 0.5, "seconds_per_step": 1.0},
-               {"step": 120, "loss": 0.4, "seconds_per_step": 1.5}]  # a resume after step 100: a 20-step window
+               {"step": 120, "loss": 0.4, "seconds_per_step": 1.5},  # a resume after step 100: a 20-step window
+               {"step": 220, "loss": 0.3, "seconds_per_step": 0.25, "device": "cuda"}]  # a phase on another machine
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     acc = {"background": 1.0, "color": 0.5, "shape": 0.25, "direction": 0.0, "speed": 0.125}
     (tmp_path / "eval.jsonl").write_text(json.dumps({"step": 100, "single_accuracy": acc}) + "\n")
     (tmp_path / "config.json").write_text(json.dumps({"batch_size": 8, "torch_threads": 2}))
     summary = summarize(tmp_path)
-    assert summary["train_seconds"] == 50 * 2.0 + 50 * 1.0 + 20 * 1.5 and summary["steps"] == 120
+    assert summary["seconds_per_device"] == {"cpu": 50 * 2.0 + 50 * 1.0 + 20 * 1.5, "cuda": 100 * 0.25}
+    assert summary["train_seconds"] == 180 + 25 and summary["steps"] == 220
     table = markdown(summary)
-    assert "120 steps of batch 8" in table and "| 100 | 100.0% | 50.0% | 25.0% | 0.0% | 12.5% |" in table
+    assert "220 steps (batch 8, 2 threads in the config) in 0.05 h on cpu + 0.01 h on cuda" in table and "| 100 | 100.0% | 50.0% | 25.0% | 0.0% | 12.5% |" in table
     assert [p.name for p in plot(summary, tmp_path / "plots")] == ["loss.png", "eval.png"]

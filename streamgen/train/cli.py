@@ -1,4 +1,4 @@
-"""``streamgen train --config FILE [--out DIR] [--max-steps N] [--resume [STATE]]``."""
+"""``streamgen train --config FILE [--out DIR] [--max-steps N] [--resume [STATE] | --init PIPELINE]``."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ from pathlib import Path
 
 
 def _seed_checkpoint(state: Path, out: Path) -> None:
+    """Copy the state file ``state`` (new or legacy format, checked to load safely first) into ``out``'s fresh
+    checkpoint folder."""
+    from .checkpoint import find_state, load_state, state_file_name
     from .trainer import CHECKPOINT
 
     if not state.is_file():
         raise SystemExit(f"--resume {state}: no such checkpoint file")
-    target = out / CHECKPOINT / "state.pt"
-    if target.is_file():
+    if find_state(out / CHECKPOINT) is not None:
         raise SystemExit(f"--resume {state}: {out} already holds a checkpoint; pass --resume alone, or another --out")
+    load_state(state)  # a file that is not a training state, or would run code, is refused before anything is written
+    target = out / CHECKPOINT / state_file_name(state)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(state, target)
 
@@ -27,9 +31,11 @@ def cmd_train(args) -> int:
         config.output_dir = args.out
     if args.max_steps is not None:
         config.max_steps = args.max_steps
-    if isinstance(args.resume, str):  # a committed state file (e.g. checkpoints/shapeworld-tiny/state.pt)
+    if isinstance(args.resume, str):  # a state file from elsewhere (another run, another machine)
         _seed_checkpoint(Path(args.resume), Path(config.output_dir))
-    out = train(config, resume=bool(args.resume))
+    if args.init and args.resume:
+        raise SystemExit("--init and --resume exclude each other: --resume continues a checkpoint, --init starts anew")
+    out = train(config, resume=bool(args.resume), init=args.init)
     print(f"trained to step {config.max_steps}: {out} (pipeline: {out / 'pipeline'})")
     return 0
 
@@ -45,6 +51,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--out", help="output folder (overrides output_dir): log, checkpoint, exported pipeline")
     p.add_argument("--max-steps", type=int, help="override max_steps (also the length of the LR schedule)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="STATE",
-                   help="continue from the output folder's latest checkpoint, or from STATE (a state.pt, e.g. the "
-                        "committed checkpoints/shapeworld-tiny/state.pt) copied into a fresh output folder")
+                   help="continue from the output folder's latest checkpoint, or from STATE (a state.safetensors or a "
+                        "legacy state.pt) copied into a fresh "
+                        "output folder")
+    p.add_argument("--init", metavar="PIPELINE",
+                   help="start from a pipeline folder's transformer weights (model and EMA), with a fresh optimizer "
+                        "and LR schedule: fine-tune the embedded model (streamgen/pipelines/shapeworld-tiny)")
     p.set_defaults(func=cmd_train)

@@ -25,14 +25,17 @@ def summarize(run: str | Path) -> dict:
     if not log:
         raise ValueError(f"{run}: no log.jsonl (pass a training output folder or a pipeline's training/ folder)")
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-    seconds, previous = 0.0, 0
+    per_device: dict[str, float] = {}
+    previous = 0
     for record in log:  # each record covers the steps since the previous one (a resume restarts the window)
-        seconds += record["seconds_per_step"] * (record["step"] - previous)
+        device = record.get("device") or config.get("device") or "cpu"  # phases on another machine name theirs
+        per_device[device] = per_device.get(device, 0.0) + record["seconds_per_step"] * (record["step"] - previous)
         previous = record["step"]
     return {
         "steps": log[-1]["step"],
-        "train_seconds": seconds,
-        "device": config.get("device") or "cpu",
+        "train_seconds": sum(per_device.values()),
+        "seconds_per_device": per_device,
+        "device": " + ".join(per_device),
         "threads": config.get("torch_threads"),
         "batch_size": config.get("batch_size"),
         "loss_first": log[0]["loss"],
@@ -43,11 +46,11 @@ def summarize(run: str | Path) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    hours = summary["train_seconds"] / 3600
     threads = f", {summary['threads']} threads" if summary["threads"] else ""
+    spent = " + ".join(f"{seconds / 3600:.2f} h on {device}" for device, seconds in summary["seconds_per_device"].items())
     lines = [
-        f"{summary['steps']:,} steps of batch {summary['batch_size']} in {hours:.2f} h of training on "
-        f"{summary['device']}{threads} (evals excluded); loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}",
+        f"{summary['steps']:,} steps (batch {summary['batch_size']}{threads} in the config) in {spent} (evals "
+        f"excluded); loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}",
         "",
         "| step | " + " | ".join(ATTRIBUTES) + " |",
         "| --- |" + " --- |" * len(ATTRIBUTES),

@@ -37,6 +37,7 @@ from ..sampling import shift_sigma
 from .config import TrainConfig
 from .data import CaptionEncoder, ClipSource
 from . import teacher_forcing
+from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, find_state, load_state, save_state
 from .positions import StreamPositions
 
 SIGMA_BINS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0001)
@@ -158,12 +159,19 @@ class EMA:
                 p.copy_(self.shadow[k].to(p.dtype))
         return model
 
+    def to(self, device) -> "EMA":
+        """Keep the shadow beside the parameters (an update mixing devices fails; a CPU shadow of a GPU model would
+        copy every parameter across each step)."""
+        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
+        return self
+
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+        return {"decay": self.decay, "updates": self.updates, "shadow": {k: v.cpu() for k, v in self.shadow.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.decay, self.updates = state["decay"], state["updates"]
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+        device = next(iter(self.shadow.values())).device if self.shadow else "cpu"
+        self.shadow = {k: v.to(device, copy=True) for k, v in state["shadow"].items()}
 
 
 def lr_factor(step: int, optim, max_steps: int) -> float:
@@ -179,7 +187,7 @@ def lr_factor(step: int, optim, max_steps: int) -> float:
 class Trainer:
     """``Trainer(config).run()`` trains, logs, checkpoints, evaluates and exports into ``config.output_dir``."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, text=None):
+    def __init__(self, config: TrainConfig, resume: bool = False, text=None, init: str | Path | None = None):
         from accelerate import Accelerator
 
         from ..text_encoders import load_packaged_text_encoder
@@ -190,8 +198,8 @@ class Trainer:
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         acc = self.accelerator
-        ckpt = self.out / CHECKPOINT / "state.pt"
-        if ckpt.is_file() and not resume:
+        ckpt = find_state(self.out / CHECKPOINT)
+        if ckpt is not None and not resume:
             raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it, or another --out")
 
         torch.manual_seed(config.seed)
@@ -202,6 +210,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(self.module.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, o, config.max_steps))
         self.model, self.optimizer, self.scheduler = acc.prepare(self.module, optimizer, scheduler)
+        self.ema.to(acc.device)
 
         self.tokenizer, self.text_encoder = text if text is not None else load_packaged_text_encoder(config.text.package)
         self.text_encoder.to(acc.device)
@@ -210,8 +219,10 @@ class Trainer:
         self.data = ClipSource(config)
         self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + acc.process_index)
         self.step = 0
-        if resume and ckpt.is_file():
+        if resume and ckpt is not None:
             self._load(ckpt)
+        elif init is not None:
+            self._init_from(Path(init))
         self.params = sum(p.numel() for p in self.transformer.parameters())
         self.stream_positions, self.teacher = None, None
         pos = config.positions
@@ -492,10 +503,11 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Overwrite OUT/checkpoint/state.pt atomically: model, EMA, optimizer, LR schedule, step, RNG states."""
+        """Overwrite OUT/checkpoint/state.safetensors atomically: model, EMA, optimizer, LR schedule, step, RNG
+        states (:mod:`streamgen.train.checkpoint`: no pickle). A legacy state.pt it supersedes is removed."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        path = self.out / CHECKPOINT / "state.pt"
+        path = self.out / CHECKPOINT / STATE_FILE
         if acc.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
             state = {
@@ -510,14 +522,13 @@ class Trainer:
                 "python_rng": random.getstate(),
                 "config": self.config.to_dict(),
             }
-            tmp = path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, path)
+            save_state(state, path)
+            (path.parent / LEGACY_STATE_FILE).unlink(missing_ok=True)  # older than the file just written
         acc.wait_for_everyone()
         return path
 
     def _load(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_state(path)
         self.accelerator.unwrap_model(self.model).transformer.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -530,6 +541,27 @@ class Trainer:
         random.setstate(state["python_rng"])
         self.step = int(state["step"])
 
+    def _init_from(self, folder: Path) -> None:
+        """Start model and EMA from the transformer weights of a pipeline ``folder`` (a fine-tune, or a model whose
+        optimizer state was not kept); optimizer, LR schedule and step start fresh."""
+        from safetensors.torch import load_file
+
+        files = sorted((folder / "transformer").glob("*.safetensors"))
+        if not files:
+            raise ValueError(f"--init {folder}: no transformer/*.safetensors (a pipeline folder is expected)")
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            weights.update(load_file(str(f)))
+        model = self.accelerator.unwrap_model(self.model).transformer
+        own = model.state_dict()
+        wrong = sorted(set(own) ^ set(weights)) + [k for k in own if k in weights and own[k].shape != weights[k].shape]
+        if wrong:
+            raise ValueError(f"--init {folder}: its transformer does not match this config's model "
+                             f"({len(wrong)} tensors differ, e.g. {wrong[0]!r})")
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+        self.ema.shadow = {k: p.detach().float().clone() for k, p in model.named_parameters()}
+        self.ema.updates = 10**6  # the weights are already an average: the EMA runs at its full decay from step 0
+
     def _truncate_log(self, path: Path) -> None:
         """Drop records past the checkpoint's step (written after it by an interrupted run)."""
         if not path.is_file():
@@ -538,6 +570,7 @@ class Trainer:
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Train with ``config`` (resuming from ``config.output_dir``'s checkpoint if ``resume``); the output folder."""
-    return Trainer(config, resume=resume).run()
+def train(config: TrainConfig, resume: bool = False, init: str | Path | None = None) -> Path:
+    """Train with ``config`` (resuming from ``config.output_dir``'s checkpoint if ``resume``, else starting from the
+    pipeline folder ``init`` if given); the output folder."""
+    return Trainer(config, resume=resume, init=init).run()
