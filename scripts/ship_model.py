@@ -2,15 +2,20 @@
 
 Copies RUN/pipeline (the EMA weights the trainer exported) to streamgen/pipelines/NAME (package data: wheels carry
 it), the run's config, loss log and eval log to streamgen/pipelines/NAME/training/ (the provenance the README
-reports), and RUN/checkpoint/state.pt to
-checkpoints/NAME/state.pt, overwriting the previous one, so a later session continues the same run with
-``streamgen train --config ... --resume checkpoints/NAME/state.pt``.
+reports), and the run's training state (RUN/checkpoint/state.safetensors, or a legacy state.pt) to checkpoints/NAME/,
+replacing the previous one, so a later session continues the same run with
+``streamgen train --config ... --resume checkpoints/NAME/state.safetensors`` (or ``state.pt``). A run without a
+training state (one finished on another machine, whose optimizer state did not come back) ships none, and the
+previous one is removed (it belongs to other weights): continue it with ``streamgen train --init
+streamgen/pipelines/NAME``.
 """
 
 import argparse
 import json
 import shutil
 from pathlib import Path
+
+from streamgen.train.checkpoint import LEGACY_STATE_FILE, STATE_FILE, find_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,16 +37,19 @@ if args.default_cache:
     index["default_cache"] = args.default_cache
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 (tmp / "training").mkdir()
-for name in ("config.json", "log.jsonl", "eval.jsonl"):
+for name in ("config.json", "log.jsonl", "eval.jsonl", "phases.json"):
     if (args.run / name).is_file():
         shutil.copyfile(args.run / name, tmp / "training" / name)
 shutil.rmtree(dest, ignore_errors=True)
 tmp.rename(dest)
 
-state = args.run / "checkpoint" / "state.pt"
-if state.is_file():
-    (ROOT / "checkpoints" / args.name).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(state, ROOT / "checkpoints" / args.name / "state.pt")
+shipped = ROOT / "checkpoints" / args.name
+state = find_state(args.run / "checkpoint")  # state.safetensors, or a legacy state.pt
+for old in (STATE_FILE, LEGACY_STATE_FILE):  # at most one state file per checkpoint folder: the shipped weights' own
+    (shipped / old).unlink(missing_ok=True)
+if state is not None:
+    shipped.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(state, shipped / state.name)
 
-for path in sorted(p for p in [*dest.rglob("*"), ROOT / "checkpoints" / args.name / "state.pt"] if p.is_file()):
+for path in sorted(p for p in [*dest.rglob("*"), *shipped.glob("state.*")] if p.is_file()):
     print(f"{path.stat().st_size:>10,}  {path.relative_to(ROOT)}")

@@ -41,9 +41,10 @@ def readouts():
     return out
 
 
-# Of SCENES, what today's weights get right (README: shape, direction and speed are not learned yet, so they are
-# not guarded); raise these as training continues.
-MIN_RIGHT = {"background": 8, "color": 6}
+# Of SCENES, what today's weights get right (8, 8, 2, 0 and 2 of 8 for background, colour, shape, direction and
+# speed at 8,125 steps; docs/embedded-model.md: shape, direction and speed are not learned well enough to guard);
+# raise these as training continues.
+MIN_RIGHT = {"background": 8, "color": 7}
 
 
 @pytest.mark.parametrize("attribute", sorted(MIN_RIGHT))
