@@ -197,11 +197,14 @@ class StreamEngine:
             self.history.push(run[0], clean)
         self.context.frame += len(frames)
 
-    def reencode(self, frames: list[int], in_place: bool = False) -> None:
+    def reencode(self, frames: list[int], in_place: bool = False, joint: bool = False) -> None:
         """Rewrite the K/V of already generated ``frames`` from their clean latents under the current prompt: placed
-        into the cache as new frames are, or (``in_place``) in the slots of whatever region holds them now."""
-        for start in range(0, len(frames), self.chunk_frames):
-            run = frames[start : start + self.chunk_frames]
+        into the cache as new frames are, or (``in_place``) in the slots of whatever region holds them now. Chunk by
+        chunk, each attending to the chunks before it; ``joint``: in one pass, every frame attending to all of them
+        (LongLive's re-cache, whose KV-cache attention applies no mask)."""
+        step = len(frames) if joint else self.chunk_frames
+        runs = [frames[start : start + step] for start in range(0, len(frames), max(step, 1))]
+        for run in runs:
             rotary = self._begin(run, in_place)
             self._forward(self.history.get(run), self.sampler.context_timestep, rotary)
 

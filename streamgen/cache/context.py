@@ -20,9 +20,10 @@ class StreamContext:
     """One stream's cache and mechanisms, and how far it has played. The engine owns and updates it; mechanisms
     read it and call ``reencode`` and the cache's methods, and never assign to it.
 
-    ``reencode(frames, in_place=False)`` rewrites the K/V of already generated latent ``frames`` from their clean
-    latents under the current prompt, chunk by chunk: placed into the cache as new frames are, or (``in_place``) in
-    the slots of whatever region holds them now, while they attend to everything held.
+    ``reencode(frames, in_place=False, joint=False)`` rewrites the K/V of already generated latent ``frames`` from
+    their clean latents under the current prompt, chunk by chunk (``joint``: in one pass, the frames attending to each
+    other both ways): placed into the cache as new frames are, or (``in_place``) in the slots of whatever region
+    holds them now, while they attend to everything held.
     """
 
     cache: KVCache

@@ -25,7 +25,8 @@ def strip_timing(result: dict) -> dict:
 
 def relative_speed(runs: dict[str, dict]) -> tuple[str | None, dict[str, float]]:
     """(baseline, {run: long-suite generation FPS / the baseline's}): the cache mechanisms' overhead. The baseline
-    is ``rolling`` if it ran, else ``longlive`` (the same cache), else the first run with a long suite."""
+    is ``rolling`` if it ran, else ``longlive`` (the same regions; only its switch differs), else the first run with a
+    long suite."""
     fps = {name: r.get("timing", {}).get("long", {}).get("generation_fps") for name, r in runs.items()
            if r.get("source") == "pipeline"}
     fps = {name: value for name, value in fps.items() if value}
