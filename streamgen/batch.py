@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--cache", help="cache preset (default: the pipeline's)")
     parser.add_argument("--switch-frame-indices", type=int_list)
-    parser.add_argument("--seed", type=int, default=0, help="seed of schedules that carry none (plus their index)")
+    parser.add_argument("--seed", type=int, help="seed every video with SEED + its index, over the file's own seeds "
+                        "(default: a line's own seed, as the releases do, else its index)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
     parser.add_argument("-v", "--verbose", action="store_true", help="show diffusers' / transformers' loading bars")
     args = parser.parse_args(argv)
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = list(enumerate(schedules))[state.process_index :: state.num_processes]
     for index, schedule in mine:
-        seed = schedule.seed if schedule.seed is not None else args.seed + index
+        if args.seed is not None:
+            seed = args.seed + index
+        else:
+            seed = schedule.seed if schedule.seed is not None else index
         generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
         path = out_dir / f"{index:04d}.mp4"
         with Mp4StreamWriter(path, fps=pipe.config.fps) as writer:

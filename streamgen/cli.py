@@ -61,7 +61,7 @@ def _check_numbers(args) -> None:
     guidance = getattr(args, "guidance_scale", None)
     if guidance is not None and not (math.isfinite(guidance) and guidance > 0):
         raise ValueError(f"--guidance-scale must be a positive number, got {guidance}")
-    seed = getattr(args, "seed", 0)
+    seed = getattr(args, "seed", None) or 0
     if not -(2**63) <= seed < 2**64:
         raise ValueError(f"--seed must fit in 64 bits, got {seed}")
 
@@ -92,7 +92,9 @@ def cmd_generate(args) -> int:
         import torch
 
         pipe = open_pipeline(folder, args.device, args.dtype)
-        generator = torch.Generator(pipe.transformer.device).manual_seed(args.seed)
+        # --seed wins; else the schedule's own (a JSONL line's "seed"), else 0. It seeds the stream once.
+        seed = args.seed if args.seed is not None else schedule.seed if schedule.seed is not None else 0
+        generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
         stream = pipe.stream(
             schedule=schedule, num_frames=args.frames, cache=args.cache, switch=args.switch, height=args.height,
             width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
@@ -273,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "to the mp4 as soon as it is generated.")
     common(gen, 48)
     gen.add_argument("--prompt", help="one prompt for the whole video")
-    gen.add_argument("--prompts", help="schedule file: .yaml/.json, LongLive .jsonl or Echo-Forcing .txt")
+    gen.add_argument("--prompts", help="schedule file: .yaml/.json, LongLive .jsonl, or .txt (Echo-Forcing lines, or "
+                     "one plain prompt per line)")
     gen.add_argument("--index", type=int, default=0, help="which schedule of a multi-line file (default 0)")
     gen.add_argument("--switch-frame-indices", type=int_list,
                      help="LongLive JSONL switch points in latent frames, comma-separated")
@@ -282,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, help="Euler sampler steps (default: the pipeline's sampler)")
     gen.add_argument("--guidance-scale", type=float,
                      help="classifier-free guidance scale (default: the pipeline's; 1 = off)")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=int, help="seeds the video once (default: the schedule's own seed, e.g. a JSONL "
+                     "line's \"seed\", else 0; --seed wins over it)")
     gen.add_argument("--init-image", help="continue this picture: it becomes the stream's first frame(s) of context")
     gen.add_argument("--init-video", help="continue this clip (read with decord, resized/cropped to the model size)")
     gen.add_argument("--device", default="cpu")

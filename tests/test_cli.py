@@ -174,3 +174,18 @@ def test_pipeline_takes_a_folder_or_a_shipped_name(tmp_path, capsys):
     assert main(["info", "--pipeline", "no-such-pipeline"]) == 2
     error = capsys.readouterr().err
     assert "'no-such-pipeline' is neither a folder nor a shipped pipeline; shipped: shapeworld-tiny" in error
+
+
+def test_a_jsonl_lines_seed_plays_only_where_no_seed_flag_is_given(tmp_path):
+    line = tmp_path / "line.jsonl"
+    line.write_text('{"prompts": ["a red circle"], "seed": 5}\n')
+
+    def video(*flags):
+        out = tmp_path / f"v{len(list(tmp_path.glob('*.mp4')))}.mp4"
+        prompts = ["--prompts", str(line)] if flags[:1] != ("--prompt",) else []
+        assert main(["generate", "--pipeline", str(TINY), *prompts, "--frames", "3", "--out", str(out), *flags]) == 0
+        return read_video(out)
+
+    from_line, flag_5, flag_1 = video(), video("--seed", "5"), video("--seed", "1")
+    assert (from_line == flag_5).all() and not (from_line == flag_1).all()
+    assert (video("--prompt", "a red circle") == video("--prompt", "a red circle", "--seed", "0")).all()

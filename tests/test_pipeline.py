@@ -268,3 +268,13 @@ def test_an_x0_predicting_model_is_sampled_through_its_implied_flow(pipe):
     assert not torch.allclose(flow, sample)
     with pytest.raises(ValueError, match="prediction_type"):
         StreamingVideoPipeline(None, None, pipe.transformer, pipe.vae, pipe.scheduler, prediction_type="epsilon")
+
+
+def test_a_schedule_seed_seeds_the_stream_once_and_noise_is_drawn_on(pipe):
+    """As the releases do (set_seed once per line): the second segment's first chunk does not replay the first's
+    noise, and the stream is the one a generator seeded once gives."""
+    segments = (Segment("a red circle", 3, "latent_frames"), Segment("a blue square", None, "latent_frames"))
+    seeded = [c.latents for c in pipe.stream(schedule=Schedule(segments, seed=7), num_frames=6)]
+    once = [c.latents for c in pipe.stream(schedule=Schedule(segments), num_frames=6,
+                                           generator=torch.Generator().manual_seed(7))]
+    assert all(torch.equal(a, b) for a, b in zip(seeded, once))

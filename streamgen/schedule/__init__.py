@@ -13,7 +13,8 @@ Data model (:mod:`.model`)
 Formats (all parsers return list[Schedule]; JSONL and Echo files hold one video per line)
     yaml / json   the native format, one schedule per file (:mod:`.native`)
     jsonl         LongLive / Anchor Forcing: {"prompts": [...], "seed": N} per line (:mod:`.longlive`)
-    echo          Echo-Forcing: "scene A [10s#] | scene B [5s@] | scene A [10s]" per line (:mod:`.echo`)
+    echo          Echo-Forcing: "scene A [10s#] | scene B [5s@] | scene A [10s]" per line, and plain prompt
+                  lists (a .txt line without a duration marker is one prompt) (:mod:`.echo`)
     YAML and JSON are read into positioned trees first (:mod:`.trees`); :mod:`.load` picks the format.
 
 Errors (:mod:`.errors`)

@@ -2,10 +2,14 @@
 
   {"prompts": ["p1", "p2", "p3"], "seed": 7, "switch_frame_indices": [40, 80]}
 
-"seed" and "switch_frame_indices" are optional; the switch indices (latent frames, one fewer
-than prompts, strictly increasing, > 0) may instead be passed to the parser for every line
-(a line's own key wins). Prompt i starts at switch_frame_indices[i - 1]; the last one runs to
-the end; all transitions are smooth.
+"seed", "num" and "switch_frame_indices" are optional; the switch indices (latent frames, one
+fewer than prompts, strictly increasing, > 0) may instead be passed to the parser for every line
+(a line's own key wins). Prompt i starts at the first chunk at or after switch_frame_indices[i - 1]
+and plays at least one chunk (LongLive's loop switches at most once per chunk); the last one runs
+to the end; all transitions are smooth. "seed" seeds the line's video once, at its start (the
+releases call set_seed once per line and draw noise on). "num" is Anchor Forcing's sample counter
+(its release skips num // 8 samples drawn from the seed first); it is accepted and checked, not
+replayed: that skip depends on the release's own noise draws.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from .errors import ScheduleError, show
 from .model import Schedule, Segment, is_int
 from .trees import JsonReader, Node, error_at, mapping_fields, moved_to, scalar_field
 
-_LONGLIVE_KEYS = ("prompts", "seed", "switch_frame_indices")
+_LONGLIVE_KEYS = ("prompts", "seed", "num", "switch_frame_indices")
 
 
 def _check_switch_indices(items: Sequence[tuple[Any, Node | None]], what: str) -> list[int]:
@@ -83,8 +87,11 @@ def _schedule_from_longlive(root: Node, default_indices: list[int] | None) -> Sc
         for i, node in enumerate(prompts.value)
     ]
     seed = scalar_field(fields, "seed")
+    num = scalar_field(fields, "num")
+    if num is not None and (not is_int(num) or num < 0):
+        raise error_at(f"'num' must be a non-negative integer, got {show(num)}", fields["num"])
     try:
-        return Schedule(tuple(segments), seed=seed)
+        return Schedule(tuple(segments), seed=seed, timing="longlive")
     except ScheduleError as e:
         if e.field == "prompt":
             node = prompts.value[e.segment]

@@ -22,6 +22,12 @@ UNITS: tuple[str, ...] = ("frames", "seconds", "latent_frames")
 # after the singular ("start_second: 3"). Error messages use the same names.
 START_KEYS: dict[str, str] = {"frames": "start_frame", "seconds": "start_second",
                               "latent_frames": "start_latent_frame"}
+# Whose switch timing plan() follows: ours (each start rounded up to the next chunk boundary), Echo-Forcing's (each
+# scene lasts its seconds in whole chunks, rounded down, at least one) or LongLive's (ours, but at most one switch
+# per chunk, so every prompt plays at least one chunk).
+TIMINGS: tuple[str, ...] = ("streamgen", "echo-forcing", "longlive")
+# Echo-Forcing's configs/interactive.yaml, scene_prompt.default_blocks_per_scene: a scene without a duration.
+ECHO_DEFAULT_SCENE_CHUNKS = 21
 
 
 @dataclass(frozen=True)
@@ -107,12 +113,17 @@ class Schedule:
     segments  the prompts in playing order (any sequence is stored as a tuple)
     seed      default seed for every segment
     fps       video frame rate used to turn seconds into frames; overrides plan()'s argument
+    timing    whose switch timing plan() follows, one of TIMINGS (a release's files keep their release's)
     source    the file it came from (not part of equality)
+
+    The seed seeds the stream once, at its start, and its noise is drawn on from there (as the releases do); a
+    segment's own seed reseeds the stream where that segment starts.
     """
 
     segments: tuple[Segment, ...]
     seed: int | None = None
     fps: float | None = None
+    timing: str = "streamgen"
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -151,7 +162,13 @@ class Schedule:
              or a start at or beyond num_latent_frames) are dropped.
 
         The result covers [0, num_latent_frames) exactly, in order. Each planned seed is the
-        segment's seed, else the schedule's.
+        segment's own (the schedule's seeds the stream once, at its start).
+
+        ``timing="echo-forcing"`` replaces steps 1-3 as Echo-Forcing's release does: a segment lasts
+        max(1, int(seconds * fps / (t * chunk_frames))) whole chunks (rounded down; a segment
+        without a length ECHO_DEFAULT_SCENE_CHUNKS), and switches sit at the cumulative chunk
+        counts. ``timing="longlive"`` keeps steps 1-3 but, as LongLive's loop advances at most one
+        prompt per chunk, a start that lands on the previous segment's chunk moves one chunk later.
         """
         for name, value in (("num_latent_frames", num_latent_frames),
                             ("temporal_compression", temporal_compression),
@@ -174,6 +191,9 @@ class Schedule:
                                     source=self.source, segment=segment)
             return round(frames)
 
+        if self.timing == "echo-forcing":
+            return self._planned(self._echo_switches(fps, t, chunk_frames), num_latent_frames)
+
         # 1. Where does each segment start, in video frames?
         starts: list[int] = []
         for i, seg in enumerate(self.segments):
@@ -193,16 +213,35 @@ class Schedule:
 
         # 2 + 3. Video frame -> latent frame -> next chunk boundary.
         switches = [_round_up(_ceil_div(frame, t), chunk_frames) for frame in starts]
+        if self.timing == "longlive":
+            for i in range(1, len(switches)):
+                switches[i] = max(switches[i], switches[i - 1] + chunk_frames)
 
-        # 4. Each segment runs until the next switch; the last one to the end.
+        return self._planned(switches, num_latent_frames)
+
+    def _planned(self, switches: list[int], num_latent_frames: int) -> list[PlannedSegment]:
+        """4. Each segment runs until the next switch; the last one to the end."""
         ends = switches[1:] + [num_latent_frames]
         planned = []
         for seg, start, end in zip(self.segments, switches, ends):
             end = min(end, num_latent_frames)
             if end > start:
-                seed = seg.seed if seg.seed is not None else self.seed
-                planned.append(PlannedSegment(seg.prompt, start, end - start, seg.transition, seed))
+                planned.append(PlannedSegment(seg.prompt, start, end - start, seg.transition, seg.seed))
         return planned
+
+    def _echo_switches(self, fps: float, t: int, chunk_frames: int) -> list[int]:
+        """Latent frames where each segment starts, in Echo-Forcing's whole chunks."""
+        switches = [0]
+        for i, seg in enumerate(self.segments[:-1]):
+            chunks = ECHO_DEFAULT_SCENE_CHUNKS
+            if seg.length is not None:
+                exact = seg.length * fps / (t * chunk_frames)
+                if not math.isfinite(exact):
+                    raise ScheduleError(f"segment {i + 1}: {seg.length} seconds is too long",
+                                        source=self.source, segment=i)
+                chunks = max(1, int(exact))
+            switches.append(switches[-1] + chunks * chunk_frames)
+        return switches
 
     def to_dict(self) -> dict[str, Any]:
         """This schedule as a native-format mapping; `from_dict` reads it back."""
@@ -211,6 +250,8 @@ class Schedule:
             out["fps"] = self.fps
         if self.seed is not None:
             out["seed"] = self.seed
+        if self.timing != "streamgen":
+            out["timing"] = self.timing
         out["segments"] = [seg.to_dict() for seg in self.segments]
         return out
 
@@ -269,11 +310,15 @@ def _validate(schedule: Schedule) -> None:
         if not isinstance(seg, Segment):
             raise ScheduleError(f"segment {i + 1}: expected a Segment, got {type(seg).__name__}",
                                 segment=i)
-        _validate_segment(seg, i, is_last=i == len(segments) - 1)
+        # An Echo-Forcing scene without a duration lasts ECHO_DEFAULT_SCENE_CHUNKS.
+        _validate_segment(seg, i, may_leave_out_length=i == len(segments) - 1 or schedule.timing == "echo-forcing")
     _check_starts(segments)
     if schedule.seed is not None and not _is_seed(schedule.seed):
         raise ScheduleError(f"'seed' must be an integer in [0, 2**64), got {show(schedule.seed)}",
                             field="seed")
+    if schedule.timing not in TIMINGS:
+        raise ScheduleError(f"'timing' must be one of {', '.join(TIMINGS)}, got {show(schedule.timing)}",
+                            field="timing")
     if schedule.fps is not None and not (_is_number(schedule.fps) and schedule.fps > 0):
         raise ScheduleError(f"'fps' must be a positive number, got {show(schedule.fps)}",
                             field="fps")
@@ -281,7 +326,7 @@ def _validate(schedule: Schedule) -> None:
         raise ScheduleError(f"'source' must be a string, got {show(schedule.source)}")
 
 
-def _validate_segment(seg: Segment, i: int, *, is_last: bool) -> None:
+def _validate_segment(seg: Segment, i: int, *, may_leave_out_length: bool) -> None:
     def fail(field: str | None, message: str):
         raise ScheduleError(f"segment {i + 1}: {message}", segment=i, field=field)
 
@@ -297,7 +342,7 @@ def _validate_segment(seg: Segment, i: int, *, is_last: bool) -> None:
             fail(name, f"'{name}' must be one of {', '.join(UNITS)}, got {show(value)}")
 
     if seg.length is None:
-        if not is_last:
+        if not may_leave_out_length:
             fail(None, "only the last segment may leave out its length "
                        "('frames', 'seconds' or 'latent_frames')")
     elif not _is_amount(seg.length, seg.unit, positive=True):
@@ -332,7 +377,7 @@ def _check_starts(segments: Sequence[Segment]) -> None:
         seg, previous = segments[i], segments[i - 1]
         if seg.start is None:
             unit = previous.unit
-            known = {unit: known[unit] + previous.length} if unit in known else {}
+            known = {unit: known[unit] + previous.length} if unit in known and previous.length is not None else {}
             continue
         unit = seg.start_unit or seg.unit
         if unit in known and seg.start <= known[unit]:

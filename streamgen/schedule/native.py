@@ -1,7 +1,8 @@
 """The native format (YAML or JSON), one schedule per file::
 
   fps: 16                  # optional: frame rate for seconds (else plan()'s fps)
-  seed: 0                  # optional: default seed
+  seed: 0                  # optional: seeds the stream once, at its start
+  timing: streamgen        # optional: streamgen | echo-forcing | longlive (whose switch timing)
   segments:
     - prompt: "a red circle drifting left over a blue backdrop"
       seconds: 3           # at most one of frames | seconds | latent_frames;
@@ -22,7 +23,7 @@ from .errors import ScheduleError, show
 from .model import START_KEYS, UNITS, Schedule, Segment
 from .trees import Node, error_at, mapping_fields, moved_to, scalar_field
 
-_TOP_KEYS = ("fps", "seed", "segments")
+_TOP_KEYS = ("fps", "seed", "timing", "segments")
 _SEGMENT_KEYS = ("prompt", *UNITS, *START_KEYS.values(), "transition", "seed")
 _UNIT_OF_START_KEY = {key: unit for unit, key in START_KEYS.items()}
 
@@ -68,8 +69,9 @@ def schedule_from_tree(root: Node) -> Schedule:
             seed=scalar_field(fields, "seed", what),
         ))
     seed, fps = scalar_field(top, "seed"), scalar_field(top, "fps")
+    timing = scalar_field(top, "timing") if "timing" in top else "streamgen"
     try:
-        return Schedule(tuple(segments), seed=seed, fps=fps)
+        return Schedule(tuple(segments), seed=seed, fps=fps, timing=timing)
     except ScheduleError as e:
         node = places.get((e.segment, e.field)) or places.get((e.segment, None)) or root
         raise moved_to(e, node) from None
