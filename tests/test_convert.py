@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from streamgen import CausalWanTransformer3DModel, StreamingVideoPipeline
 from streamgen.convert import ConversionError, convert, register_cli
 from streamgen.convert.config import resolve_config, tensor_config
+from streamgen.convert.formats import FORMATS
 from streamgen.convert.keys import strip_wrappers, to_diffusers, to_original
 from streamgen.tiny import build_tiny_pipeline
 
@@ -354,6 +355,11 @@ def test_pipeline_folder_links_the_wan_components_and_generates(tmp_path, wan_di
     assert_same_weights(pipe.transformer, reference_model(ema))
     frames = pipe("a red circle", num_frames=9, height=32, width=32, generator=torch.Generator().manual_seed(0)).frames
     assert frames.shape == (1, 9, 32, 32, 3) and bool(torch.isfinite(torch.from_numpy(frames)).all())
+
+
+def test_each_release_format_defaults_to_its_own_cache_preset():
+    assert {name: FORMATS[name].default_cache for name in ("self-forcing", "longlive", "anchor-forcing")} == {
+        "self-forcing": "self-forcing", "longlive": "longlive", "anchor-forcing": "anchor-forcing"}
 
 
 def test_longlive_pipeline_defaults_to_the_longlive_cache(tmp_path, wan_diffusers_folder):

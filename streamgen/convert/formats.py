@@ -67,9 +67,10 @@ register_format(CheckpointFormat(
     released_lora=("longlive_base.pt", "lora.pt"), lora_alpha_is_rank=True,
 ))
 # Anchor Forcing (vivoCameraResearch/Anchor-Forcing, built on LongLive, configs/inference.yaml: generator_ckpt
-# ckpt/base.pt, lora_ckpt ckpt/final.pt): LongLive's loading code and layout.
+# ckpt/base.pt, lora_ckpt ckpt/final.pt): LongLive's loading code and layout; its checkpoint is distilled for its own
+# cache (junction, tri-region RoPE), so it streams with that preset.
 register_format(CheckpointFormat(
-    "anchor-forcing", "Anchor Forcing", "longlive", weight_entries=("generator", "generator_ema", "model"),
+    "anchor-forcing", "Anchor Forcing", "anchor-forcing", weight_entries=("generator", "generator_ema", "model"),
     released_lora=("base.pt", "final.pt"), lora_alpha_is_rank=True,
 ))
 # A bare state dict: the original Wan2.1-T2V-1.3B diffusion_pytorch_model.safetensors (or a folder of its shards with
