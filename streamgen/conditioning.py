@@ -30,7 +30,9 @@ def load_video(path: str | Path) -> np.ndarray:
     try:
         frames = read_video(path)
     except Exception as err:  # decoders raise many types; the user needs one message
-        raise ValueError(f"--init-video {path}: not a readable video ({err})") from err
+        # imageio's message carries ffmpeg's whole log (banner, build flags): its last line says what was wrong.
+        reason = next((line.strip() for line in reversed(str(err).splitlines()) if line.strip()), type(err).__name__)
+        raise ValueError(f"--init-video {path}: not a readable video ({reason[:300]})") from err
     if len(frames) == 0:
         raise ValueError(f"--init-video {path}: the video has no frames")
     return frames

@@ -42,6 +42,13 @@ from .weights import check_finite_weights, check_weight_files
 
 # An open-ended stream plans its schedule over a horizon no real stream reaches (nothing is allocated for it).
 OPEN_ENDED_LATENT_FRAMES = 2**40
+# The pipeline's cache of encoded prompts (cross-attention K/V shared by its streams) holds at most this much.
+PROMPT_KV_CACHE_ENTRIES = 16
+PROMPT_KV_CACHE_BYTES = 2**29
+
+
+def _cached_bytes(cache: dict[tuple[str, int], PromptKV]) -> int:
+    return sum(t.nbytes for kv in cache.values() for t in (*kv.k, *kv.v))
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -339,6 +346,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         )
         self._prompt_kv: dict[tuple[str, int], PromptKV] = {}
         self._prompt_kv_lock = threading.Lock()  # streams of one pipeline may run in several threads (the demo)
+        self._tokenizer_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -428,12 +436,13 @@ class StreamingVideoPipeline(DiffusionPipeline):
         prompts = [prompt] * batch_size if isinstance(prompt, str) else list(prompt)
         for text in prompts:  # before the tokenizer reads a huge string whole
             check_prompt_length(text, self.config.get("max_prompt_chars", MAX_PROMPT_CHARS))
-        tokenizer, text_encoder = self.text_components()
         max_len = self.config.max_sequence_length
-        tokens = tokenizer(
-            prompts, padding="max_length", max_length=max_len, truncation=True, add_special_tokens=True,
-            return_attention_mask=True, return_tensors="pt",
-        )
+        with self._tokenizer_lock:  # a fast tokenizer sets its truncation state per call: one thread at a time
+            tokenizer, text_encoder = self.text_components()
+            tokens = tokenizer(
+                prompts, padding="max_length", max_length=max_len, truncation=True, add_special_tokens=True,
+                return_attention_mask=True, return_tensors="pt",
+            )
         mask = tokens.attention_mask.to(text_encoder.device)
         states = text_encoder(tokens.input_ids.to(text_encoder.device), mask).last_hidden_state
         return (states * mask[..., None]).to(self.transformer.dtype)
@@ -455,15 +464,27 @@ class StreamingVideoPipeline(DiffusionPipeline):
         return self.__dict__["_packaged_text"]
 
     def prompt_kv(self, prompt: str, batch_size: int) -> PromptKV:
-        """Cross-attention K/V for ``prompt``, computed once and reused by every chunk and every stream."""
+        """Cross-attention K/V for ``prompt``, computed once and reused by every chunk and every stream.
+
+        The prompt is encoded outside the cache's lock, so one stream's new prompt never holds up another stream's
+        switch (the demo's sessions run in parallel threads); two streams asking for the same new prompt at once
+        may both encode it, and the first result is kept."""
         key = (prompt, batch_size)
         with self._prompt_kv_lock:
-            if key not in self._prompt_kv:
-                if len(self._prompt_kv) >= 64:  # bounded: a long interactive session may see many prompts
-                    self._prompt_kv.pop(next(iter(self._prompt_kv)))
-                with torch.no_grad():
-                    self._prompt_kv[key] = self.transformer.encode_prompt_kv(self.encode_prompt(prompt, batch_size))
-            return self._prompt_kv[key]
+            if key in self._prompt_kv:
+                self._prompt_kv[key] = self._prompt_kv.pop(key)  # most recently used last
+                return self._prompt_kv[key]
+        with torch.no_grad():
+            prompt_kv = self.transformer.encode_prompt_kv(self.encode_prompt(prompt, batch_size))
+        with self._prompt_kv_lock:
+            prompt_kv = self._prompt_kv.setdefault(key, prompt_kv)
+            # Bounded in entries and bytes, least recently used first out: a demo user switching to new prompts every
+            # second must not leave gigabytes behind (one Wan 1.3B prompt's K/V is ~94 MB in bf16: 512 tokens x 30
+            # layers). The newest entry always stays; streams keep their own prompts' K/V alive regardless.
+            while len(self._prompt_kv) > 1 and (len(self._prompt_kv) > PROMPT_KV_CACHE_ENTRIES
+                                                or _cached_bytes(self._prompt_kv) > PROMPT_KV_CACHE_BYTES):
+                self._prompt_kv.pop(next(iter(self._prompt_kv)))
+            return prompt_kv
 
     # ---- inputs -------------------------------------------------------------------------------------------------
     def check_inputs(self, prompt, schedule, num_frames, height, width, latents, preset: CachePreset, batch_size):

@@ -138,6 +138,18 @@ def test_a_pickle_given_as_an_init_file_runs_nothing(tmp_path, capsys, loaded, f
     assert not (tmp_path / "ran").exists()
 
 
+def test_convert_refuses_a_checkpoint_or_lora_that_would_run_code(tmp_path, capsys):
+    from test_convert import HEADS, original_weights, with_prefix
+
+    evil = code_running_pickle(tmp_path / "evil.pt", tmp_path / "ran")
+    torch.save({"generator": with_prefix(original_weights(0))}, tmp_path / "base.pt")
+    for ckpt, lora in ((evil, None), (tmp_path / "base.pt", evil)):
+        argv = ["convert", "--format", "longlive", "--ckpt", ckpt, "--out", tmp_path / "out", "--num-heads", HEADS]
+        rc, err = run(capsys, *argv, *(["--lora", lora] if lora else []))
+        assert rc != 0 and REFUSED in one_error_line(err) and "evil.pt: its pickle calls posix.system" in err
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
+
+
 # ---- 3. weights: damaged files and values fail at load, a non-finite output stops the stream --------------------------
 def _damaged(tmp_path, how) -> Path:
     folder = shutil.copytree(TINY, tmp_path / "pipe")
@@ -267,6 +279,69 @@ def test_the_demo_refuses_a_long_prompt_and_shows_prompts_shortened(pipe):
         session.close()
 
 
+def test_a_prompt_being_encoded_for_one_stream_holds_up_no_other_stream(pipe, monkeypatch):
+    """One demo session's new prompt (here: its encoding never ends) does not stop another session's stream from
+    generating, nor from switching to a prompt of its own."""
+    stuck_prompt, other_prompt = "a prompt whose encoding is stuck", "a yellow square over a green backdrop"
+    inside, release = threading.Event(), threading.Event()
+    original = StreamingVideoPipeline.encode_prompt
+
+    def encode_prompt(self, prompt, batch_size=1):
+        if prompt == stuck_prompt:
+            inside.set()
+            release.wait(60)
+        return original(self, prompt, batch_size)
+
+    monkeypatch.setattr(StreamingVideoPipeline, "encode_prompt", encode_prompt)
+    stuck = pipe.stream(PROMPT, cache="rolling")
+    next(stuck)
+    stuck.switch(stuck_prompt, mode="cut")
+    worker = threading.Thread(target=next, args=(stuck,))
+    worker.start()
+    try:
+        assert inside.wait(60)
+        other = pipe.stream(PROMPT, cache="rolling")
+        next(other)
+        other.switch(other_prompt, mode="cut")
+        assert next(other).prompt == other_prompt and worker.is_alive()
+    finally:
+        release.set()
+        worker.join()
+
+
+def test_memory_returns_after_a_hostile_demo_session_closes(pipe):
+    """A session that sends 1 MB prompts and switches to a new 2,000-character prompt at every chunk leaves the
+    server's RSS within 5% of what it was once the session is closed."""
+    import gc
+
+    psutil = pytest.importorskip("psutil")
+    from streamgen.demo.session import DemoLimits, SessionRegistry
+
+    registry = SessionRegistry(pipe, DemoLimits(realtime=False))
+
+    def session_life(sid: str, prompts: list[str]) -> None:
+        session = registry.get_or_create(sid)
+        with pytest.raises(ValueError, match="max_prompt_chars"):
+            session.start("x" * 1_000_000, "rolling", 0)
+        session.start(PROMPT, "rolling", 0)
+        frames = session.run()
+        for prompt in prompts:
+            with pytest.raises(ValueError, match="max_prompt_chars"):
+                session.switch(prompt * 500, "cut")
+            session.switch(prompt, "cut")
+            for _ in range(3):
+                next(frames)
+        frames.close()
+        registry.close(sid)
+        gc.collect()
+
+    session_life("warm-up", [PROMPT] * 20)  # what any session leaves (allocator pools, a worker thread) is baseline
+    before = psutil.Process().memory_info().rss
+    session_life("hostile", [f"{i} " + "z" * 1997 for i in range(20)])
+    after = psutil.Process().memory_info().rss
+    assert after <= 1.05 * before, (before, after)
+
+
 # ---- 4 and 8. one consumer per stream; switch / recall / batch size checked ------------------------------------------
 def test_one_stream_iterated_from_two_threads_raises_at_once(pipe, monkeypatch):
     from streamgen.engine import StreamEngine
@@ -344,6 +419,31 @@ def test_out_is_checked_before_the_model_loads(tmp_path, capsys, never_loaded, m
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     rc, err = run(capsys, "generate", "--pipeline", TINY, "--prompt", PROMPT, "--frames", 48, "--out", tmp_path / "o.mp4")
     assert rc == 2 and "1,000 bytes free" in one_error_line(err) and "needs about 18,432" in err
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux (RLIMIT_FSIZE)")
+def test_a_full_disk_stops_cleanly_with_every_completed_chunk_decodable(tmp_path):
+    """The run's file may grow to 40 kB and no further (RLIMIT_FSIZE: writes past it fail, as on a full disk):
+    one error line, exit 1, every frame it reports decodable in out.mp4.partial, the earlier out.mp4 untouched."""
+    import resource
+    import subprocess
+    import sys
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"an earlier video")
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamgen.cli", "generate", "--pipeline", TINY, "--prompt", PROMPT, "--frames", "3000",
+         "--out", out], preexec_fn=small_disk, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = one_error_line(proc.stderr)
+    kept = int(re.search(r"(\d+) decodable frames kept in \S+o.mp4.partial; \S+o.mp4 is unchanged", line)[1])
+    assert kept >= 3 and out.read_bytes() == b"an earlier video", line
+    assert read_video(tmp_path / "o.mp4.partial").shape[0] == kept
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
