@@ -155,16 +155,18 @@ class StreamEngine:
     # ---- prompts ------------------------------------------------------------------------------------------------
     def set_prompt(
         self, prompt_kv: PromptKV, transition: Transition | str = Transition.SMOOTH, *, prompt: str | None = None,
-        recall_scene: int | None = None,
+        recall_scene: int | None = None, switch_index: int | None = None,
     ) -> None:
         """Use ``prompt_kv`` from the next chunk on; after the first prompt this is a switch, entered with
         ``transition``. ``prompt`` (its text) and ``recall_scene`` (the id of the scene a recall brings back; scenes
-        count from 0 at every switch) are for mechanisms that remember scenes."""
+        count from 0 at every switch) are for mechanisms that remember scenes; ``switch_index`` (the latent frame a
+        schedule asked for, before the switch moved to this chunk boundary) for those that time from it."""
         transition = Transition(transition)
         switching = self.prompt_kv is not None and self.frame > 0
         self.prompt_kv = prompt_kv
         self.context.prompt = prompt
         self.context.recall_scene = recall_scene
+        self.context.switch_index = switch_index
         if switching:
             for mechanism in self.mechanisms:
                 mechanism.on_switch(self.context, transition)

@@ -237,18 +237,21 @@ class VideoStream:
             # A segment that repeats the playing prompt smoothly (smooth is the default: a schedule may split one
             # prompt, e.g. to reseed it) continues its scene; a cut or recall into it is asked for, so it happens.
             if segment.prompt != self.prompt or transition != Transition.SMOOTH:
-                self._set_prompt(segment.prompt, transition)
+                # Mechanisms that time from the index a switch was asked for count in the engine's frames.
+                asked = None if segment.asked is None else self.context_frames + segment.asked
+                self._set_prompt(segment.prompt, transition, switch_index=asked)
         if self._pending is not None:
             prompt, mode, scene = self._pending
             self._pending = None
             self._set_prompt(prompt, mode, scene)
 
-    def _set_prompt(self, prompt: str, transition: str, recall_scene: int | None = None) -> None:
+    def _set_prompt(self, prompt: str, transition: str, recall_scene: int | None = None,
+                    switch_index: int | None = None) -> None:
         prompt_kv = self.pipe.prompt_kv(prompt, self.engine.cache.k.shape[1])
         # Transition(...).value: str() of a schedule's Transition member is "Transition.CUT", not its mode name.
         mode = Transition(transition).value
         switching = self.engine.prompt_kv is not None and self.engine.frame > 0
-        self.engine.set_prompt(prompt_kv, mode, prompt=prompt, recall_scene=recall_scene)
+        self.engine.set_prompt(prompt_kv, mode, prompt=prompt, recall_scene=recall_scene, switch_index=switch_index)
         self.prompt = prompt
         if switching or self.scenes == 0:
             self.scenes += 1

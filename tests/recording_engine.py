@@ -28,11 +28,12 @@ class RecordingPositions:
 
 
 def make_engine(config, preset, num_prompts: int = 3):
-    """(engine over a seeded tiny model with recorded positions, ``num_prompts`` random prompt K/V)."""
+    """(engine over a seeded tiny model with recorded positions, ``num_prompts`` random prompt K/V); ``preset`` is a
+    name or path, or a loaded preset."""
     torch.manual_seed(0)
     model = CausalWanTransformer3DModel(**config).eval()
     engine = StreamEngine(
-        model, load_preset(preset), EulerSampler(num_inference_steps=1), batch_size=1,
+        model, load_preset(preset) if isinstance(preset, str) else preset, EulerSampler(num_inference_steps=1), batch_size=1,
         latent_channels=config["in_channels"], latent_height=LATENT, latent_width=LATENT, chunk_frames=CHUNK,
         generator=torch.Generator().manual_seed(0),
     )

@@ -1,12 +1,18 @@
 """Anchor Forcing (junction region, anchor-guided re-cache, tri-region RoPE) and Infinity-RoPE (KV flush) as presets
 of the one cache engine."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from streamgen.cache import KVCache, Recache, Region, RegionLayout, load_preset
 
 from recording_engine import CHUNK, LATENT, generate, make_engine
+
+# The paper's reading of the junction (promoted when the window evicts it) with a chunk-by-chunk re-cache beside the
+# old sink: anchor-recache's defaults. The shipped preset plays the release (tests/test_anchor_forcing_switch.py).
+PAPER_READING = replace(load_preset("anchor-forcing"), switch_options={})
 
 
 def kv_of(cache, frames):
@@ -103,7 +109,7 @@ def test_indices_stay_in_the_trained_range_and_cache_bytes_stay_constant_over_a_
 
 # ---- junction -----------------------------------------------------------------------------------------------------
 def test_the_junction_holds_the_first_post_switch_chunk_once_it_leaves_the_window(tiny_wan_config):
-    engine, prompts = make_engine(tiny_wan_config, "anchor-forcing")
+    engine, prompts = make_engine(tiny_wan_config, PAPER_READING)
     cache = engine.cache
     engine.set_prompt(prompts[0])
     generate(engine, 5)
@@ -128,6 +134,42 @@ def test_the_junction_holds_the_first_post_switch_chunk_once_it_leaves_the_windo
     assert cache.frames_in("junction") == [switch, switch + 1, switch + 2]
     k, v = kv_of(cache, cache.frames_in("junction"))
     assert torch.equal(k, second_k) and torch.equal(v, second_v)
+
+
+def junction_chunks(engine, first_chunk):
+    """Start frames of the generated chunks from ``first_chunk`` on whose passes attended to the junction."""
+    return sorted({query_frames[0] for key_frames, query_frames, _, _ in engine.positions.calls[first_chunk:]
+                   if len(query_frames) == CHUNK and any(region == "junction" for _, region in key_frames)})
+
+
+@pytest.mark.parametrize("asked, played, first_attended", [(120, 120, 132), (40, 42, 51), (80, 81, 90)])
+def test_the_release_junction_is_a_copy_attended_from_the_asked_index_past_the_window(tiny_wan_config, asked, played,
+                                                                                      first_attended):
+    engine, prompts = make_engine(tiny_wan_config, "anchor-forcing")
+    cache = engine.cache
+    engine.set_prompt(prompts[0])
+    generate(engine, played // CHUNK)
+    engine.set_prompt(prompts[1], switch_index=asked)
+    calls = len(engine.positions.calls)
+    generate(engine, 1)
+    assert cache.frames_in("junction") == [played, played + 1, played + 2]  # a copy: the window holds them too
+    assert played in cache.frames_in("window")
+    generate(engine, (first_attended - played) // CHUNK + 1)
+    assert junction_chunks(engine, calls)[0] == first_attended
+
+
+def test_the_release_drops_the_previous_junction_after_the_switch_re_cache(tiny_wan_config):
+    engine, prompts = make_engine(tiny_wan_config, "anchor-forcing")
+    engine.set_prompt(prompts[0])
+    generate(engine, 5)
+    engine.set_prompt(prompts[1])  # at 15: junction 15..17, attended from 27
+    generate(engine, 9)
+    calls = len(engine.positions.calls)
+    engine.set_prompt(prompts[2])  # at 42: its re-cache pass (span from 30) still attends to junction 15..17
+    assert any(region == "junction" for _, region in engine.positions.calls[calls][0])
+    generate(engine, 6)
+    assert junction_chunks(engine, calls + 1) == [54, 57]  # none until 42 + 9 < start
+    assert engine.cache.frames_in("junction") == [42, 43, 44]
 
 
 def test_junction_promotion_needs_an_evicting_source_region():
@@ -156,7 +198,7 @@ def reencode_reference(engine, context_frames, context_positions, run, run_posit
 
 
 def test_anchor_recache_reencodes_the_window_against_sink_and_previous_junction(tiny_wan_config):
-    engine, prompts = make_engine(tiny_wan_config, "anchor-forcing")
+    engine, prompts = make_engine(tiny_wan_config, PAPER_READING)
     cache = engine.cache
     engine.set_prompt(prompts[0])
     generate(engine, 2)

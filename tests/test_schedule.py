@@ -270,6 +270,13 @@ def test_jsonl_two_indices_inside_one_chunk_each_play_a_chunk():
     assert planned_starts(line, 90) == [("a", 0), ("b", 42), ("c", 45), ("d", 81)]
 
 
+def test_a_planned_switch_keeps_the_index_it_was_asked_for():
+    # Anchor Forcing times its junction from the asked index (40), not from where the switch plays (42)
+    [line] = parse_schedule_text('{"prompts": ["a", "b", "c", "d"], "switch_frame_indices": [40, 41, 120]}', "jsonl")
+    plan = line.plan(150, temporal_compression=4, fps=16, chunk_frames=3)
+    assert [(p.start, p.asked) for p in plan] == [(0, 0), (42, 40), (45, 41), (120, 120)]
+
+
 def test_jsonl_accepts_anchor_forcings_num_and_seeds_the_line_once():
     [line] = parse_schedule_text('{"prompts": ["a", "b"], "seed": 6979, "num": 26, "switch_frame_indices": [9]}',
                                  "jsonl")

@@ -12,7 +12,8 @@ from .positions import AbsolutePositions, BlockRelativePositions, SceneRelativeP
 from .presets import CachePreset, RegionSpec, available_presets, load_preset
 from .regions import CacheFullError, Region, RegionLayout
 # The built-in mechanisms register as they are imported; this order is the order messages and --help list them.
-from .switching import AnchorRecache, Flush, KeepCache, Recache
+from .switching import Flush, KeepCache, Recache
+from .anchor_switch import AnchorRecache
 from .scene_switch import SceneMemorySwitch
 from .temporal_memory import HierarchicalMemory
 

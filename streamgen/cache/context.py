@@ -37,6 +37,8 @@ class StreamContext:
     frame: int = 0  # latent frames generated so far: the next chunk's first frame
     prompt: str | None = None  # the current prompt's text, when the caller gives it
     recall_scene: int | None = None  # scene id the latest switch asked to recall (scenes count from 0), if any
+    # The latent frame the latest switch was asked for, before it moved to a chunk boundary, when the caller gives it.
+    switch_index: int | None = None
 
     @property
     def mechanisms(self) -> tuple[SwitchStrategy, BetweenSwitchMemory]:

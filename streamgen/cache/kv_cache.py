@@ -50,6 +50,7 @@ class KVCache:
         self._read: slice | torch.Tensor = slice(0, 0)
         self._read_slots: list[int] = []
         self._chunk_slots: list[int] = []
+        self._muted: set[str] = set()  # regions that hold frames but are not attended
 
     @property
     def nbytes(self) -> int:
@@ -77,7 +78,7 @@ class KVCache:
         """Forwards from now on write ``slots`` and read every occupied slot."""
         self._chunk_slots = slots
         self._write = self._on_device(_token_selection(slots, self.tokens_per_frame))
-        self._read_slots = self.slots.occupied()
+        self._read_slots = [s for s in self.slots.occupied() if self.slots.region_of_slot[s] not in self._muted]
         self._read = self._on_device(_token_selection(self._read_slots, self.tokens_per_frame))
         return slots
 
@@ -92,6 +93,25 @@ class KVCache:
     def mark(self, region: str, frames: list[int]) -> None:
         """Move ``frames`` into the promoted ``region`` when they are evicted (see :class:`SlotTable`)."""
         self.slots.mark(region, frames)
+
+    def mute(self, region: str, muted: bool = True) -> None:
+        """Stop (``muted``) or resume attending to ``region`` from the next forward on; what it holds is kept, and
+        frames still arrive in it."""
+        if muted:
+            self._muted.add(self.layout.region(region).name)
+        else:
+            self._muted.discard(region)
+
+    def copy_into(self, region: str, frames: list[int]) -> None:
+        """Make the promoted ``region`` hold a copy of the K/V of ``frames``, which the regions the stream fills hold
+        and keep (see :meth:`SlotTable.fill`)."""
+        source = {f: s for s, f in enumerate(self.slots.frame_of_slot)
+                  if f in frames and self.slots.region_of_slot[s] != region}
+        missing = [f for f in frames if f not in source]
+        if missing:
+            raise ValueError(f"frames {missing} are not in the cache; only held frames can be copied into {region!r}")
+        for frame, target in zip(frames, self.slots.fill(region, frames)):
+            self._copy_slot(source[frame], target)
 
     def hold(self, region: str, frames: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
         """Put ``frames`` with K/V ``k``, ``v`` [layers, B, len(frames) * tokens_per_frame, H, D] into the external

@@ -12,7 +12,9 @@ so a rolling window of W frames *includes* the current chunk, as in Self-Forcing
 A *promoted* region (``promoted_from=SOURCE``: Anchor Forcing's junction) never takes new frames. It receives the
 frames a switch strategy marked for it (:meth:`SlotTable.mark`) at the moment the evicting SOURCE region drops them,
 so a frame is never held twice and nothing is kept before it has left the window. A newly marked set replaces what
-the region held when its first frame arrives.
+the region held when its first frame arrives. Or a strategy fills it at once with a copy of frames the stream still
+holds (:meth:`SlotTable.fill`; Anchor Forcing's release keeps its junction as such a copy): those frames are then
+held twice, once in each region.
 
 An *external* region (``external=True``: Echo-Forcing's scene memory, carried frames, and its hierarchical memory's
 anchors and compressed history) never takes new frames either: a cache mechanism (switch strategy or between-switch
@@ -146,6 +148,18 @@ class SlotTable:
         if len(frames) > spec.frames:
             raise ValueError(f"cache region {region!r} holds {spec.frames} frames, {len(frames)} were given")
         self.clear(region)
+        return [self._occupy(region, self._free[region].popleft(), frame) for frame in frames]
+
+    def fill(self, region: str, frames: list[int]) -> list[int]:
+        """Make the promoted ``region`` hold exactly ``frames`` now (replacing what it held, cancelling any marked
+        set); returns their slots, whose K/V the caller copies from where the stream holds the frames."""
+        spec = self.layout.region(region)
+        if spec.promoted_from is None:
+            raise ValueError(f"cache region {region!r} has no promoted_from region; it cannot be filled with copies")
+        if len(frames) > spec.frames:
+            raise ValueError(f"cache region {region!r} holds {spec.frames} frames, {len(frames)} were given")
+        self.clear(region)
+        self._marked[region] = set()
         return [self._occupy(region, self._free[region].popleft(), frame) for frame in frames]
 
     def _promote(self, source: str, slot: int) -> tuple[int, int] | None:

@@ -2,8 +2,9 @@
 
 The engine has already replaced the cross-attention K/V with the new prompt's when a strategy runs; a strategy only
 rewrites self-attention memory. Regions to keep that a layout lacks are simply not there to keep, so these fit any
-layout unless they say otherwise. The contract is :class:`~streamgen.cache.mechanisms.SwitchStrategy`; Echo-Forcing's
-scene memory is :mod:`streamgen.cache.scene_switch`.
+layout unless they say otherwise. The contract is :class:`~streamgen.cache.mechanisms.SwitchStrategy`; Anchor
+Forcing's anchor-guided re-cache is :mod:`streamgen.cache.anchor_switch`, Echo-Forcing's scene memory
+:mod:`streamgen.cache.scene_switch`.
 """
 
 from __future__ import annotations
@@ -75,34 +76,6 @@ class Recache(SwitchStrategy):
         for name in dropped:
             cache.clear(name)
         ctx.reencode(frames, joint=self.reencode == "joint")
-
-
-@register_switch_strategy("anchor-recache")
-@dataclass(frozen=True)
-class AnchorRecache(SwitchStrategy):
-    """``anchor-recache`` (Anchor Forcing): a re-cache warm-started from anchored context. The sink and the
-    ``anchor_region`` (the junction: the first chunk after the previous switch) are kept, so the window's frames,
-    re-encoded under the NEW prompt oldest first, attend to sink + previous junction + the frames re-encoded so far.
-    The first ``anchor_region``-sized run of frames generated after the switch is then marked as the new junction:
-    it moves there when it leaves the window (until then the previous junction stays in place).
-    """
-
-    keep_regions: tuple[str, ...] = ("sink",)
-    anchor_region: str = "junction"
-
-    def on_switch(self, ctx, transition):
-        Recache(keep_regions=(*self.keep_regions, self.anchor_region)).on_switch(ctx, transition)
-        size = ctx.cache.layout.region(self.anchor_region).frames
-        ctx.cache.mark(self.anchor_region, list(range(ctx.frame, ctx.frame + size)))
-
-    def check(self, plan):
-        layout = plan.layout
-        names = [r.name for r in layout.regions]
-        if self.anchor_region not in names or layout.region(self.anchor_region).promoted_from is None:
-            raise ValueError(
-                f"anchor_region {self.anchor_region!r} must be a region promoted from the window "
-                f"({{name: {self.anchor_region}, frames: N, promoted_from: <window>}}); regions are {names}"
-            )
 
 
 @register_switch_strategy("flush")

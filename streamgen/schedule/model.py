@@ -100,6 +100,9 @@ class PlannedSegment:
     length: int
     transition: Transition
     seed: int | None
+    # The latent frame the schedule asked the switch for, before it moved to the chunk boundary `start` (a detail of
+    # where the switch came from, not of the plan: left out of equality).
+    asked: int | None = field(default=None, compare=False)
 
     @property
     def end(self) -> int:
@@ -192,7 +195,8 @@ class Schedule:
             return round(frames)
 
         if self.timing == "echo-forcing":
-            return self._planned(self._echo_switches(fps, t, chunk_frames), num_latent_frames)
+            switches = self._echo_switches(fps, t, chunk_frames)
+            return self._planned(switches, switches, num_latent_frames)
 
         # 1. Where does each segment start, in video frames?
         starts: list[int] = []
@@ -212,21 +216,22 @@ class Schedule:
             starts.append(frame)
 
         # 2 + 3. Video frame -> latent frame -> next chunk boundary.
-        switches = [_round_up(_ceil_div(frame, t), chunk_frames) for frame in starts]
+        asked = [_ceil_div(frame, t) for frame in starts]
+        switches = [_round_up(latent, chunk_frames) for latent in asked]
         if self.timing == "longlive":
             for i in range(1, len(switches)):
                 switches[i] = max(switches[i], switches[i - 1] + chunk_frames)
 
-        return self._planned(switches, num_latent_frames)
+        return self._planned(switches, asked, num_latent_frames)
 
-    def _planned(self, switches: list[int], num_latent_frames: int) -> list[PlannedSegment]:
+    def _planned(self, switches: list[int], asked: list[int], num_latent_frames: int) -> list[PlannedSegment]:
         """4. Each segment runs until the next switch; the last one to the end."""
         ends = switches[1:] + [num_latent_frames]
         planned = []
-        for seg, start, end in zip(self.segments, switches, ends):
+        for seg, start, end, index in zip(self.segments, switches, ends, asked):
             end = min(end, num_latent_frames)
             if end > start:
-                planned.append(PlannedSegment(seg.prompt, start, end - start, seg.transition, seg.seed))
+                planned.append(PlannedSegment(seg.prompt, start, end - start, seg.transition, seg.seed, index))
         return planned
 
     def _echo_switches(self, fps: float, t: int, chunk_frames: int) -> list[int]:
