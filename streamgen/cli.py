@@ -39,9 +39,33 @@ def _schedule(args):
         schedules = load_schedules(args.prompts, switch_frame_indices=args.switch_frame_indices)
     except ScheduleError as err:
         raise SystemExit(f"error: {err}") from None
+    if args.index is None:  # every line: None says so when there are several
+        return schedules[0] if len(schedules) == 1 else None
     if not 0 <= args.index < len(schedules):
         raise SystemExit(f"--index {args.index}: {args.prompts} holds {len(schedules)} schedule(s)")
     return schedules[args.index]
+
+
+def _generate_every_line(args) -> int:
+    """A multi-line prompt file without --index: one video per line into the folder --out names (out.mp4 -> out/),
+    as ``python -m streamgen.batch`` makes them (resumable, with a manifest)."""
+    from .batch import main as batch
+
+    one_video = [flag for flag, value in (("--switch", args.switch), ("--steps", args.steps),
+                                          ("--guidance-scale", args.guidance_scale), ("--height", args.height),
+                                          ("--width", args.width), ("--init-image", args.init_image),
+                                          ("--init-video", args.init_video)) if value is not None]
+    if one_video or args.dtype != "fp32":
+        raise ValueError(f"{', '.join(one_video) or '--dtype'}: not for a whole prompt file ({args.prompts} holds "
+                         "several lines); give --index N for one line's video")
+    out = Path(args.out)
+    argv = ["--prompts", args.prompts, "--out-dir", str(out.with_suffix("") if out.suffix else out),
+            "--frames", str(args.frames)]
+    for flag, value in (("--pipeline", args.pipeline), ("--cache", args.cache), ("--seed", args.seed),
+                        ("--switch-frame-indices", args.switch_frame_indices)):
+        if value is not None:
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return batch(argv + (["--cpu"] if args.device == "cpu" else []))
 
 
 def _pipeline_config(folder: Path) -> dict:
@@ -79,6 +103,8 @@ def cmd_generate(args) -> int:
     # lengths (the limit is in model_index.json) and the output path.
     _check_numbers(args)
     schedule = _schedule(args)
+    if schedule is None:
+        return _generate_every_line(args)
     folder = find_pipeline(args.pipeline)
     config = _pipeline_config(folder)
     limit = int(config.get("max_prompt_chars", MAX_PROMPT_CHARS))
@@ -190,10 +216,14 @@ def cmd_info(args) -> int:
     width_ = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width_}}  {value}")
-    try:  # the threshold at which generate refuses the stream
+    try:  # the thresholds at which generate refuses the stream
         pipe.check_memory(preset, pipe.num_latent_frames(args.frames), height, width)
     except ValueError as err:
         print(f"warning: {err}", file=sys.stderr)
+    for flag, value in (("height", height), ("width", width)):
+        if value > pipe.max_size():
+            print(f"warning: --{flag} {value} is more than this model's largest size, {pipe.max_size()}; generate "
+                  "refuses it", file=sys.stderr)
     return 0
 
 
@@ -277,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", help="one prompt for the whole video")
     gen.add_argument("--prompts", help="schedule file: .yaml/.json, LongLive .jsonl, or .txt (Echo-Forcing lines, or "
                      "one plain prompt per line)")
-    gen.add_argument("--index", type=int, default=0, help="which schedule of a multi-line file (default 0)")
+    gen.add_argument("--index", type=int, help="which schedule of a multi-line file (default: every line, one "
+                     "video each, into the folder --out names: out.mp4 -> out/, resumable as streamgen.batch)")
     gen.add_argument("--switch-frame-indices", type=int_list,
                      help="LongLive JSONL switch points in latent frames, comma-separated")
     gen.add_argument("--switch", help="switch strategy override (default: the preset's)").late_help = \

@@ -422,7 +422,8 @@ class StreamingVideoPipeline(DiffusionPipeline):
                 f"cache preset {preset.name!r} for {frames} at {height}x{width} (batch {batch_size}) needs "
                 f"{needed:,} bytes ({needed / 2**30:,.1f} GiB) of KV cache and latent history, more than the "
                 f"{free:,} bytes ({free / 2**30:,.1f} GiB) of memory available on {self.transformer.device}; use "
-                "fewer frames, a smaller size or a rolling preset"
+                + ("fewer frames, a smaller size or a rolling preset" if preset.needs_stream_length else
+                   "a smaller size or a preset with a shorter window")
             )
         return needed
 

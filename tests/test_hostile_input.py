@@ -479,6 +479,8 @@ def test_sizes_beyond_memory_or_the_model_are_refused_before_allocating(tmp_path
     assert time.perf_counter() - start < 5 and not list(tmp_path.iterdir())
     rc, out_err = run(capsys, "info", "--pipeline", TINY, "--frames", 10_000_000, "--cache", "global")
     assert rc == 0 and "warning: cache preset 'global' for 10,000,000 latent frames" in out_err
+    rc, out_err = run(capsys, "info", "--pipeline", TINY, "--height", 4096)
+    assert rc == 0 and "warning: --height 4096 is more than this model's largest size, 2048" in out_err
     with pytest.raises(ValueError, match="more than the .* bytes .* of memory available"):
         pipe.stream(PROMPT, num_frames=10_000_000, cache="global")
 
