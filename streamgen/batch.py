@@ -5,15 +5,21 @@
 Each line / schedule of the prompt file becomes ``OUT_DIR/NNNN.mp4`` (NNNN = its index in the file), so the output
 does not depend on how many processes ran. Every process loads the pipeline on its own device and takes every
 n-th schedule; a single process (plain ``python -m streamgen.batch``) does them all.
+
+The run is resumable: OUT_DIR/manifest.jsonl records what each finished video was made from (prompts, seed,
+schedule, cache preset, frames, checkpoint hash). Run the same command again and a video that is complete and asked
+for the same is skipped; one cut short, or asked for differently, is made again (written to NNNN.mp4.partial,
+renamed when whole).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .cli import int_list
+from .loading import int_list
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import PartialState
 
+    from .batch_manifest import Manifest, checkpoint_hash
     from .loading import open_pipeline
     from .progress import quiet_loading
+    from .resources import find_pipeline
     from .schedule import ScheduleError, load_schedules
-    from .video_io import Mp4StreamWriter
+    from .video_io import Mp4StreamWriter, partial_path
 
     # Without a GPU, accelerate only forms a process group when told it runs on CPU (gloo backend).
     state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
@@ -48,20 +56,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with quiet_loading(not args.verbose):
         pipe = open_pipeline(args.pipeline, str(state.device))
+    checkpoint = checkpoint_hash(find_pipeline(args.pipeline))
+    preset = pipe.cache_preset(args.cache).name
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out_dir)
     mine = list(enumerate(schedules))[state.process_index :: state.num_processes]
     for index, schedule in mine:
         if args.seed is not None:
             seed = args.seed + index
         else:
             seed = schedule.seed if schedule.seed is not None else index
-        generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
         path = out_dir / f"{index:04d}.mp4"
-        with Mp4StreamWriter(path, fps=pipe.config.fps) as writer:
+        wanted = {"video": path.name, "source": Path(args.prompts).name, "line": index,
+                  "prompts": [segment.prompt for segment in schedule.segments], "seed": seed,
+                  "schedule": schedule.to_dict(), "preset": preset, "frames": args.frames, "checkpoint": checkpoint}
+        tag = f"[process {state.process_index}/{state.num_processes}]"
+        if manifest.complete(path, wanted):
+            print(f"{tag} {path} (complete, skipped)", flush=True)
+            continue
+        generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
+        partial = partial_path(path)
+        with Mp4StreamWriter(partial, fps=pipe.config.fps) as writer:
             for chunk in pipe.stream(schedule=schedule, num_frames=args.frames, cache=args.cache, generator=generator):
                 writer.write(chunk.frames[0])
-        print(f"[process {state.process_index}/{state.num_processes}] {path}", flush=True)
+        os.replace(partial, path)  # whole or absent: a killed run leaves only the .partial
+        manifest.record(wanted, writer.frames_written)
+        print(f"{tag} {path}", flush=True)
     state.wait_for_everyone()
     return 0
 

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .loading import DTYPES, open_pipeline
+from .loading import DTYPES, int_list, open_pipeline
 from .progress import quiet_loading
 from .resources import find_pipeline, pipeline_names, pipeline_path, preset_names
 
@@ -21,11 +21,6 @@ DESCRIPTION = "Interactive streaming video generation: a causal video model stre
               "prompts."
 EPILOG = "Run 'streamgen COMMAND -h' for a command's options. Without --pipeline, commands use the embedded " \
          "ShapeWorld model."
-
-
-def int_list(text: str) -> list[int]:
-    """argparse type for comma-separated integers, e.g. LongLive's switch frame indices."""
-    return [int(x) for x in text.split(",")]
 
 
 def _schedule(args):

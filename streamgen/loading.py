@@ -1,5 +1,6 @@
 """Loading a pipeline the way the commands do (``streamgen generate``, ``info``, ``bench``, ``demo``, batch): a
-folder or a shipped pipeline's name, the embedded default when none is given, and a dtype by short name."""
+folder or a shipped pipeline's name, the embedded default when none is given, a dtype by short name, and the
+commands' comma-separated integer lists."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from pathlib import Path
 from .resources import find_pipeline
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type for comma-separated integers, e.g. LongLive's switch frame indices."""
+    return [int(x) for x in text.split(",")]
 
 
 def open_pipeline(folder: str | Path | None = None, device: str = "cpu", dtype: str = "fp32"):
