@@ -304,10 +304,19 @@ def test_example_assets_parse():
     longlive = load_schedules(ASSETS / "longlive.jsonl")
     assert [len(s.segments) for s in longlive] == [2, 3]
     echo = load_schedules(str(ASSETS / "echo.txt"))
-    assert [[s.transition for s in e.segments] for e in echo] == [[SMOOTH, CUT, RECALL], [SMOOTH, SMOOTH]]
+    assert [[s.transition for s in e.segments] for e in echo] == [[SMOOTH, CUT, RECALL], [SMOOTH, SMOOTH], [SMOOTH, CUT]]
+    # the release's leniency: the marker mid-scene, an empty scene skipped, a last scene without a duration
+    lenient = echo[2].plan(200, temporal_compression=4, fps=16, chunk_frames=3)
+    assert [(p.start, p.length) for p in lenient] == [(0, 6), (6, 194)] and "[2s#]" not in lenient[0].prompt
+    plain = load_schedules(ASSETS / "prompts.txt")  # Self-Forcing / LongLive / VBench lists: one video per line
+    assert [[s.prompt for s in p.segments] for p in plain] == [[line] for line in
+                                                               (ASSETS / "prompts.txt").read_text().splitlines()]
+    # Anchor Forcing's lines: seed and num per line, switch indices from its config (here: the command line)
+    anchor = load_schedules(ASSETS / "anchor-forcing.jsonl", switch_frame_indices=[12, 24])
+    assert [(len(s.segments), s.seed) for s in anchor] == [(3, 7), (3, 11)]
 
 
-@pytest.mark.parametrize("name", ["shapeworld-switch.yaml", "longlive.jsonl", "echo.txt"])
+@pytest.mark.parametrize("name", ["shapeworld-switch.yaml", "longlive.jsonl", "echo.txt"])  # plain lists go by .txt
 def test_example_assets_are_sniffed_from_their_text(name):
     path = ASSETS / name
     assert parse_schedule_text(path.read_text()) == load_schedules(path)
