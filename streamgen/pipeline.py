@@ -357,7 +357,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
         transformer's and VAE's weights checked for NaN / inf / absurd values after it."""
         folder = Path(pretrained_model_name_or_path)
         if folder.is_dir():
-            check_weight_files(folder)
+            check_weight_files(folder, given=kwargs)
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         for name in ("transformer", "vae"):  # a broken text encoder shows as a non-finite output at the first chunk
             module = getattr(pipe, name, None)

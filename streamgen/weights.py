@@ -11,6 +11,7 @@ import json
 import math
 import struct
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -20,10 +21,22 @@ MAX_ABS_WEIGHT = 1e4  # trained weights stay orders of magnitude below; random b
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
-def check_weight_files(folder: str | Path) -> None:
-    """ValueError naming the file if a weights file in a pipeline folder's components is empty, truncated or not
-    safetensors; :class:`~streamgen.safe_load.UnsafeFileError` if a pickled one would run code. Reads headers only."""
-    for path in sorted(Path(folder).glob("*/*")):
+def check_weight_files(folder: str | Path, given: Iterable[str] = ()) -> None:
+    """ValueError naming the component if ``model_index.json`` names one its folder lacks (and the caller does not
+    pass, ``given``), or the file if a weights
+    file in a component is empty, truncated or not safetensors; :class:`~streamgen.safe_load.UnsafeFileError` if a
+    pickled one would run code. Reads headers only."""
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        index = {}  # diffusers says what is wrong with the index itself
+    for name, spec in index.items():  # diffusers' own message names a config.json, not the missing component
+        component = isinstance(spec, list) and len(spec) == 2 and all(isinstance(part, str) for part in spec)
+        if component and name not in given and not (folder / name).is_dir():
+            raise ValueError(f"{folder}: no {name}/ folder, though model_index.json names the component {name!r} "
+                             f"({spec[1]}): an incomplete copy of the pipeline, or a folder of configs only")
+    for path in sorted(folder.glob("*/*")):
         if path.suffix == ".safetensors":
             problem = safetensors_problem(path)
             if problem:

@@ -184,6 +184,13 @@ def test_damaged_weights_fail_in_one_line_naming_the_file_and_tensor(tmp_path, c
         StreamingVideoPipeline.from_pretrained(folder)
 
 
+def test_a_pipeline_folder_missing_a_component_fails_in_one_line_naming_it(tmp_path, capsys):
+    folder = shutil.copytree(TINY, tmp_path / "pipe")
+    shutil.rmtree(folder / "vae")
+    rc, err = run(capsys, "generate", "--pipeline", folder, "--prompt", PROMPT, "--frames", 3, "--out", tmp_path / "o.mp4")
+    assert rc == 2 and "no vae/ folder, though model_index.json names the component 'vae'" in one_error_line(err)
+
+
 @pytest.fixture
 def nan_after(monkeypatch):
     """From the given latent frame on, the engine's chunks come out NaN (as from broken weights)."""
