@@ -56,6 +56,19 @@ def test_cli_defaults_bind_loopback():
     assert (args.host, args.port, args.pipeline) == ("0.0.0.0", 8000, "p")
 
 
+def test_on_a_cpu_several_sessions_get_one_torch_thread_each_unless_threads_says_otherwise():
+    from streamgen.demo import torch_threads
+
+    parse = _parser().parse_args
+    assert torch_threads(parse(["demo"])) == 1  # 8 sessions, a worker each
+    assert torch_threads(parse(["demo", "--max-sessions", "1"])) is None
+    assert torch_threads(parse(["demo", "--concurrency", "1"])) is None
+    assert torch_threads(parse(["demo", "--device", "cuda:0"])) is None
+    args = parse(["demo"])
+    args.threads = 2  # streamgen --threads 2 demo
+    assert torch_threads(args) is None
+
+
 def test_cli_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
     assert cmd_demo(_parser().parse_args(["demo"])) == 2
