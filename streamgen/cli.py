@@ -16,6 +16,7 @@ from pathlib import Path
 from .loading import DTYPES, int_list, open_pipeline
 from .progress import quiet_loading
 from .resources import find_pipeline, pipeline_names, pipeline_path, preset_names
+from .threads import use_default_threads
 
 DESCRIPTION = "Interactive streaming video generation: a causal video model streams chunk by chunk while you switch " \
               "prompts."
@@ -113,6 +114,8 @@ def cmd_generate(args) -> int:
         import torch
 
         pipe = open_pipeline(folder, args.device, args.dtype)
+        if args.threads is None:
+            use_default_threads(pipe)
         # --seed wins; else the schedule's own (a JSONL line's "seed"), else 0. It seeds the stream once.
         seed = args.seed if args.seed is not None else schedule.seed if schedule.seed is not None else 0
         generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
@@ -237,6 +240,8 @@ def cmd_bench_speed(args) -> int:
         pipe.set_progress_bar_config(disable=True)
     else:
         pipe = open_pipeline(args.pipeline, args.device, args.dtype)
+    if args.threads is None:
+        use_default_threads(pipe)
     if args.attention:
         pipe.transformer.set_attention_backend(args.attention)
     if args.compile:
@@ -280,9 +285,19 @@ def _add_verbose(parser: argparse.ArgumentParser, default=False) -> None:
                 _add_verbose(subparser, argparse.SUPPRESS)
 
 
+def _add_threads(parser: argparse.ArgumentParser, default=None) -> None:
+    """``--threads`` before or after the command name (``streamgen bench speed --threads 1``), as ``-v``."""
+    parser.add_argument("--threads", type=int, default=default,
+                        help="torch CPU threads (default: the pipeline's torch_threads, else 1 for a model under "
+                             "100M parameters and the physical cores for a larger one)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in dict.fromkeys(action.choices.values()):
+                _add_threads(subparser, argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamgen", description=DESCRIPTION, epilog=EPILOG)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (small models on a busy CPU: try 1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p, frames_default):
@@ -356,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_convert(sub)
     register_train(sub)
     _add_verbose(parser)
+    _add_threads(parser)
     return parser
 
 
