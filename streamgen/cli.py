@@ -228,7 +228,13 @@ def cmd_info(args) -> int:
 def cmd_bench_speed(args) -> int:
     import torch
 
-    from .bench.speed import run_speed_benchmark, summarize, write_json
+    from .bench.speed import compare, compare_table, run_speed_benchmark, summarize, write_json
+
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
+    caches = [name.strip() for name in args.compare.split(",")] if args.compare else None
+    if caches is not None and not all(caches):
+        raise ValueError(f"--compare {args.compare!r}: a comma-separated list of cache presets")
 
     if args.preset:
         folder = pipeline_path(args.preset)
@@ -246,10 +252,18 @@ def cmd_bench_speed(args) -> int:
         pipe.transformer.set_attention_backend(args.attention)
     if args.compile:
         pipe.transformer.compile_blocks()
-    result = run_speed_benchmark(
-        pipe, prompt=args.prompt, num_frames=args.frames, cache=args.cache, seed=args.seed,
-        height=args.height, width=args.width, num_inference_steps=args.steps,
-    )
+    stream = dict(prompt=args.prompt, num_frames=args.frames, seed=args.seed, height=args.height, width=args.width,
+                  num_inference_steps=args.steps)
+    if caches or args.repeat > 1 or args.baseline:
+        if caches and args.cache:
+            raise ValueError("--cache and --compare: give the presets to --compare only")
+        rows = compare(pipe, caches or [args.cache], repeat=args.repeat, baseline=args.baseline, **stream)
+        print(compare_table(rows))
+        if args.json:
+            write_json({"attention": args.attention or "native", "compiled": args.compile, "preset": args.preset,
+                        "rows": rows}, args.json)
+        return 0
+    result = run_speed_benchmark(pipe, cache=args.cache, **stream)
     result.update(attention=args.attention or "native", compiled=args.compile, preset=args.preset)
     print(summarize(result))
     if args.json:
@@ -364,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--random-weights", action="store_true", help="build the --preset model with random weights")
     speed.add_argument("--attention", help="diffusers attention backend: native, flash, _native_flash, xformers, ...")
     speed.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks' feed-forwards")
+    speed.add_argument("--repeat", type=int, default=1, help="rounds; with more than 1, a table of medians and spreads")
+    speed.add_argument("--compare", metavar="PRESET,...", help="cache presets timed in one run, interleaved round by "
+                       "round, printed as one table")
+    speed.add_argument("--baseline", choices=["recompute"], help="add a row for the same model with no cache, "
+                       "re-running the whole window the (first) preset's cache holds at every step")
     speed.add_argument("--json", help="write the full result here")
     speed.set_defaults(func=cmd_bench_speed)
 
