@@ -86,6 +86,10 @@ class StreamEngine:
         layout = preset.stream_layout(stream_frames)
         if layout.num_slots < chunk_frames:
             raise ValueError(f"cache preset {preset.name!r} holds {layout.num_slots} frames, fewer than a chunk ({chunk_frames})")
+        positions = preset.position_policy(layout, chunk_frames)
+        switch_strategy, memory = preset.switch_strategy(), preset.between_switch_memory()
+        # Keys that never move and that no mechanism reads are rotated once, when written, not at every read.
+        keys_roped = positions.stable_key_positions and not (switch_strategy.reads_keys or memory.reads_keys)
         self.cache = KVCache(
             layout,
             num_layers=len(transformer.blocks),
@@ -95,12 +99,13 @@ class StreamEngine:
             head_dim=transformer.head_dim,
             dtype=transformer.dtype,
             device=transformer.device,
+            keys_roped=keys_roped,
         )
         self.context = StreamContext(
             cache=self.cache,
-            positions=preset.position_policy(layout, chunk_frames),
-            switch=preset.switch_strategy(),
-            memory=preset.between_switch_memory(),
+            positions=positions,
+            switch=switch_strategy,
+            memory=memory,
             chunk_frames=chunk_frames,
             rope_range=preset.rope_range,  # resolved: position_policy() refuses 'auto'
             temporal_frequencies=transformer._rope().inv_t,
@@ -216,7 +221,7 @@ class StreamEngine:
         else:
             self.cache.begin_chunk(frames)
         key_pos, query_pos = self.context.positions(self.cache.attention_frames(), frames)
-        return self.transformer.rotary(key_pos, query_pos, *self.latent_hw)
+        return self.transformer.rotary(None if self.cache.keys_roped else key_pos, query_pos, *self.latent_hw)
 
     def _guided(self, x: torch.Tensor, t: float, rotary: ChunkRotary) -> torch.Tensor:
         """The flow at (x, t): the transformer's prediction, guided, as a flow whatever the model predicts."""

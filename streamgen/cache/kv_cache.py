@@ -2,6 +2,9 @@
 
 Keys are stored UN-roped: a position policy decides, at read time, which temporal index every cached frame has
 (absolute, block-relative, tri-region ...), so the same stored keys can be re-positioned without recomputation.
+The one exception, ``keys_roped``: a stream whose position policy never moves a key (``stable_key_positions``) and
+whose mechanisms never read keys (``reads_keys``) stores each key rotated once, when it is written, so no read
+rotates the whole cache again (the engine decides, see :meth:`streamgen.engine.StreamEngine`).
 
 All tensors are allocated once, ``[num_layers, B, num_slots * tokens_per_frame, H, D]``; a chunk's writes are
 in-place copies into the slots the :class:`SlotTable` assigned to its frames (and, when an evicted frame is promoted
@@ -39,8 +42,10 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        keys_roped: bool = False,
     ):
         self.layout = layout
+        self.keys_roped = keys_roped  # keys are stored rotated (at their fixed positions), read as they are
         self.tokens_per_frame = tokens_per_frame
         shape = (num_layers, batch_size, layout.num_slots * tokens_per_frame, num_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
@@ -182,7 +187,7 @@ class KVCache:
 
     # ---- tensor traffic (once per layer per forward) ----------------------------------------------------------
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the current chunk's un-roped ``k``, ``v`` [B, n_tokens, H, D] in its slots."""
+        """Store the current chunk's ``k``, ``v`` [B, n_tokens, H, D] in its slots (``k`` roped iff ``keys_roped``)."""
         if isinstance(self._write, slice):
             self.k[layer, :, self._write] = k
             self.v[layer, :, self._write] = v
@@ -191,7 +196,8 @@ class KVCache:
             self.v[layer].index_copy_(1, self._write, v)
 
     def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Un-roped K/V [B, N_keys, H, D] of every attended frame (current chunk included), in read order."""
+        """K/V [B, N_keys, H, D] of every attended frame (current chunk included), in read order; keys un-roped unless
+        ``keys_roped``."""
         if isinstance(self._read, slice):
             return self.k[layer, :, self._read], self.v[layer, :, self._read]
         return self.k[layer].index_select(1, self._read), self.v[layer].index_select(1, self._read)

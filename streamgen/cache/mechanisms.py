@@ -51,6 +51,11 @@ class PositionPolicy(ABC):
     """
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    # Stable key positions: a frame's temporal index depends on the frame alone (never on the chunk reading it), and
+    # the query frames sit at the indices of their own keys. Keys may then be rotated once, when they are written,
+    # instead of at every read (see :attr:`CacheMechanism.reads_keys` for what else that needs). A policy that moves
+    # keys (a new index per chunk) leaves this False and keys are rotated at read time.
+    stable_key_positions: ClassVar[bool] = False
     # Keeps every index inside the backbone's trained range: the preset must state rope_range (else must not).
     needs_rope_range: ClassVar[bool] = False
 
@@ -103,6 +108,10 @@ class CacheMechanism:
 
     # Capabilities the stream's position policy must have (e.g. {JUMP}); checked when the preset loads.
     needs_positions: ClassVar[frozenset[str]] = frozenset()
+    # Whether this mechanism reads, copies, scales or re-holds cached keys (``chunk_kv``, ``region_kv``, ``hold``,
+    # ``copy_into``, ``scale_region``, ``cache.k`` ...), which it then gets un-roped. Only when no mechanism of a
+    # stream does, and its position policy has stable key positions, are keys stored already rotated.
+    reads_keys: ClassVar[bool] = True
 
     def check(self, plan: PresetPlan) -> None:
         """Raise ValueError if the preset cannot serve this mechanism: a region it needs, something it needs from
@@ -165,3 +174,5 @@ register_memory = MEMORIES.register
 @register_memory("none")
 class NoMemory(BetweenSwitchMemory):
     """``none``: between switches the regions simply fill and evict as the preset lays them out."""
+
+    reads_keys = False

@@ -19,6 +19,8 @@ from .regions import RegionLayout
 class AbsolutePositions(PositionPolicy):
     """Self-Forcing / LongLive: a frame's temporal index is its index in the stream (grows without bound)."""
 
+    stable_key_positions = True  # a frame keeps its index, so its key is rotated once, when written
+
     def __call__(self, key_frames, query_frames):
         keys = torch.tensor([f for f, _ in key_frames], dtype=torch.float64)
         return keys, torch.tensor(query_frames, dtype=torch.float64)

@@ -20,6 +20,8 @@ from .values import is_int
 class KeepCache(SwitchStrategy):
     """``none``: keep every cached frame as it was computed under the old prompt."""
 
+    reads_keys = False
+
     def on_switch(self, ctx, transition):
         return None
 
@@ -49,6 +51,8 @@ class Recache(SwitchStrategy):
     ``joint`` (one pass in which the re-encoded frames attend to each other in both directions, as LongLive's
     KV-cache attention does: it builds a block-causal mask for the pass but never applies it).
     """
+
+    reads_keys = False  # it only clears regions and re-encodes frames through ctx.reencode
 
     keep_regions: tuple[str, ...] = ("sink",)
     sink: str = "keep"
@@ -86,6 +90,8 @@ class Flush(SwitchStrategy):
     kept frames are simply re-indexed next to the new prompt's first chunk, which continues motion from them while
     the replaced cross-attention carries the new prompt.
     """
+
+    reads_keys = False  # it only drops frames; the kept ones stay where they are
 
     keep_regions: tuple[str, ...] = ("sink",)
     keep_recent: int = 2

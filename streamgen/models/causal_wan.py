@@ -6,7 +6,8 @@ diffusers Wan transformer folder just works, and the inherited ``forward`` is st
 
 - self-attention: the chunk's tokens attend to every frame the KV cache exposes plus themselves (bidirectional
   inside the chunk); the chunk's own K/V are written into the cache un-roped, and RoPE is applied at read time
-  from temporal positions chosen by a position policy (see :mod:`streamgen.cache.positions`);
+  from temporal positions chosen by a position policy (see :mod:`streamgen.cache.positions`), or, for a cache
+  with ``keys_roped`` (positions that never move), rotated once as they are written;
 - cross-attention: text K/V are computed once per prompt (:meth:`encode_prompt_kv`) and reused by every chunk.
 
 Every size (tokens per frame, heads, head dim, layers) comes from the config and the input shape, so the tiny test
@@ -42,10 +43,13 @@ class PromptKV:
 
 @dataclass
 class ChunkRotary:
-    """RoPE tables for one chunk: its query tokens and the key tokens it reads from the cache."""
+    """RoPE tables for one chunk: its query tokens and the key tokens it reads from the cache.
+
+    ``key`` is None when the cache stores keys already rotated (``KVCache.keys_roped``): the chunk's own keys are
+    then rotated once, with the query table (they sit at their queries' positions), as they are written."""
 
     query: Rotary
-    key: Rotary
+    key: Rotary | None
 
 
 def _heads(attn: WanAttention, *tensors: torch.Tensor):
@@ -124,19 +128,32 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         grid_h, grid_w = self.token_grid(latent_height, latent_width)
         return grid_h * grid_w
 
+    def _compute_dtype(self) -> torch.dtype:
+        """``self.dtype``, remembered while the patch embedding's weight stays the same tensor and dtype (``to()`` and
+        diffusers' layerwise casting both replace it): diffusers walks every module for casting hooks on each call,
+        a fifth of a tiny model's chunk-forward time."""
+        weight = self.patch_embedding.weight
+        key = (weight.data_ptr(), weight.dtype, weight.device)
+        memo = getattr(self, "_streamgen_dtype", None)
+        if memo is None or memo[0] != key:
+            memo = self._streamgen_dtype = (key, self.dtype)
+        return memo[1]
+
     def _rope(self) -> WanRope:
         if getattr(self, "_streamgen_rope", None) is None:
             self._streamgen_rope = WanRope(self.head_dim)
         return self._streamgen_rope
 
     def rotary(
-        self, key_positions: torch.Tensor, query_positions: torch.Tensor, latent_height: int, latent_width: int
+        self, key_positions: torch.Tensor | None, query_positions: torch.Tensor, latent_height: int, latent_width: int
     ) -> ChunkRotary:
-        """RoPE tables for a chunk whose query frames / cached key frames sit at the given temporal positions."""
+        """RoPE tables for a chunk whose query frames / cached key frames sit at the given temporal positions;
+        ``key_positions`` None: the cache holds roped keys (no key table)."""
         grid = self.token_grid(latent_height, latent_width)
         device = self.proj_out.weight.device
         rope = self._rope()
-        return ChunkRotary(query=rope.rotary(query_positions, *grid, device), key=rope.rotary(key_positions, *grid, device))
+        key = None if key_positions is None else rope.rotary(key_positions, *grid, device)
+        return ChunkRotary(query=rope.rotary(query_positions, *grid, device), key=key)
 
     # ---- prompt ------------------------------------------------------------------------------------------------
     def encode_prompt_kv(self, encoder_hidden_states: torch.Tensor) -> PromptKV:
@@ -167,7 +184,8 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         ``timestep`` is one value for the whole chunk, or one per frame ([B, f]: training with a different noise
         level per frame, e.g. diffusion forcing). With a ``cache``, the chunk's self-attention K/V are written into
         the slots ``cache.begin_chunk`` assigned and attention reads ``cache.read``; ``rotary.key`` must describe
-        those keys. With ``cache=None`` the chunk attends to itself, under ``attention_mask`` if given (e.g.
+        those keys, or be None for a cache that stores keys roped (``KVCache.keys_roped``): the chunk's keys are then
+        rotated with ``rotary.query`` as they are written and read back as they are. With ``cache=None`` the chunk attends to itself, under ``attention_mask`` if given (e.g.
         :func:`block_causal_mask` to train chunk-causally on whole clips); ``rotary.key`` is then ignored.
         ``query_observer(layer, q)``, if given, sees every layer's un-roped self-attention queries [B, n, H, D]
         (Echo-Forcing's mean scene query); it cannot change them.
@@ -176,7 +194,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         p_t, p_h, p_w = self.config.patch_size
         grid_h, grid_w = self.token_grid(height, width)
 
-        x = self.patch_embedding(hidden_states.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()
+        x = self.patch_embedding(hidden_states.to(self._compute_dtype())).flatten(2).transpose(1, 2).contiguous()
         temb, timestep_proj = self._time_embedding(timestep, batch, frames, grid_h * grid_w, x)
 
         for layer, block in enumerate(self.blocks):
@@ -189,7 +207,22 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
     def _time_embedding(self, timestep, batch, frames, tokens_per_frame, like):
-        """(temb [B, T, dim], timestep_proj [B, T, 6, dim]) with T = 1 for one timestep, else one per token."""
+        """(temb [B, T, dim], timestep_proj [B, T, 6, dim]) with T = 1 for one timestep, else one per token.
+
+        A stream runs the same few timesteps every chunk: at inference, a timestep given as a number is embedded once
+        and remembered (a handful of entries) while the embedder's weights stay the same tensors, unmodified."""
+        if isinstance(timestep, (int, float)) and not torch.is_grad_enabled():
+            weights = tuple((p.data_ptr(), p._version, p.dtype) for p in self.condition_embedder.parameters())
+            key = (float(timestep), batch, like.dtype, like.device, weights)
+            memo = self.__dict__.setdefault("_streamgen_time_embeddings", {})
+            if key not in memo:
+                if len(memo) >= 32:
+                    memo.clear()
+                memo[key] = self._embed_time(timestep, batch, frames, tokens_per_frame, like)
+            return memo[key]
+        return self._embed_time(timestep, batch, frames, tokens_per_frame, like)
+
+    def _embed_time(self, timestep, batch, frames, tokens_per_frame, like):
         t = torch.as_tensor(timestep, dtype=torch.float32, device=like.device)
         per_frame = t.dim() == 2
         if per_frame and tuple(t.shape) != (batch, frames):
@@ -224,8 +257,15 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         q, k, v = _self_qkv(attn, h)  # [B, n, H, D]
         if query_observer is not None:
             query_observer(layer, q.detach())
-        if cache is None:
-            return _attend(attn, rotary.query.apply(q), rotary.query.apply(k), v, attention_mask)
+        if cache is None or rotary.key is None:  # q and k at the same positions: one rotation for both
+            q, k = rotary.query.apply(torch.cat((q, k), dim=2)).chunk(2, dim=2)
+            if cache is None:
+                return _attend(attn, q, k, v, attention_mask)
+            # A cache of roped keys (positions never move): the chunk's keys are rotated once, as they are written.
+            cache.write(layer, k, v)
+            k_all, v_all = cache.read(layer)
+            return _attend(attn, q, k_all, v_all)
+        # Keys are cached un-roped and rotated to the positions the policy gave them for this chunk.
         cache.write(layer, k, v)
         k_all, v_all = cache.read(layer)
         return _attend(attn, rotary.query.apply(q), rotary.key.apply(k_all), v_all)
