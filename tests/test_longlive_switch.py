@@ -25,31 +25,13 @@ from streamgen.engine import StreamEngine
 from streamgen.models.causal_wan import CausalWanTransformer3DModel
 from streamgen.sampling import FewStepSampler
 
+from release_reference import PassKV
+
 LOCAL_ATTN_SIZE = 12  # the release's config, not read from our preset: a wrong preset must fail here
 SINK_SIZE = 3
 CHUNK = 3  # num_frame_per_block
 LATENT = 4  # latent height = width: 2x2 tokens per frame
 TOLERANCE = 1e-4  # max relative error of a chunk (float32 engine against the float64 reference)
-
-
-class PassKV:
-    """What one reference pass attends to: ``context`` frames' stored K/V, then the pass's own frames ``attended``
-    (indices into the pass); the pass's fresh K/V are kept per layer for the caller to store."""
-
-    def __init__(self, store, context, attended):
-        self.store, self.context, self.attended = store, context, attended
-        self.k, self.v = {}, {}
-
-    def write(self, layer, k, v):  # [B, n_frames * tokens, H, D]
-        self.k[layer], self.v[layer] = k, v
-
-    def read(self, layer):
-        def own(t):
-            return t.unflatten(1, (-1, self.store.tokens))[:, self.attended].flatten(1, 2)
-
-        ks = [self.store.k[f][layer] for f in self.context] + [own(self.k[layer])]
-        vs = [self.store.v[f][layer] for f in self.context] + [own(self.v[layer])]
-        return torch.cat(ks, dim=1), torch.cat(vs, dim=1)
 
 
 class ReferenceLongLive:
@@ -62,7 +44,7 @@ class ReferenceLongLive:
 
     def run(self, x, t, frames, context, attended):
         """One transformer pass of ``frames`` (latents ``x``) at ``t`` reading ``context`` + ``attended``."""
-        kv = PassKV(self, context, attended)
+        kv = PassKV(self.tokens, [(self.k[f], self.v[f]) for f in context], attended)
         keys = context + [frames[i] for i in attended]
         rotary = self.model.rotary(torch.tensor(keys, dtype=torch.float64),
                                    torch.tensor(frames, dtype=torch.float64), LATENT, LATENT)
@@ -71,9 +53,7 @@ class ReferenceLongLive:
 
     def keep(self, kv, frames, which):
         for i in which:
-            tokens = slice(i * self.tokens, (i + 1) * self.tokens)
-            self.k[frames[i]] = [kv.k[layer][:, tokens] for layer in range(len(kv.k))]
-            self.v[frames[i]] = [kv.v[layer][:, tokens] for layer in range(len(kv.v))]
+            self.k[frames[i]], self.v[frames[i]] = kv.frame_kv(i)
             (self.sink if len(self.sink) < SINK_SIZE else self.local).append(frames[i])
         self.local = self.local[-(LOCAL_ATTN_SIZE - SINK_SIZE):]
 
