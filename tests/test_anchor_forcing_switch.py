@@ -33,14 +33,11 @@ import pytest
 import torch
 
 from streamgen.cache import load_preset
-from streamgen.engine import StreamEngine
-from streamgen.models.causal_wan import CausalWanTransformer3DModel
 from streamgen.pipeline import StreamingVideoPipeline
 from streamgen.resources import pipeline_path
-from streamgen.sampling import FewStepSampler
 from streamgen.schedule import parse_schedule_text
 
-from release_reference import PassKV
+from release_reference import PassKV, relative_errors, stream_side_by_side
 
 # The release's configs, not read from our preset: a wrong preset must fail here.
 LOCAL_ATTN_SIZE = 12
@@ -151,36 +148,12 @@ class ReferenceAnchorForcing:
 def stream_both(config, switches, frames, preset_name="anchor-forcing", single_prompt=False, switch_options=None):
     """Per chunk, (the preset's x0, the reference's x0) with the same weights, noise and prompts. ``switches`` maps
     the frame a switch plays at to the index it was asked for; ``switch_options`` replace the preset's."""
-    torch.manual_seed(0)
-    model = CausalWanTransformer3DModel(**config).eval()
-    reference = CausalWanTransformer3DModel(**config).eval().double()
-    reference.load_state_dict(model.state_dict())
     preset = load_preset(preset_name)
     if switch_options is not None:
         preset = replace(preset, switch_options=switch_options)
-    sampler = FewStepSampler()
-    engine = StreamEngine(model, preset, sampler, batch_size=1, latent_channels=config["in_channels"],
-                          latent_height=LATENT, latent_width=LATENT, chunk_frames=CHUNK,
-                          generator=torch.Generator().manual_seed(1))
-    ref = ReferenceAnchorForcing(reference, torch.Generator().manual_seed(1), single_prompt)
-    texts = torch.randn(len(switches) + 1, 1, 5, config["text_dim"], generator=torch.Generator().manual_seed(2))
-    noise = torch.Generator().manual_seed(3)
-    pairs, prompt = [], 0
-    with torch.no_grad():
-        engine.set_prompt(model.encode_prompt_kv(texts[0]))
-        ref.prompt = reference.encode_prompt_kv(texts[0].double())
-        for start in range(0, frames, CHUNK):
-            if start in switches:
-                prompt += 1
-                engine.set_prompt(model.encode_prompt_kv(texts[prompt]), switch_index=switches[start])
-                ref.switch(reference.encode_prompt_kv(texts[prompt].double()), switches[start])
-            chunk_noise = torch.randn(1, config["in_channels"], CHUNK, LATENT, LATENT, generator=noise)
-            pairs.append((engine.generate_chunk(chunk_noise), ref.chunk(chunk_noise, sampler.sigmas().tolist())))
-    return pairs
-
-
-def relative_errors(pairs):
-    return [((ours.double() - ref).abs().max() / ref.abs().max()).item() for ours, ref in pairs]
+    return stream_side_by_side(config, preset,
+                               lambda model, generator: ReferenceAnchorForcing(model, generator, single_prompt),
+                               switches, frames, CHUNK, LATENT)
 
 
 # frame a switch plays at: index it was asked for. 40 plays at 42 (the release's first config switch), its junction

@@ -21,11 +21,8 @@ import pytest
 import torch
 
 from streamgen.cache import load_preset
-from streamgen.engine import StreamEngine
-from streamgen.models.causal_wan import CausalWanTransformer3DModel
-from streamgen.sampling import FewStepSampler
 
-from release_reference import PassKV
+from release_reference import PassKV, relative_errors, stream_side_by_side
 
 LOCAL_ATTN_SIZE = 12  # the release's config, not read from our preset: a wrong preset must fail here
 SINK_SIZE = 3
@@ -77,7 +74,7 @@ class ReferenceLongLive:
         self.frame += len(frames)
         return x0
 
-    def switch(self, prompt):
+    def switch(self, prompt, asked):  # LongLive times nothing from the asked frame: it switches where it plays
         self.prompt = prompt
         span = list(range(self.frame - min(LOCAL_ATTN_SIZE, self.frame), self.frame))
         x = torch.cat([self.clean[f] for f in span], dim=2)
@@ -96,38 +93,13 @@ class ReferenceLongLive:
 def stream_both(config, switches, frames, global_sink, switch_options=None):
     """Per chunk, (our longlive preset's x0, the reference's x0) with the same weights, noise and prompts;
     ``switch_options`` replace the preset's."""
-    torch.manual_seed(0)
-    model = CausalWanTransformer3DModel(**config).eval()
-    reference = CausalWanTransformer3DModel(**config).eval().double()
-    reference.load_state_dict(model.state_dict())
     preset = load_preset("longlive")
     if switch_options is not None:
         preset = replace(preset, switch_options=switch_options)
     elif not global_sink:
         preset = replace(preset, switch_options={**preset.switch_options, "sink": "reencode"})
-    sampler = FewStepSampler()
-    engine = StreamEngine(model, preset, sampler, batch_size=1, latent_channels=config["in_channels"],
-                          latent_height=LATENT, latent_width=LATENT, chunk_frames=CHUNK,
-                          generator=torch.Generator().manual_seed(1))
-    ref = ReferenceLongLive(reference, global_sink, torch.Generator().manual_seed(1))
-    texts = torch.randn(len(switches) + 1, 1, 5, config["text_dim"], generator=torch.Generator().manual_seed(2))
-    noise = torch.Generator().manual_seed(3)
-    pairs, prompt = [], 0
-    with torch.no_grad():
-        engine.set_prompt(model.encode_prompt_kv(texts[0]))
-        ref.prompt = reference.encode_prompt_kv(texts[0].double())
-        for start in range(0, frames, CHUNK):
-            if start in switches:
-                prompt += 1
-                engine.set_prompt(model.encode_prompt_kv(texts[prompt]))
-                ref.switch(reference.encode_prompt_kv(texts[prompt].double()))
-            chunk_noise = torch.randn(1, config["in_channels"], CHUNK, LATENT, LATENT, generator=noise)
-            pairs.append((engine.generate_chunk(chunk_noise), ref.chunk(chunk_noise, sampler.sigmas().tolist())))
-    return pairs
-
-
-def relative_errors(pairs):
-    return [((ours.double() - ref).abs().max() / ref.abs().max()).item() for ours, ref in pairs]
+    return stream_side_by_side(config, preset, lambda model, generator: ReferenceLongLive(model, global_sink, generator),
+                               {start: start for start in switches}, frames, CHUNK, LATENT)
 
 
 SWITCHES = [(6,), (12,), (15,), (42,), (15, 42)]
