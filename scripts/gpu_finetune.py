@@ -50,13 +50,12 @@ def pack(init: Path) -> None:
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
 
-    import diffusers
+    from gpu.kit import download_wheels  # scripts/gpu/kit.py (scripts/ is on the path when this file runs)
     from streamgen.text_encoders import packaged_text_encoder_folder
 
     shutil.rmtree(PACK, ignore_errors=True)
     (PACK / "te").mkdir(parents=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
-                    str(PACK / "whl"), f"diffusers=={diffusers.__version__}", "importlib_metadata"], check=True)
+    download_wheels(PACK / "whl")  # the GPU run kit's: exactly what the device image lacks
     folder = packaged_text_encoder_folder(TEXT_PACKAGE)
     ids = shapeworld_token_ids(AutoTokenizer.from_pretrained(folder))
     weights = load_file(str(folder / "model.safetensors"))

@@ -53,15 +53,20 @@ def _write(name: str, result: dict) -> None:
 
 
 # ---- here -------------------------------------------------------------------------------------------------------
+def download_wheels(folder: Path) -> None:
+    """The wheels the device image lacks (:data:`WHEELS`), at this machine's versions, into ``folder``."""
+    from importlib.metadata import version
+
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
+                    str(folder), *(f"{name}=={version(name)}" for name in WHEELS)], check=True)
+
+
 def pack() -> None:
     """Wheels of the missing packages at this machine's versions, and the CPU reference latents."""
     import shutil
 
-    from importlib.metadata import version
-
     shutil.rmtree(KIT, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
-                    str(KIT / "whl"), *(f"{name}=={version(name)}" for name in WHEELS)], check=True)
+    download_wheels(KIT / "whl")
     from safetensors.torch import save_file
 
     save_file({"latents": _parity_latents("cpu", "fp32")}, str(KIT / "reference.safetensors"))
