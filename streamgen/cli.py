@@ -93,7 +93,7 @@ class GenerationFailed(RuntimeError):
 def cmd_generate(args) -> int:
     from .prompts import MAX_PROMPT_CHARS, check_prompt_length, shorten
     from .signals import Stopped, StopSignals
-    from .video_io import Mp4StreamWriter, check_output_path
+    from .video_io import Mp4StreamWriter, check_free_space, check_output_path
 
     # Everything that can be refused without the model is refused before it loads: numbers, the schedule, prompt
     # lengths (the limit is in model_index.json) and the output path.
@@ -107,9 +107,8 @@ def cmd_generate(args) -> int:
     for i, segment in enumerate(schedule.segments):
         check_prompt_length(segment.prompt, limit, "--prompt" if args.prompt is not None else f"{args.prompts}: "
                                                                                               f"segment {i}'s prompt")
-    height, width = args.height or config.get("height") or 0, args.width or config.get("width") or 0
     out = Path(args.out)
-    partial = check_output_path(out, estimated_bytes=args.frames * height * width * 3 // 8)  # ~1/8 of raw RGB
+    partial = check_output_path(out)
     with StopSignals() as stops:
         import torch
 
@@ -124,6 +123,10 @@ def cmd_generate(args) -> int:
             width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
             generator=generator, image=args.init_image, video=args.init_video,
         )
+        # Free space is judged once the model has accepted the size (a size it refuses is the error to report).
+        default_height, default_width = pipe.default_size()
+        height, width = args.height or default_height, args.width or default_width
+        check_free_space(out, estimated_bytes=args.frames * height * width * 3 // 8)  # ~1/8 of raw RGB
         # Frames go to out.mp4.partial, each chunk on disk before the next is generated (a killed run leaves it
         # playable, and an earlier out.mp4 whole); it replaces out.mp4 when the run ends as asked or is stopped.
         writer = Mp4StreamWriter(partial, fps=pipe.config.fps)

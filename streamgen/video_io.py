@@ -40,7 +40,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["FfmpegError", "Mp4StreamWriter", "check_output_path", "mp4_complete_prefix", "partial_path", "read_video"]
+__all__ = ["FfmpegError", "Mp4StreamWriter", "check_free_space", "check_output_path", "mp4_complete_prefix", "partial_path", "read_video"]
 
 
 class FfmpegError(RuntimeError):
@@ -348,11 +348,11 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def check_output_path(path: str | os.PathLike, estimated_bytes: int = 0) -> Path:
+def check_output_path(path: str | os.PathLike) -> Path:
     """Make sure a video can be written at ``path`` before any work starts (its folder is created, and a probe
     file written there and removed); returns its :func:`partial_path`. ValueError, one line, if ``path`` is a folder
-    or not a regular file (``/dev/full``), its folder cannot be made or written (a file in the way, a read-only file
-    system, permissions), or its file system has less than ``estimated_bytes`` free."""
+    or not a regular file (``/dev/full``), or its folder cannot be made or written (a file in the way, a read-only
+    file system, permissions)."""
     path = Path(path)
     partial = partial_path(path)
     for target in (path, partial):
@@ -371,11 +371,16 @@ def check_output_path(path: str | os.PathLike, estimated_bytes: int = 0) -> Path
     except OSError as err:
         where = err.filename or partial.parent
         raise ValueError(f"--out {path}: cannot write there ({err.strerror or err}: {where})") from None
-    free = shutil.disk_usage(partial.parent).free
-    if free < estimated_bytes:
-        raise ValueError(f"--out {path}: {free:,} bytes free in {partial.parent}, the video needs about "
-                         f"{estimated_bytes:,}")
     return partial
+
+
+def check_free_space(path: str | os.PathLike, estimated_bytes: int) -> None:
+    """ValueError, one line, if the file system of ``path`` (checked by :func:`check_output_path`) has less than
+    ``estimated_bytes`` free."""
+    folder = partial_path(path).parent
+    free = shutil.disk_usage(folder).free
+    if free < estimated_bytes:
+        raise ValueError(f"--out {path}: {free:,} bytes free in {folder}, the video needs about {estimated_bytes:,}")
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:

@@ -413,7 +413,7 @@ def test_switch_after_the_end_recall_of_an_unplayed_scene_and_batch_size_0_raise
 
 
 # ---- 5. the output: a rerun never destroys an earlier video --------------------------------------------------------
-def test_out_is_checked_before_the_model_loads(tmp_path, capsys, never_loaded, monkeypatch):
+def test_out_is_checked_before_the_model_loads(tmp_path, capsys, never_loaded):
     (tmp_path / "file").write_text("x")
     cases = [
         (tmp_path, "is a folder"),
@@ -423,9 +423,18 @@ def test_out_is_checked_before_the_model_loads(tmp_path, capsys, never_loaded, m
     for out, needle in cases:
         rc, err = run(capsys, "generate", "--pipeline", TINY, "--prompt", PROMPT, "--out", out)
         assert rc == 2 and needle in one_error_line(err), (out, err)
+
+
+def test_free_space_is_judged_after_the_model_accepts_the_size_and_before_a_frame(tmp_path, capsys, loaded,
+                                                                                 monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     rc, err = run(capsys, "generate", "--pipeline", TINY, "--prompt", PROMPT, "--frames", 48, "--out", tmp_path / "o.mp4")
     assert rc == 2 and "1,000 bytes free" in one_error_line(err) and "needs about 18,432" in err
+    assert not list(tmp_path.iterdir())
+    # A size the model refuses is the error, however little room the disk has.
+    rc, err = run(capsys, "generate", "--pipeline", TINY, "--prompt", PROMPT, "--height", 65536, "--out",
+                  tmp_path / "o.mp4")
+    assert rc == 2 and "`height` 65536 is more than this model's largest size" in one_error_line(err)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux (RLIMIT_FSIZE)")
