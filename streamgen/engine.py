@@ -78,6 +78,7 @@ class StreamEngine:
         self.sampler = sampler
         self.chunk_frames = chunk_frames
         self.latent_hw = (latent_height, latent_width)
+        self.stream_frames = stream_frames  # None: open-ended
         self.generator = generator
         if switch is not None:
             preset = preset.with_switch(switch)

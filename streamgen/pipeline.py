@@ -127,10 +127,32 @@ class VideoStream:
         self.scenes = 0  # scenes played so far: the first prompt starts scene 0, each switch one more
         self._consumer = threading.Lock()  # held while a chunk is generated; a second consumer fails at once
         self._failed: BaseException | None = None
+        self._generating = False  # a chunk is under way: its state is half-written
+        # How the engine was built (what pipe.resume() rebuilds before putting a snapshot's state back).
+        self.build = {"batch_size": engine.cache.k.shape[1], "latent_height": engine.latent_hw[0],
+                      "latent_width": engine.latent_hw[1], "stream_frames": engine.stream_frames,
+                      "num_inference_steps": getattr(engine.sampler, "num_inference_steps", None)}
 
     @property
     def latent_frame(self) -> int:
         return self.engine.frame
+
+    @property
+    def chunks(self) -> int:
+        """Chunks generated so far."""
+        return self._chunks
+
+    def snapshot(self, path: str | Path) -> Path:
+        """Write this stream's whole state to ``path`` (one safetensors file, written atomically), between chunks.
+        ``pipe.resume(path)`` then continues it exactly as this stream would go on (:mod:`streamgen.snapshot`)."""
+        from .snapshot import SnapshotError, save
+
+        if self._failed is not None:
+            raise SnapshotError(f"this stream failed ({self._failed}); there is no state worth resuming")
+        if self._generating:
+            raise SnapshotError("a chunk is being generated: snapshot between chunks (between iterations, or in "
+                                "callback_on_chunk_end)")
+        return save(self, path)
 
     @property
     def cache_bytes(self) -> int:
@@ -195,12 +217,14 @@ class VideoStream:
             self._consumer.release()
 
     def _next_chunk(self) -> StreamChunk:
+        self._generating = True
         if self._context is not None:  # the first prompt also encodes the init picture / clip
             self._apply_prompt_changes(0)
             self._continue_from(self._context)
             self._context = None
         start = self.engine.frame - self.context_frames  # schedules, latents= and num_frames count generated frames
         if self.num_latent_frames is not None and start >= self.num_latent_frames:
+            self._generating = False
             raise StopIteration
         self._apply_prompt_changes(start)
         size = self.pipe.config.chunk_frames
@@ -217,6 +241,7 @@ class VideoStream:
             )
         chunk = StreamChunk(self._chunks, self.engine.frame - size, x0, self.decoder.decode(x0), self.prompt)
         self._chunks += 1
+        self._generating = False
         if self.callback_on_chunk_end is not None:
             self.callback_on_chunk_end(self.pipe, chunk)
         return chunk
@@ -608,6 +633,43 @@ class StreamingVideoPipeline(DiffusionPipeline):
         if guidance_scale != 1.0:
             engine.negative_prompt_kv = self.prompt_kv(negative_prompt, batch_size)
         return VideoStream(self, engine, plan, num_latent, latents, generator, callback_on_chunk_end, context=context)
+
+    def resume(
+        self, path: str | Path, *, cache: str | CachePreset | None = None,
+        callback_on_chunk_end: Callable[["StreamingVideoPipeline", StreamChunk], None] | None = None,
+    ) -> VideoStream:
+        """The stream a :meth:`VideoStream.snapshot` at ``path`` saved, ready to go on where it stopped: its next
+        chunks equal those the uninterrupted stream would have made (the same schedule, pending switch and RNG).
+        Switching it, and resuming one snapshot several times, branches the stream. ``cache`` (default: the preset
+        named in the snapshot) must be that preset. A snapshot of another pipeline or preset, or a corrupted or
+        truncated one, is refused (:class:`~streamgen.snapshot.SnapshotError`, one line) before anything runs."""
+        from . import snapshot
+
+        path = Path(path)
+        manifest = snapshot.read_manifest(path)
+        recorded = manifest["preset"]
+        try:
+            preset = self.cache_preset(cache or recorded["name"])
+        except (KeyError, ValueError, OSError) as err:
+            raise snapshot.SnapshotError(f"snapshot {path}: its cache preset {recorded.get('name')!r} is not known "
+                                         f"here ({err}); pass cache= with that preset") from None
+        if isinstance(recorded.get("switch"), str) and recorded["switch"] != preset.switch:
+            preset = preset.with_switch(recorded["switch"])
+        snapshot.check_compatible(path, manifest, self, preset)
+        build = manifest["build"]
+        try:
+            engine = StreamEngine(
+                self.transformer, preset, self.make_sampler(build["num_inference_steps"]),
+                batch_size=int(build["batch_size"]), latent_channels=self.latent_channels,
+                latent_height=int(build["latent_height"]), latent_width=int(build["latent_width"]),
+                chunk_frames=self.config.chunk_frames, stream_frames=build["stream_frames"],
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise snapshot.SnapshotError(f"snapshot {path}: its stream cannot be rebuilt here ({err})") from None
+        stream = VideoStream(self, engine, [], None, None, None, callback_on_chunk_end)
+        snapshot.load_into(path, manifest, stream)
+        stream.callback_on_chunk_end = callback_on_chunk_end
+        return stream
 
     @torch.no_grad()
     def encode_context(self, image, video, height: int, width: int, batch_size: int) -> torch.Tensor | None:

@@ -1,0 +1,164 @@
+"""Snapshots: a stream resumed from a snapshot goes on exactly as the uninterrupted stream, for every preset."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import zlib
+
+import pytest
+import torch
+
+from streamgen import StreamingVideoPipeline
+from streamgen.cache.presets import available_presets
+from streamgen.resources import pipeline_path
+from streamgen.snapshot import SnapshotError, read_manifest
+
+CHUNKS = 12
+FRAMES = 3 * CHUNKS  # enough for a preset that keeps the whole stream (global)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = StreamingVideoPipeline.from_pretrained(pipeline_path("tiny-random"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def switches_around(k: int) -> dict[int, tuple[str, str]]:
+    """After which chunk which switch comes: one before the snapshot at chunk ``k``, three after it."""
+    return {1: ("a blue square drifting right", "cut"), k + 1: ("a red circle drifting left", "recall"),
+            k + 2: ("a green triangle", "smooth"), k + 4: ("a blue square drifting right", "recall")}
+
+
+def drive(stream, switches, snapshot_at=None, path=None) -> list[torch.Tensor]:
+    """Chunks (latents and video) until CHUNKS, switching after the chunks ``switches`` names."""
+    out = []
+    for chunk in stream:
+        out.append((chunk.latents, chunk.video))
+        if chunk.index in switches:
+            stream.switch(*switches[chunk.index])
+        if chunk.index == snapshot_at:
+            stream.snapshot(path)
+        if chunk.index + 1 == CHUNKS:
+            break
+    return out
+
+
+def start(pipe, preset):
+    return pipe.stream("a red circle drifting left", cache=preset, num_frames=FRAMES,
+                       generator=torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("preset", available_presets())
+def test_a_resumed_stream_equals_the_uninterrupted_one(pipe, preset, tmp_path):
+    k = random.Random(zlib.crc32(preset.encode())).randint(2, CHUNKS - 6)  # a switch before and three after
+    path = tmp_path / "stream.safetensors"
+    whole = drive(start(pipe, preset), switches_around(k), snapshot_at=k, path=path)
+    resumed = pipe.resume(path)
+    assert resumed.chunks == k + 1 and resumed.latent_frame == 3 * (k + 1)
+    rest = drive(resumed, switches_around(k))
+    assert len(rest) == CHUNKS - k - 1
+    for (latents, video), (latents_again, video_again) in zip(whole[k + 1:], rest):
+        assert torch.equal(latents, latents_again) and torch.equal(video, video_again)
+
+
+def test_the_scene_pool_and_hierarchy_are_populated_when_the_snapshot_is_taken(pipe, tmp_path):
+    stream = start(pipe, "echo-forcing")
+    drive(stream, switches_around(5), snapshot_at=5, path=tmp_path / "s.safetensors")
+    state = json.dumps(read_manifest(tmp_path / "s.safetensors")["state"])
+    assert "SceneEntry" in state and "ring_k" in state  # the scene pool's entries, the hierarchical memory's ring
+    assert len(stream.engine.switch_strategy.pool.entries) >= 1 and max(stream.engine.memory.ring_frame) >= 0
+
+
+def test_branches_share_the_frames_before_the_snapshot_and_follow_their_own_switch(pipe, tmp_path):
+    path = tmp_path / "s.safetensors"
+    k = 4
+    drive(start(pipe, "longlive"), {1: ("a blue square", "cut")}, snapshot_at=k, path=path)
+    for prompt in ("a green triangle", "a yellow circle"):
+        branch = pipe.resume(path)
+        branch.switch(prompt, mode="cut")
+        ahead = [c.latents for _, c in zip(range(3), branch)]
+        # The branch is the stream that took that switch there: the frames before it are the shared ones.
+        uninterrupted = drive(start(pipe, "longlive"), {1: ("a blue square", "cut"), k: (prompt, "cut")})
+        assert all(torch.equal(a, b[0]) for a, b in zip(ahead, uninterrupted[k + 1:]))
+        if prompt == "a green triangle":
+            first = ahead
+    assert not torch.equal(first[0], ahead[0])
+
+
+def test_snapshot_size_does_not_grow_with_stream_length(pipe, tmp_path):
+    sizes = []
+    for at in (2, 9):
+        stream = start(pipe, "rolling")
+        drive(stream, {}, snapshot_at=at, path=tmp_path / f"{at}.safetensors")
+        manifest = read_manifest(tmp_path / f"{at}.safetensors")
+        sizes.append(sorted(manifest["crc32"]))
+        assert (tmp_path / f"{at}.safetensors").stat().st_size < 2 * stream.memory_bytes + 2**20
+    assert sizes[0] == sizes[1]  # the same tensors, at any length
+
+
+@pytest.fixture
+def snapshot(pipe, tmp_path):
+    path = tmp_path / "s.safetensors"
+    drive(start(pipe, "rolling"), {1: ("a blue square", "cut")}, snapshot_at=3, path=path)
+    return path
+
+
+def refused(pipe, path, **kwargs) -> str:
+    with pytest.raises(SnapshotError) as err:
+        pipe.resume(path, **kwargs)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_truncated_snapshot_is_refused_in_one_line(pipe, snapshot):
+    data = snapshot.read_bytes()
+    snapshot.write_bytes(data[: len(data) // 2])
+    assert "truncated or corrupted" in refused(pipe, snapshot)
+
+
+def test_a_corrupted_tensor_is_refused_naming_it(pipe, snapshot):
+    data = bytearray(snapshot.read_bytes())
+    header = struct.unpack("<Q", data[:8])[0]
+    data[8 + header + 100] ^= 0xFF  # a byte of the first tensor's data
+    snapshot.write_bytes(bytes(data))
+    assert "is corrupted (its checksum does not match)" in refused(pipe, snapshot)
+
+
+def test_a_corrupted_manifest_or_another_file_is_refused(pipe, snapshot, tmp_path):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, other)
+    assert "not a streamgen snapshot" in refused(pipe, other)
+    assert "no such file" in refused(pipe, tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    assert "truncated or corrupted" in refused(pipe, junk)
+
+
+def test_another_pipeline_or_preset_is_refused_naming_both(pipe, snapshot):
+    assert "taken with cache preset 'rolling', not 'longlive'" in refused(pipe, snapshot, cache="longlive")
+    other = StreamingVideoPipeline.from_pretrained(pipeline_path("tiny-random"))
+    with torch.no_grad():
+        next(other.transformer.parameters()).add_(1e-3)
+    message = refused(other, snapshot)
+    assert "was taken on pipeline" in message and "not on this one" in message
+
+
+def test_a_failed_or_busy_stream_cannot_be_snapshotted(pipe, tmp_path):
+    seen = []
+
+    def during(pipe_, chunk):  # between chunks, inside the callback: allowed
+        stream.snapshot(tmp_path / f"{chunk.index}.safetensors")
+        seen.append(chunk.index)
+
+    stream = pipe.stream("a red circle", cache="rolling", callback_on_chunk_end=during)
+    next(stream), next(stream)
+    assert seen == [0, 1] and (tmp_path / "1.safetensors").is_file()
+    stream._generating = True  # what a half-generated chunk leaves
+    with pytest.raises(SnapshotError, match="a chunk is being generated"):
+        stream.snapshot(tmp_path / "x.safetensors")
