@@ -18,6 +18,8 @@ from .progress import quiet_loading
 from .resources import find_pipeline, pipeline_names, pipeline_path, preset_names
 from .threads import use_default_threads
 
+DEFAULT_OUT = "out.mp4"
+SNAPSHOT_EVERY = 10  # chunks between a run's snapshots (a snapshot costs about one cache's worth of disk writes)
 DESCRIPTION = "Interactive streaming video generation: a causal video model streams chunk by chunk while you switch " \
               "prompts."
 EPILOG = "Run 'streamgen COMMAND -h' for a command's options. Without --pipeline, commands use the embedded " \
@@ -54,7 +56,7 @@ def _generate_every_line(args) -> int:
     if one_video or args.dtype != "fp32":
         raise ValueError(f"{', '.join(one_video) or '--dtype'}: not for a whole prompt file ({args.prompts} holds "
                          "several lines); give --index N for one line's video")
-    out = Path(args.out)
+    out = Path(args.out or DEFAULT_OUT)
     argv = ["--prompts", args.prompts, "--out-dir", str(out.with_suffix("") if out.suffix else out),
             "--frames", str(args.frames)]
     for flag, value in (("--pipeline", args.pipeline), ("--cache", args.cache), ("--seed", args.seed),
@@ -91,10 +93,11 @@ class GenerationFailed(RuntimeError):
 
 
 def cmd_generate(args) -> int:
-    from .prompts import MAX_PROMPT_CHARS, check_prompt_length, shorten
-    from .signals import Stopped, StopSignals
-    from .video_io import Mp4StreamWriter, check_free_space, check_output_path
+    from .prompts import MAX_PROMPT_CHARS, check_prompt_length
+    from .video_io import check_free_space, check_output_path
 
+    if args.resume is not None:
+        return _resume_generate(args)
     # Everything that can be refused without the model is refused before it loads: numbers, the schedule, prompt
     # lengths (the limit is in model_index.json) and the output path.
     _check_numbers(args)
@@ -107,9 +110,9 @@ def cmd_generate(args) -> int:
     for i, segment in enumerate(schedule.segments):
         check_prompt_length(segment.prompt, limit, "--prompt" if args.prompt is not None else f"{args.prompts}: "
                                                                                               f"segment {i}'s prompt")
-    out = Path(args.out)
+    out = Path(args.out or DEFAULT_OUT)
     partial = check_output_path(out)
-    with StopSignals() as stops:
+    with _stop_signals() as stops:
         import torch
 
         pipe = open_pipeline(folder, args.device, args.dtype)
@@ -127,36 +130,91 @@ def cmd_generate(args) -> int:
         default_height, default_width = pipe.default_size()
         height, width = args.height or default_height, args.width or default_width
         check_free_space(out, estimated_bytes=args.frames * height * width * 3 // 8)  # ~1/8 of raw RGB
-        # Frames go to out.mp4.partial, each chunk on disk before the next is generated (a killed run leaves it
-        # playable, and an earlier out.mp4 whole); it replaces out.mp4 when the run ends as asked or is stopped.
-        writer = Mp4StreamWriter(partial, fps=pipe.config.fps)
-        try:
-            for chunk in stream:
-                frames = chunk.frames[0]
-                with stops.deferred():  # a Ctrl-C lands between chunks, never inside a frame
-                    writer.write(frames)
-                last = chunk.latent_start + chunk.latents.shape[2] - 1
-                print(f"chunk {chunk.index}: latent frames {chunk.latent_start}-{last}, {writer.frames_written} "
-                      f"video frames written | {shorten(chunk.prompt)}", file=sys.stderr, flush=True)
-        except Stopped as stop:
-            kept = _finish(writer, partial, out, stops)
-            print(f"stopped: {kept} frames kept in {out if kept else partial}", file=sys.stderr)
-            return stop.exit_code
-        except Exception as err:  # NaN output, a full disk, ffmpeg gone: keep what is decodable, say where
-            raise GenerationFailed(f"{_failure(err, partial)}; {_salvage(writer, partial, out, stops)}") from err
-        kept = _finish(writer, partial, out, stops)
+        snapshots = None
+        if args.snapshot is not None:
+            from .resumable_run import RunRecord, Snapshotter
+
+            every = args.snapshot_every or SNAPSHOT_EVERY
+            record = RunRecord(str(folder), args.device, args.dtype, str(out.resolve()), 0, every)
+            snapshots = Snapshotter(Path(args.snapshot), record)
+        return _write_stream(pipe, stream, out, partial, stops, snapshots)
+
+
+def _resume_generate(args) -> int:
+    """``generate --resume DIR``: go on from the run's snapshot, keeping the video's frames up to it."""
+    from .resumable_run import Snapshotter, keep_frames_before, open_resume
+    from .video_io import check_output_path
+
+    given = [flag for flag, value in (("--prompt", args.prompt), ("--prompts", args.prompts), ("--cache", args.cache),
+                                      ("--init-image", args.init_image), ("--init-video", args.init_video))
+             if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: a resumed run goes on with its snapshot's schedule and preset")
+    directory = Path(args.resume)
+    snapshot, manifest, record, out = open_resume(directory, args.out)
+    partial = check_output_path(out)
+    with _stop_signals() as stops:
+        pipe = open_pipeline(Path(record.pipeline), record.device, record.dtype)
+        if args.threads is None:
+            use_default_threads(pipe)
+        stream = pipe.resume(snapshot)
+        record = keep_frames_before(directory, record, out, args.snapshot_every)
+        print(f"resumed {snapshot} at chunk {stream.chunks}: {record.prefix_frames} video frames kept in "
+              f"{directory / record.prefix}", file=sys.stderr)
+        snapshots = Snapshotter(Path(args.snapshot or directory), record)
+        return _write_stream(pipe, stream, out, partial, stops, snapshots)
+
+
+def _stop_signals():
+    from .signals import StopSignals
+
+    return StopSignals()
+
+
+def _write_stream(pipe, stream, out: Path, partial: Path, stops, snapshots) -> int:
+    """Generate ``stream`` into ``out``: frames go to out.mp4.partial, each chunk on disk before the next is
+    generated (a killed run leaves it playable, and an earlier out.mp4 whole); it replaces out.mp4 when the run ends
+    as asked or is stopped. ``snapshots`` (or None) writes the run's snapshot every few chunks."""
+    from .prompts import shorten
+    from .signals import Stopped
+    from .video_io import Mp4StreamWriter
+
+    writer = Mp4StreamWriter(partial, fps=pipe.config.fps)
+    try:
+        for chunk in stream:
+            frames = chunk.frames[0]
+            with stops.deferred():  # a Ctrl-C lands between chunks, never inside a frame or a snapshot
+                writer.write(frames)
+                if snapshots is not None:
+                    snapshots.after_chunk(stream, writer.frames_written)
+            last = chunk.latent_start + chunk.latents.shape[2] - 1
+            print(f"chunk {chunk.index}: latent frames {chunk.latent_start}-{last}, {writer.frames_written} "
+                  f"video frames written | {shorten(chunk.prompt)}", file=sys.stderr, flush=True)
+    except Stopped as stop:
+        kept = _finish(writer, partial, out, stops, snapshots)
+        print(f"stopped: {kept} frames kept in {out if kept else partial}", file=sys.stderr)
+        return stop.exit_code
+    except Exception as err:  # NaN output, a full disk, ffmpeg gone: keep what is decodable, say where
+        raise GenerationFailed(f"{_failure(err, partial)}; {_salvage(writer, partial, out, stops)}") from err
+    kept = _finish(writer, partial, out, stops, snapshots)
     print(f"wrote {out} ({kept} frames, {pipe.config.fps:g} fps)")
     return 0
 
 
-def _finish(writer, partial: Path, out: Path, stops) -> int:
-    """Close the video and move it onto ``out`` (atomically: ``out`` is the old or the new video, never half);
-    the number of frames it holds."""
+def _finish(writer, partial: Path, out: Path, stops, snapshots=None) -> int:
+    """Close the video and move it onto ``out`` (atomically: ``out`` is the old or the new video, never half),
+    after the frames a resumed run kept from before its snapshot; the number of frames ``out`` holds."""
+    from .resumable_run import join_prefix
+
+    record = snapshots.record if snapshots is not None else None
     with stops.ignored():
         try:
             writer.close()
         except Exception as err:
             raise GenerationFailed(f"{_failure(err, partial)}; {_salvage(writer, partial, out, stops)}") from err
+        if record is not None and record.prefix is not None:
+            join_prefix(snapshots.directory, record, partial, out, writer.frames_written)
+            return record.prefix_frames + writer.frames_written
         if writer.frames_written:
             os.replace(partial, out)
     return writer.frames_written
@@ -349,7 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--init-video", help="continue this clip (read with decord, resized/cropped to the model size)")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    gen.add_argument("--out", default="out.mp4")
+    gen.add_argument("--out", help=f"the video (default: {DEFAULT_OUT}; with --resume, the snapshot's run's)")
+    gen.add_argument("--snapshot", metavar="DIR", help="keep the stream's snapshot in DIR (every --snapshot-every "
+                     "chunks), so that --resume DIR can go on from it after a crash")
+    gen.add_argument("--snapshot-every", type=int, metavar="N",
+                     help=f"chunks between snapshots (default: {SNAPSHOT_EVERY}; a resumed run: as before)")
+    gen.add_argument("--resume", metavar="DIR", help="go on from the snapshot in DIR, keeping the video's frames "
+                     "up to it (same pipeline, schedule and preset; the video is joined without re-encoding)")
     gen.set_defaults(func=cmd_generate)
 
     from .bench.quality import register_cli as register_quality

@@ -142,9 +142,10 @@ class VideoStream:
         """Chunks generated so far."""
         return self._chunks
 
-    def snapshot(self, path: str | Path) -> Path:
+    def snapshot(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write this stream's whole state to ``path`` (one safetensors file, written atomically), between chunks.
-        ``pipe.resume(path)`` then continues it exactly as this stream would go on (:mod:`streamgen.snapshot`)."""
+        ``pipe.resume(path)`` then continues it exactly as this stream would go on (:mod:`streamgen.snapshot`).
+        ``extra``: JSON-able notes of the caller's, kept in the snapshot's manifest."""
         from .snapshot import SnapshotError, save
 
         if self._failed is not None:
@@ -152,7 +153,7 @@ class VideoStream:
         if self._generating:
             raise SnapshotError("a chunk is being generated: snapshot between chunks (between iterations, or in "
                                 "callback_on_chunk_end)")
-        return save(self, path)
+        return save(self, path, extra)
 
     @property
     def cache_bytes(self) -> int:

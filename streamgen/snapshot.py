@@ -78,8 +78,9 @@ def _crc(t: torch.Tensor) -> int:
 
 
 # ---- writing -----------------------------------------------------------------------------------------------------
-def save(stream: "VideoStream", path: str | os.PathLike) -> Path:
-    """Write ``stream``'s state to ``path`` (atomically: the file is the old or the new snapshot, never half)."""
+def save(stream: "VideoStream", path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``stream``'s state to ``path`` (atomically: the file is the old or the new snapshot, never half);
+    ``extra`` (JSON-able) goes into the manifest as it is, for the caller's own bookkeeping."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -99,10 +100,14 @@ def save(stream: "VideoStream", path: str | os.PathLike) -> Path:
         "chunks": stream.chunks,
         "crc32": {name: _crc(t) for name, t in tensors.items()},
         "state": tree,
+        "extra": extra or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # as an ordinary file would be (mkstemp makes it private)
     try:
         save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(manifest, separators=(",", ":"))})
         with open(temporary, "rb") as f:

@@ -40,7 +40,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["FfmpegError", "Mp4StreamWriter", "check_free_space", "check_output_path", "mp4_complete_prefix", "partial_path", "read_video"]
+__all__ = ["FfmpegError", "Mp4StreamWriter", "check_free_space", "check_output_path", "concat_mp4", "copy_mp4_frames", "mp4_complete_prefix", "partial_path", "read_video"]
 
 
 class FfmpegError(RuntimeError):
@@ -299,11 +299,11 @@ class Mp4StreamWriter:
                 pass
 
 
-def mp4_complete_prefix(data: bytes | BinaryIO) -> tuple[int, int]:
+def mp4_complete_prefix(data: bytes | BinaryIO, max_fragments: int | None = None) -> tuple[int, int]:
     """``(length, fragments)``: the longest prefix of a fragmented mp4 (bytes, or a binary file read by its box
     headers only) made of whole top-level boxes that ends after a whole ``moof`` + ``mdat`` fragment (or right after
-    ``moov`` if no fragment is complete yet), and how many fragments it holds. ``(0, 0)`` if there is no whole
-    ``moov``.
+    ``moov`` if no fragment is complete yet), and how many fragments it holds, at most ``max_fragments``. ``(0, 0)``
+    if there is no whole ``moov``.
 
     :class:`Mp4StreamWriter` writes fragmented mp4 (one fragment per frame) that plays up to its last complete
     fragment; a copy taken while ffmpeg is writing, or a file cut off by a full disk, may end inside a box.
@@ -335,7 +335,44 @@ def mp4_complete_prefix(data: bytes | BinaryIO) -> tuple[int, int]:
             fragments += 1
         if seen_moov and not in_fragment:
             good, good_fragments = offset, fragments
+            if max_fragments is not None and fragments >= max_fragments:
+                break
     return good, good_fragments
+
+
+def copy_mp4_frames(source: str | os.PathLike, target: str | os.PathLike, frames: int) -> None:
+    """Copy the first ``frames`` frames of a fragmented mp4 written by :class:`Mp4StreamWriter` (one fragment per
+    frame) to ``target``, byte for byte: nothing is re-encoded. ValueError if ``source`` holds fewer whole frames."""
+    with open(source, "rb") as f:
+        end, held = mp4_complete_prefix(f, max_fragments=frames)
+        if held < frames:
+            raise ValueError(f"{source} holds {held} whole frames, {frames} are needed")
+        f.seek(0)
+        with open(target, "wb") as out:
+            remaining = end
+            while remaining:
+                block = f.read(min(remaining, 1 << 20))
+                out.write(block)
+                remaining -= len(block)
+
+
+def concat_mp4(parts: list[Path], target: str | os.PathLike, ffmpeg_exe: str | None = None) -> None:
+    """Join mp4 files written with the same encoder settings into ``target`` without re-encoding (ffmpeg's concat
+    demuxer, stream copy), as fragmented mp4 again, one fragment per frame."""
+    listing = Path(target).with_name(Path(target).name + ".parts.txt")
+    listing.write_text("".join(f"file '{Path(p).resolve().as_posix()}'\n" for p in parts))
+    try:
+        result = subprocess.run(
+            [ffmpeg_exe or _ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "error", "-y", "-f", "concat",
+             "-safe", "0", "-i", str(listing), "-c", "copy",
+             "-movflags", "empty_moov+default_base_moof+frag_every_frame", "-f", "mp4", str(target)],
+            capture_output=True, text=True,
+        )
+    finally:
+        listing.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise FfmpegError(f"joining {len(parts)} videos into {target} failed: {result.stderr.strip()[-300:]}",
+                          result.stderr.strip()[-300:] or f"exit {result.returncode}")
 
 
 # ---- an output that never destroys an earlier video -----------------------------------------------------------------

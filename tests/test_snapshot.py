@@ -7,6 +7,7 @@ import random
 import struct
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,3 +163,69 @@ def test_a_failed_or_busy_stream_cannot_be_snapshotted(pipe, tmp_path):
     stream._generating = True  # what a half-generated chunk leaves
     with pytest.raises(SnapshotError, match="a chunk is being generated"):
         stream.snapshot(tmp_path / "x.safetensors")
+
+
+# ---- the command line: generate --snapshot DIR, then --resume DIR after a crash ------------------------------------
+def cli(capsys, *argv) -> tuple[int, str]:
+    from streamgen.cli import main
+
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err
+
+
+def crash_at_chunk(monkeypatch, index: int):
+    """The engine fails on its ``index``-th chunk (counting from 0), as a dying run would."""
+    from streamgen.engine import StreamEngine
+
+    real, calls = StreamEngine.generate_chunk, []
+
+    def generate_chunk(self, noise):
+        calls.append(1)
+        if len(calls) == index + 1:
+            raise RuntimeError("the machine went away")
+        return real(self, noise)
+
+    monkeypatch.setattr(StreamEngine, "generate_chunk", generate_chunk)
+
+
+def test_a_crashed_run_resumes_keeping_its_frames_byte_for_byte(capsys, monkeypatch, tmp_path):
+    from streamgen.video_io import read_video
+
+    args = ["generate", "--pipeline", "tiny-random", "--prompt", "a red circle drifting left", "--frames", 30]
+    assert cli(capsys, *args, "--out", tmp_path / "whole.mp4")[0] == 0
+    whole = read_video(tmp_path / "whole.mp4")
+
+    out, snap = tmp_path / "o.mp4", tmp_path / "snap"
+    with monkeypatch.context() as patch:
+        crash_at_chunk(patch, 7)  # snapshots after chunks 2, 4, 6: the last one is at 18 video frames
+        rc, err = cli(capsys, *args, "--out", out, "--snapshot", snap, "--snapshot-every", 2)
+    assert rc == 1 and "the machine went away" in err and not out.exists()
+    with monkeypatch.context() as patch:  # the resumed run crashes too, after its next snapshot (at 24 frames)
+        crash_at_chunk(patch, 3)
+        rc, err = cli(capsys, "generate", "--resume", snap)
+    assert rc == 1 and "resumed" in err and "18 video frames kept" in err
+    second = read_video(tmp_path / "o.mp4.partial")  # what the resumed run wrote before it crashed
+    rc, err = cli(capsys, "generate", "--resume", snap)
+    assert rc == 0 and "24 video frames kept" in err, err
+    video = read_video(out)
+    assert video.shape == whole.shape
+    # Kept as they were written, never re-encoded: the first run's 18 frames, then the first resumed run's 6.
+    assert np.array_equal(video[:18], whole[:18]) and np.array_equal(video[18:24], second[:6])
+    # The frames after the snapshot are the uninterrupted stream's; only the encoder's restart tells them apart.
+    assert np.abs(video[24:].astype(int) - whole[24:].astype(int)).mean() < 3
+    assert sorted(p.name for p in snap.iterdir()) == ["prefix-24.mp4", "stream.safetensors"]
+
+
+def test_resume_refuses_a_folder_without_a_run_and_new_prompts(capsys, tmp_path, pipe):
+    from streamgen.cli import main
+
+    stream = start(pipe, "rolling")
+    next(stream)
+    (tmp_path / "snap").mkdir()
+    stream.snapshot(tmp_path / "snap" / "stream.safetensors")  # from Python: no run record
+    rc = main(["generate", "--resume", str(tmp_path / "snap")])
+    assert rc == 2 and "was not written by `streamgen generate --snapshot`" in capsys.readouterr().err
+    rc = main(["generate", "--resume", str(tmp_path / "snap"), "--prompt", "x"])
+    assert rc == 2 and "a resumed run goes on with its snapshot's schedule" in capsys.readouterr().err
