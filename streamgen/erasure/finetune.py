@@ -1,0 +1,63 @@
+"""The erasure fine-tune: a few hundred optimizer steps of the ANT objective on the trainable parameters (the LoRA
+factors :func:`~streamgen.erasure.lora.add_lora` leaves trainable, masked by saliency or not).
+
+The loop only draws states, computes :func:`~streamgen.erasure.objective.erasure_loss` and steps the optimizer, so a
+driver (accelerate, a CLI with checkpoints) can wrap the model and optimizer and call it as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .objective import ErasurePrompts, ErasureStates, ObjectiveConfig, Predictor, erasure_loss
+
+StatesSampler = Callable[[int], ErasureStates]  # step -> the states of that step
+
+
+@dataclass(frozen=True)
+class EraseConfig:
+    """``steps`` optimizer steps of AdamW at learning rate ``lr`` (a usual LoRA rate for diffusion transformers; a
+    tiny model takes a larger one; no weight decay: it would pull the LoRA factors, not the model, towards zero);
+    ``objective``: the ANT objective's settings."""
+
+    steps: int = 200
+    lr: float = 1e-4
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters: add LoRA adapters first (add_lora)")
+    return params
+
+
+def erase(model: Predictor, frozen: Predictor, states_sampler: StatesSampler, prompts: ErasurePrompts,
+          config: EraseConfig = EraseConfig(), optimizer: torch.optim.Optimizer | None = None,
+          progress: bool = True) -> list[float]:
+    """Fine-tune ``model``'s trainable parameters so that ``prompts.concept`` is erased; returns the loss of each
+    step. ``frozen`` is the original model (never updated), ``states_sampler(step)`` the states of each step
+    (e.g. drawn from :func:`~streamgen.erasure.states.trajectory_states`). ``optimizer`` defaults to AdamW over the
+    trainable parameters at ``config.lr``."""
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=0.0)
+    losses = []
+    bar = tqdm(range(config.steps), desc="erase", disable=not progress)
+    for step in bar:
+        loss = erasure_loss(model, frozen, states_sampler(step), prompts, config.objective)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.4g}")
+    return losses
