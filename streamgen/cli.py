@@ -250,9 +250,37 @@ def _one_line(err: BaseException, limit: int = 1000) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
+def _configs_only(folder: Path) -> bool:
+    """A pipeline folder of configs without weights (e.g. the shipped wan2.1-1.3b)."""
+    return not any(f.suffix in (".safetensors", ".bin") for f in (folder / "transformer").glob("*"))
+
+
+def _snapshot_size(sizes, preset, num_latent_frames: int, height: int, width: int) -> str:
+    from .snapshot import stream_snapshot_bytes
+
+    try:
+        count = stream_snapshot_bytes(sizes, preset, num_latent_frames, height, width)
+    except ValueError:
+        return "- (generate would refuse this stream: see the warning below)"
+    except (TypeError, RuntimeError, OverflowError):  # sizes past what a tensor can have
+        return "- (too large for any tensor)"
+    return (f"{count:,} bytes of tensors, the same at every frame (cache, latent history, mechanisms, prompt K/V, "
+            "decoder state)")
+
+
 def cmd_info(args) -> int:
+    import torch
+
+    from .tiny import random_pipeline_from_configs
+
     _check_numbers(args)
-    pipe = open_pipeline(args.pipeline)
+    folder = find_pipeline(args.pipeline)
+    dtype = getattr(torch, DTYPES[args.dtype])
+    configs_only = _configs_only(folder)
+    pipe = random_pipeline_from_configs(folder, device="meta", dtype=dtype) if configs_only else \
+        open_pipeline(folder, dtype=args.dtype)
+    # Sizes are counted on a meta-device copy: nothing is allocated, whatever the model and preset.
+    sizes = pipe if configs_only else random_pipeline_from_configs(folder, device="meta", dtype=dtype)
     t = pipe.transformer
     height, width = args.height or pipe.config.height, args.width or pipe.config.width
     spatial = pipe.vae_scale_factor_spatial
@@ -271,7 +299,10 @@ def cmd_info(args) -> int:
         ("chunk", f"{pipe.config.chunk_frames} latent frames"),
         ("cache preset", f"{preset.name}: " + ", ".join(f"{r.name} {r.frames or 'auto'}" for r in preset.regions)),
         ("cache budget", f"{cache_bytes:,} bytes ({frames} latent frames, batch 1, {t.dtype})"),
+        ("snapshot", _snapshot_size(sizes, preset, pipe.num_latent_frames(args.frames), height, width)),
     ]
+    if configs_only:
+        rows[0] = ("pipeline", f"{folder} (configs only: sizes without weights)")
     width_ = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width_}}  {value}")
@@ -426,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="model size, tokens per frame and cache budget of a pipeline",
                           description="Print a pipeline's size, tokens per latent frame and a cache preset's memory.")
     common(info, 81)
+    info.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights' dtype the sizes are for")
     info.set_defaults(func=cmd_info)
 
     bench = sub.add_parser("bench", help="benchmarks: speed (FPS, latency, memory) and quality (oracle scores)",

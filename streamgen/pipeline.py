@@ -475,7 +475,7 @@ class StreamingVideoPipeline(DiffusionPipeline):
             )
         mask = tokens.attention_mask.to(text_encoder.device)
         states = text_encoder(tokens.input_ids.to(text_encoder.device), mask).last_hidden_state
-        return (states * mask[..., None]).to(self.transformer.dtype)
+        return (states * mask[..., None]).to(self.transformer.device, self.transformer.dtype)
 
     def text_components(self):
         """(tokenizer, text_encoder): the registered ones, or else those of the installed package the pipeline

@@ -119,6 +119,26 @@ def save(stream: "VideoStream", path: str | os.PathLike, extra: dict | None = No
     return path
 
 
+def state_bytes(stream: "VideoStream") -> int:
+    """Bytes of tensors a snapshot of ``stream`` holds now (its tensors are counted, not copied)."""
+    _, tensors = capture(stream, copy=False)
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def stream_snapshot_bytes(pipe: "StreamingVideoPipeline", preset, num_frames: int | None, height: int,
+                          width: int) -> int:
+    """Bytes of tensors a snapshot of such a stream holds once it plays (its prompt encoded, a chunk decoded), the
+    same at every later chunk. Counted on a stream built for the purpose: on a pipeline on the meta device
+    (:func:`streamgen.tiny.random_pipeline_from_configs`) nothing is allocated."""
+    stream = pipe.stream("a prompt", cache=preset, num_frames=num_frames if preset.needs_stream_length else None,
+                         height=height, width=width, generator=torch.Generator())  # a CPU RNG's state: 5,056 bytes
+    stream._apply_prompt_changes(0)
+    chunk = torch.zeros(*stream.engine.history.latents.shape[:2], pipe.config.chunk_frames,
+                        *stream.engine.latent_hw, device=pipe.transformer.device)
+    stream.decoder.decode(chunk)
+    return state_bytes(stream)
+
+
 # ---- reading -----------------------------------------------------------------------------------------------------
 def read_manifest(path: str | os.PathLike) -> dict:
     """The manifest of the snapshot at ``path``, checked for format and version (no tensor is read)."""

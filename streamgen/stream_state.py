@@ -21,8 +21,10 @@ and any views of them, stay the same objects); the same object reached twice is 
 from __future__ import annotations
 
 import enum
+import functools
 import sys
 import threading
+import types
 from collections import deque
 from typing import Any
 
@@ -31,6 +33,8 @@ from torch import nn
 
 # Kinds of objects a stream uses but does not own: left out of the tree, kept as the template has them.
 _NOT_STATE = (nn.Module, type(threading.Lock()), type(threading.RLock()))
+_CALLABLES = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.BuiltinMethodType,
+              functools.partial)
 _PACKAGE = "streamgen"
 
 
@@ -39,7 +43,9 @@ class StateError(ValueError):
 
 
 def _is_not_state(value: Any) -> bool:
-    if isinstance(value, _NOT_STATE) or callable(value) and not isinstance(value, (type, torch.Tensor)):
+    # Functions and bound methods (a callback, the engine's reencode) are behaviour; an object with __call__ (a
+    # streaming decoder) is not excluded for that.
+    if isinstance(value, _NOT_STATE) or isinstance(value, _CALLABLES):
         return True
     # The pipeline (a DiffusionPipeline) is checked by name: this module does not import diffusers.
     return any(cls.__name__ == "DiffusionPipeline" for cls in type(value).__mro__)
@@ -65,7 +71,8 @@ def _streamgen_class(name: str, where: str) -> type:
 
 # ---- capture ---------------------------------------------------------------------------------------------------
 class _Capture:
-    def __init__(self):
+    def __init__(self, copy: bool = True):
+        self.copy = copy
         self.tensors: dict[str, torch.Tensor] = {}
         self.seen: dict[int, str] = {}  # id of an object or tensor -> the path where it was first written
         self.keep_alive: list[Any] = []  # ids stay unique only while their objects live
@@ -87,7 +94,7 @@ class _Capture:
         self.keep_alive.append(value)
         if isinstance(value, torch.Tensor):
             # A copy: the file must not change with the stream, and views of one buffer must not share memory.
-            self.tensors[path] = value.detach().to("cpu", copy=True).contiguous()
+            self.tensors[path] = value.detach().to("cpu", copy=True).contiguous() if self.copy else value
             return {"tensor": path, "device": str(value.device)}
         if isinstance(value, torch.Generator):
             return {"generator": str(value.device), "state": self.node(value.get_state(), path + ".state")}
@@ -115,10 +122,11 @@ class _Capture:
         return {"object": _class_name(cls), "fields": fields}
 
 
-def capture(root: Any, path: str = "stream") -> tuple[Any, dict[str, torch.Tensor]]:
-    """(the JSON-able tree of ``root``'s state, its tensors by name, on the CPU). StateError if an attribute holds
-    something that is neither state nor a thing a stream merely uses."""
-    walk = _Capture()
+def capture(root: Any, path: str = "stream", *, copy: bool = True) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(the JSON-able tree of ``root``'s state, its tensors by name: copies on the CPU, or with ``copy=False`` the
+    stream's own tensors, e.g. to count their bytes). StateError if an attribute holds something that is neither
+    state nor a thing a stream merely uses."""
+    walk = _Capture(copy)
     tree = walk.node(root, path)
     return tree, walk.tensors
 

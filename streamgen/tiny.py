@@ -103,18 +103,20 @@ def random_pipeline_from_configs(
 
     Speed does not depend on weight values, so this measures a real model's throughput without its checkpoint.
     The text encoder is a one-layer stand-in of the right width (prompts are encoded once per prompt, outside the
-    per-chunk path being measured).
+    per-chunk path being measured). On ``device="meta"`` nothing is allocated: sizes only (``streamgen info``); the
+    stand-in text encoder then runs on the CPU, as a tokenizer's masks cannot be evaluated on meta tensors.
     """
     folder = Path(folder)
     index = json.loads((folder / "model_index.json").read_text())
     device = torch.device(device)
     with torch.device(device):
         transformer = CausalWanTransformer3DModel.from_config(CausalWanTransformer3DModel.load_config(folder / "transformer"))
-        vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(folder / "vae"))
+        vae_class = PixelSpaceVAE if index.get("vae", [None, None])[1] == PixelSpaceVAE.__name__ else AutoencoderKLWan
+        vae = vae_class.from_config(vae_class.load_config(folder / "vae"))
     text_dim = transformer.config.text_dim
     pipe = StreamingVideoPipeline(
         tokenizer=char_tokenizer(),
-        text_encoder=tiny_text_encoder(text_dim).to(device),
+        text_encoder=tiny_text_encoder(text_dim).to("cpu" if device.type == "meta" else device),
         transformer=cast_keeping_fp32_modules(transformer, dtype).eval(),
         vae=cast_keeping_fp32_modules(vae, dtype).eval(),
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(

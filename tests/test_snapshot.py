@@ -65,6 +65,26 @@ def test_a_resumed_stream_equals_the_uninterrupted_one(pipe, preset, tmp_path):
         assert torch.equal(latents, latents_again) and torch.equal(video, video_again)
 
 
+def test_a_causal_vae_decoder_resumes_with_its_feature_cache(tmp_path):
+    """Wan's VAE decodes chunk by chunk through a causal-conv feature cache: it is part of the stream's state."""
+    from streamgen.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(vae="wan", height=16, width=16)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(stream, snapshot_at=None):
+        videos = []
+        for chunk in stream:
+            videos.append(chunk.video)
+            if chunk.index == snapshot_at:
+                stream.snapshot(tmp_path / "s.safetensors")
+        return videos
+
+    whole = run(pipe.stream("a red circle", num_frames=1 + 4 * 14, generator=torch.Generator().manual_seed(0)), 1)
+    rest = run(pipe.resume(tmp_path / "s.safetensors"))
+    assert len(whole) == 5 and len(rest) == 3 and all(torch.equal(a, b) for a, b in zip(whole[2:], rest))
+
+
 def test_the_scene_pool_and_hierarchy_are_populated_when_the_snapshot_is_taken(pipe, tmp_path):
     stream = start(pipe, "echo-forcing")
     drive(stream, switches_around(5), snapshot_at=5, path=tmp_path / "s.safetensors")
@@ -229,3 +249,25 @@ def test_resume_refuses_a_folder_without_a_run_and_new_prompts(capsys, tmp_path,
     assert rc == 2 and "was not written by `streamgen generate --snapshot`" in capsys.readouterr().err
     rc = main(["generate", "--resume", str(tmp_path / "snap"), "--prompt", "x"])
     assert rc == 2 and "a resumed run goes on with its snapshot's schedule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["self-forcing", "echo-forcing"])
+def test_info_counts_the_snapshot_a_stream_writes_and_it_does_not_grow(preset, capsys, tmp_path):
+    from safetensors import safe_open
+
+    from streamgen.cli import main
+
+    sizes = []
+    for frames in (200, 2000):
+        assert main(["info", "--cache", preset, "--frames", str(frames)]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("snapshot"))
+        sizes.append(int(row.split()[1].replace(",", "")))
+    assert sizes[0] == sizes[1]
+    shipped = StreamingVideoPipeline.from_pretrained(pipeline_path("shapeworld-tiny"))
+    shipped.set_progress_bar_config(disable=True)
+    stream = shipped.stream("a red circle", cache=preset, generator=torch.Generator().manual_seed(0))
+    next(stream), next(stream)
+    stream.snapshot(tmp_path / "s.safetensors")
+    with safe_open(tmp_path / "s.safetensors", framework="pt") as f:
+        written = sum(f.get_tensor(name).nbytes for name in f.keys())
+    assert written == sizes[0]
