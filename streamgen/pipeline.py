@@ -38,6 +38,8 @@ from .prompts import MAX_PROMPT_CHARS, check_prompt_length
 from .sampling import PREDICTION_TYPES, EulerSampler, FewStepSampler
 from .schedule import PlannedSegment, Schedule
 from .transitions import TRANSITIONS, Transition
+from .device_memory import available_memory
+from .erasure.lora import LoraLoaderMixin
 from .weights import check_finite_weights, check_weight_files
 
 # An open-ended stream plans its schedule over a horizon no real stream reaches (nothing is allocated for it).
@@ -49,17 +51,6 @@ PROMPT_KV_CACHE_BYTES = 2**29
 
 def _cached_bytes(cache: dict[tuple[str, int], PromptKV]) -> int:
     return sum(t.nbytes for kv in cache.values() for t in (*kv.k, *kv.v))
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes that can still be allocated on ``device`` (free GPU memory, or available RAM), None if unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type == "cpu":
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    return None
 
 
 @dataclass
@@ -296,7 +287,7 @@ class VideoStream:
         )
 
 
-class StreamingVideoPipeline(DiffusionPipeline):
+class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
     r"""Autoregressive streaming text-to-video over a causal Wan transformer and a tiered KV cache.
 
     Components: ``transformer`` (any diffusers ``WanTransformer3DModel`` checkpoint), ``vae`` (``AutoencoderKLWan``

@@ -21,14 +21,9 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
 import torch
 
 from .stream_state import StateError, capture, restore
-
-if TYPE_CHECKING:
-    from .pipeline import StreamingVideoPipeline, VideoStream
 
 FORMAT = "streamgen-snapshot"
 VERSION = 1
@@ -43,7 +38,7 @@ class SnapshotError(ValueError):
 
 
 # ---- identity ----------------------------------------------------------------------------------------------------
-def weights_fingerprint(pipe: "StreamingVideoPipeline") -> str:
+def weights_fingerprint(pipe) -> str:
     """A SHA-256 over the name, shape, dtype and values of every weight and buffer of the pipeline's models
     (tensors above :data:`FINGERPRINT_ELEMENTS` elements by a strided sample). Cached until a weight changes."""
     modules = [(name, module) for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)]
@@ -64,7 +59,7 @@ def weights_fingerprint(pipe: "StreamingVideoPipeline") -> str:
     return pipe._weights_fingerprint[1]
 
 
-def _pipeline_name(pipe: "StreamingVideoPipeline") -> str:
+def _pipeline_name(pipe) -> str:
     return str(pipe.config.get("_name_or_path") or type(pipe).__name__)
 
 
@@ -78,7 +73,7 @@ def _crc(t: torch.Tensor) -> int:
 
 
 # ---- writing -----------------------------------------------------------------------------------------------------
-def save(stream: "VideoStream", path: str | os.PathLike, extra: dict | None = None) -> Path:
+def save(stream, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``stream``'s state to ``path`` (atomically: the file is the old or the new snapshot, never half);
     ``extra`` (JSON-able) goes into the manifest as it is, for the caller's own bookkeeping."""
     from safetensors.torch import save_file
@@ -119,13 +114,13 @@ def save(stream: "VideoStream", path: str | os.PathLike, extra: dict | None = No
     return path
 
 
-def state_bytes(stream: "VideoStream") -> int:
+def state_bytes(stream) -> int:
     """Bytes of tensors a snapshot of ``stream`` holds now (its tensors are counted, not copied)."""
     _, tensors = capture(stream, copy=False)
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def stream_snapshot_bytes(pipe: "StreamingVideoPipeline", preset, num_frames: int | None, height: int,
+def stream_snapshot_bytes(pipe, preset, num_frames: int | None, height: int,
                           width: int) -> int:
     """Bytes of tensors a snapshot of such a stream holds once it plays (its prompt encoded, a chunk decoded), the
     same at every later chunk. Counted on a stream built for the purpose: on a pipeline on the meta device
@@ -173,11 +168,11 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:200] or type(err).__name__
 
 
-def _load_tensors(path: Path, manifest: dict, pipe: "StreamingVideoPipeline") -> dict[str, torch.Tensor]:
+def _load_tensors(path: Path, manifest: dict, pipe) -> dict[str, torch.Tensor]:
     """The snapshot's tensors, after checking that they fit in memory and that each matches its CRC."""
     from safetensors import safe_open
 
-    from .pipeline import available_memory
+    from .device_memory import available_memory
 
     expected = manifest["crc32"]
     try:
@@ -219,7 +214,7 @@ def _itemsize(dtype: str) -> int:
     return max(int(bits) // 8, 1) if bits else 1
 
 
-def check_compatible(path: Path, manifest: dict, pipe: "StreamingVideoPipeline", preset) -> None:
+def check_compatible(path: Path, manifest: dict, pipe, preset) -> None:
     """SnapshotError naming both sides if the snapshot was taken on another pipeline or with another preset."""
     theirs, ours = manifest["pipeline"], {"name": _pipeline_name(pipe), "weights": weights_fingerprint(pipe)}
     if not isinstance(theirs, dict) or theirs.get("weights") != ours["weights"]:
@@ -237,7 +232,7 @@ def check_compatible(path: Path, manifest: dict, pipe: "StreamingVideoPipeline",
         )
 
 
-def load_into(path: Path, manifest: dict, stream: "VideoStream") -> None:
+def load_into(path: Path, manifest: dict, stream) -> None:
     """Put the snapshot's state into ``stream``, freshly built from the manifest's ``build``."""
     tensors = _load_tensors(path, manifest, stream.pipe)
     try:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from streamgen.erasure import (EraseConfig, ErasurePrompts, ErasureStates, LoraConfig, LoraLoaderMixin, LoraWeights,
+from streamgen.erasure import (EraseConfig, ErasurePrompts, ErasureStates, LoraConfig, LoraWeights,
                                ObjectiveConfig, SaliencyConfig, add_lora, ant_targets, erase, erasure_loss,
                                fuse_lora, load_lora, remove_lora, saliency_masks, save_lora, target_weights,
                                top_fraction_mask, trajectory_states, unfuse_lora)
@@ -272,7 +272,6 @@ def test_a_truncated_or_pickled_lora_file_is_refused_in_one_line(pipe, tmp_path)
 def test_the_pipeline_mixin_loads_fuses_and_unfuses_and_drops_stale_prompt_kv(tmp_path):
     pipe = StreamingVideoPipeline.from_pretrained(pipeline_path("tiny-random"))
     pipe.set_progress_bar_config(disable=True)
-    pipe.__class__ = type("LoraPipeline", (LoraLoaderMixin, StreamingVideoPipeline), {})  # as the pipeline will be
 
     def video():
         return pipe("a red circle", num_frames=CHUNK, height=8, width=8, output_type="latent",
