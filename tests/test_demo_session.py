@@ -204,3 +204,51 @@ def test_global_preset_gets_a_bounded_length_and_presets_are_names_only(pipe):
     with pytest.raises(ValueError, match="prompt"):
         session.start("  ", "rolling", 0)
     registry.close_all()
+
+
+def test_a_saved_session_restores_on_a_restarted_server_and_plays_on_exactly(pipe, tmp_path):
+    registry = SessionRegistry(pipe, DemoLimits(max_frames_per_run=12, **FAST))
+    session = registry.get_or_create("a")
+    session.start("a red circle", "echo-forcing", 5)
+    list(session.run())  # chunks 0-3 shown
+    session.switch("a blue square", "cut")
+    generated = session.stream.chunks
+    saved = Path(session.save_session())
+    kept = tmp_path / "session.safetensors"
+    kept.write_bytes(saved.read_bytes())  # what the browser downloaded
+    registry.close_all()
+
+    from streamgen import StreamingVideoPipeline
+
+    restarted = StreamingVideoPipeline.from_pretrained(TINY)  # a new server process loads the pipeline again
+    restarted.set_progress_bar_config(disable=True)
+    fresh = SessionRegistry(restarted, DemoLimits(max_frames_per_run=6, **FAST))
+    session = fresh.get_or_create("b")
+    session.restore_session(kept)
+    assert session.stats.state.startswith("restored") and session.stats.preset == "echo-forcing"
+    shown = np.stack([u.frame for u in session.run()])
+    # The uninterrupted stream: the chunks generated at the save, then the switch that was pending.
+    reference = pipe.stream("a red circle", cache="echo-forcing", generator=torch.Generator().manual_seed(5))
+    for _ in range(generated):
+        next(reference)
+    reference.switch("a blue square", "cut")
+    expected = np.concatenate([next(reference).frames[0] for _ in range(2)])
+    np.testing.assert_array_equal(shown, expected)
+    fresh.close_all()
+
+
+def test_restore_refuses_large_foreign_or_broken_files_in_one_line(pipe, tmp_path):
+    registry = SessionRegistry(pipe, DemoLimits(max_session_file_bytes=1000, **FAST))
+    session = registry.get_or_create("a")
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(b"\0" * 1001)
+    with pytest.raises(ValueError, match="more than the 1,000 this server accepts"):
+        session.restore_session(big)
+    registry = SessionRegistry(pipe, DemoLimits(**FAST))
+    session = registry.get_or_create("a")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\1" * 100)
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        session.restore_session(junk)
+    assert session.stream is None
+    registry.close_all()

@@ -140,6 +140,25 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
             return None
         return str(path)
 
+    def save_session(request: gr.Request):
+        session = registry.get(request.session_hash)
+        try:
+            if session is None:
+                raise ValueError("no stream yet: press Start first")
+            return str(session.save_session())
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+
+    def restore_session(file, request: gr.Request):
+        if file is None:
+            return gr.skip()
+        try:
+            session = registry.get_or_create(request.session_hash)
+            session.restore_session(file)
+        except (SessionsFull, ValueError, OSError) as err:
+            raise gr.Error(str(err)) from None
+        return _stats_html(session)
+
     def unload(request: gr.Request):
         registry.close(request.session_hash)
 
@@ -177,6 +196,10 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
                 stats = gr.HTML(_stats_html(None), elem_id="sg-stats", js_on_load=None)
                 save_btn = gr.Button("Save mp4 so far", elem_id="sg-save")
                 mp4 = gr.File(label="mp4", interactive=False, height=90, elem_id="sg-mp4")
+                with gr.Row():
+                    save_session_btn = gr.Button("Save session", elem_id="sg-save-session")
+                    session_file = gr.File(label="session (download it; upload one to restore it, then Resume)",
+                                           file_types=[".safetensors"], height=90, elem_id="sg-session")
 
         outputs = [frame, stats, plot]
         # Start while streaming restarts: a quick, unqueued stop frees this session's worker first (a click on a
@@ -189,6 +212,8 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
         stop_btn.click(stop, None, stats, queue=False, show_progress="hidden")
         switch_btn.click(switch, [prompt, mode], stats, queue=False, show_progress="hidden")
         save_btn.click(save, None, mp4, queue=False)
+        save_session_btn.click(save_session, None, session_file, queue=False)
+        session_file.upload(restore_session, session_file, stats, queue=False)
         demo.unload(unload)
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     demo.streamgen_registry = registry

@@ -52,6 +52,7 @@ class DemoLimits:
     ``idle_timeout_s``: a session without activity for this long is closed even if its tab never said goodbye.
     ``display_size``: frames are upscaled (nearest neighbour) to about this many pixels on their longer side.
     ``realtime``: pace playback at the pipeline's fps (generation is still as fast as it goes).
+    ``max_session_file_bytes``: the largest session file (a stream snapshot) Restore accepts.
     """
 
     max_frames_per_run: int = 960
@@ -61,6 +62,9 @@ class DemoLimits:
     idle_timeout_s: float = 1800.0
     display_size: int = 384
     realtime: bool = True
+    # A session file a browser uploads is refused above this size before it is read (a shapeworld-tiny session is
+    # 3-16 MB; a Wan 1.3B one is several GB: raise it for such a server).
+    max_session_file_bytes: int = 256 * 2**20
 
 
 class SessionsFull(RuntimeError):
@@ -205,6 +209,57 @@ class DemoSession:
                 pass
         self.writer = None
         self.stream = None  # the pipeline only holds streams weakly: this frees the session's KV cache
+
+    # ---- save / restore (a stream snapshot: it survives the server) ----------------------------------------------
+    def save_session(self) -> Path:
+        """The stream's snapshot as a file to download: Restore Session (here or on a restarted server with the
+        same pipeline) continues the stream from its last generated chunk. Chunks generated but not shown yet are
+        not replayed after a restore."""
+        with self._step:  # between chunks
+            if self.stream is None:
+                raise ValueError("no stream yet: press Start first")
+            s = self.stats
+            path = self.dir / f"streamgen-session-{self._stream_no}-chunk{self.stream.chunks}.safetensors"
+            self.stream.snapshot(path, extra={"demo": {"prompt": s.prompt, "preset": s.preset, "seed": s.seed,
+                                                       "frames_generated": s.frames_generated}})
+        for old in self.dir.glob("streamgen-session-*.safetensors"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        self.touch()
+        return path
+
+    def restore_session(self, path: str | Path) -> None:
+        """Replace this session's stream by the one a :meth:`save_session` file holds; Resume plays it on."""
+        from ..cache.presets import available_presets
+        from ..snapshot import SnapshotError, read_manifest
+
+        path = Path(path)
+        size = path.stat().st_size if path.is_file() else 0
+        if size > self.limits.max_session_file_bytes:
+            raise ValueError(f"the session file is {size:,} bytes, more than the {self.limits.max_session_file_bytes:,} "
+                             "this server accepts")
+        try:
+            manifest = read_manifest(path)
+            preset = manifest["preset"].get("name")
+            if preset not in available_presets():  # names only: an uploaded file must not point us at files
+                raise ValueError(f"the session's cache preset {preset!r} is not one of {available_presets()}")
+            demo = manifest.get("extra", {}).get("demo") or {}
+            self._run_token = None
+            with self._step:
+                stream = self.pipe.resume(path, cache=preset)
+                self._close_stream()
+                self.stream = stream
+                self._stream_no = next(self._streams)
+                self._carry = None
+                self.writer = Mp4StreamWriter(self.dir / f"stream-{self._stream_no}.mp4", fps=self.pipe.config.fps)
+                self.stats = StreamStats(prompt=str(demo.get("prompt") or stream.prompt or ""), preset=preset,
+                                         seed=int(demo.get("seed") or 0), chunks=stream.chunks,
+                                         frames_generated=int(demo.get("frames_generated") or 0),
+                                         state="restored: press Resume")
+                self.pending_switch = None
+        except SnapshotError as err:
+            raise ValueError(str(err)) from None
+        self.touch()
 
     # ---- the run (one worker thread) ----------------------------------------------------------------------------
     def run(self) -> Iterator[FrameUpdate]:
