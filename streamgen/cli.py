@@ -264,8 +264,9 @@ def _snapshot_size(sizes, preset, num_latent_frames: int, height: int, width: in
         return "- (generate would refuse this stream: see the warning below)"
     except (TypeError, RuntimeError, OverflowError):  # sizes past what a tensor can have
         return "- (too large for any tensor)"
-    return (f"{count:,} bytes of tensors, the same at every frame (cache, latent history, mechanisms, prompt K/V, "
-            "decoder state)")
+    when = (f"for the whole stream of {num_latent_frames:,} latent frames (this preset keeps them all)"
+            if preset.needs_stream_length else "the same at every frame")
+    return f"{count:,} bytes of tensors, {when} (cache, latent history, mechanisms, prompt K/V, decoder state)"
 
 
 def cmd_info(args) -> int:

@@ -120,12 +120,12 @@ def state_bytes(stream) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def stream_snapshot_bytes(pipe, preset, num_frames: int | None, height: int,
-                          width: int) -> int:
+def stream_snapshot_bytes(pipe, preset, num_latent_frames: int | None, height: int, width: int) -> int:
     """Bytes of tensors a snapshot of such a stream holds once it plays (its prompt encoded, a chunk decoded), the
     same at every later chunk. Counted on a stream built for the purpose: on a pipeline on the meta device
     (:func:`streamgen.tiny.random_pipeline_from_configs`) nothing is allocated."""
-    stream = pipe.stream("a prompt", cache=preset, num_frames=num_frames if preset.needs_stream_length else None,
+    length = pipe.num_video_frames(num_latent_frames) if preset.needs_stream_length else None
+    stream = pipe.stream("a prompt", cache=preset, num_frames=length,
                          height=height, width=width, generator=torch.Generator())  # a CPU RNG's state: 5,056 bytes
     stream._apply_prompt_changes(0)
     chunk = torch.zeros(*stream.engine.history.latents.shape[:2], pipe.config.chunk_frames,
