@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from .objective import ErasurePrompts, ErasureStates, ObjectiveConfig, Predictor, erasure_loss
 
-StatesSampler = Callable[[int], ErasureStates]  # step -> the states of that step
+# step -> the states of that step, or (states, prompts) when the prompts change per step (paraphrases, anchors)
+StatesSampler = Callable[[int], "ErasureStates | tuple[ErasureStates, ErasurePrompts]"]
 
 
 @dataclass(frozen=True)
@@ -42,22 +43,29 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
-def erase(model: Predictor, frozen: Predictor, states_sampler: StatesSampler, prompts: ErasurePrompts,
+def erase(model: Predictor, frozen: Predictor, states_sampler: StatesSampler, prompts: ErasurePrompts | None,
           config: EraseConfig = EraseConfig(), optimizer: torch.optim.Optimizer | None = None,
-          progress: bool = True) -> list[float]:
+          progress: bool = True, start_step: int = 0,
+          on_step: Callable[[int, float], None] | None = None, desc: str = "erase") -> list[float]:
     """Fine-tune ``model``'s trainable parameters so that ``prompts.concept`` is erased; returns the loss of each
     step. ``frozen`` is the original model (never updated), ``states_sampler(step)`` the states of each step
     (e.g. drawn from :func:`~streamgen.erasure.states.trajectory_states`). ``optimizer`` defaults to AdamW over the
-    trainable parameters at ``config.lr``."""
+    trainable parameters at ``config.lr``. ``start_step``: continue a resumed run from there (with its optimizer);
+    ``on_step(step, loss)`` runs after each step (a driver's checkpoints); the losses of steps ``start_step`` on are
+    returned."""
     if optimizer is None:
         optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=0.0)
     losses = []
-    bar = tqdm(range(config.steps), desc="erase", disable=not progress)
+    bar = tqdm(range(start_step, config.steps), desc=desc, disable=not progress, initial=0)
     for step in bar:
-        loss = erasure_loss(model, frozen, states_sampler(step), prompts, config.objective)
+        drawn = states_sampler(step)
+        states, step_prompts = drawn if isinstance(drawn, tuple) else (drawn, prompts)
+        loss = erasure_loss(model, frozen, states, step_prompts, config.objective)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        if on_step is not None:
+            on_step(step, losses[-1])
     return losses

@@ -87,7 +87,10 @@ class ErasureStates:
 @dataclass
 class ErasurePrompts:
     """Text-encoder states [n, L, D] of the prompts: ``concept`` (n = 1, or one per state, e.g. paraphrases),
-    ``empty`` (n = 1: the unconditional prompt, "" as the pipeline's negative prompt) and ``anchors`` (n >= 0)."""
+    ``empty`` (n = 1: the unconditional prompt, "" as the pipeline's negative prompt; or one per state: each
+    concept prompt's *neutral* counterpart, the same caption without the concept's words, so that the guidance
+    direction ``e*(z, c) - e*(z, ∅)`` is the concept's alone, see :mod:`streamgen.erasure.concepts`) and
+    ``anchors`` (n >= 0)."""
 
     concept: torch.Tensor
     empty: torch.Tensor
@@ -95,8 +98,8 @@ class ErasurePrompts:
 
     def stacked(self, batch: int) -> torch.Tensor:
         """[(2 + A) * batch, L, D]: concept, empty, then each anchor, each repeated over the batch."""
-        if self.concept.shape[0] not in (1, batch) or self.empty.shape[0] != 1:
-            raise ValueError(f"concept states must hold 1 or {batch} prompts and empty states 1, got "
+        if self.concept.shape[0] not in (1, batch) or self.empty.shape[0] not in (1, batch):
+            raise ValueError(f"concept and empty states must each hold 1 or {batch} prompts, got "
                              f"{self.concept.shape[0]} and {self.empty.shape[0]}")
         groups = [self.concept.expand(batch, -1, -1), self.empty.expand(batch, -1, -1)]
         groups += [anchor[None].expand(batch, -1, -1) for anchor in self.anchors]

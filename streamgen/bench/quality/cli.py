@@ -28,6 +28,12 @@ def register_cli(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests and smoke runs)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--erasure", action="append", metavar="LORA[,LORA...]",
+                   help="the erasure suite's erased model: LoRA folders written by 'streamgen erase' (each with its "
+                        "concept.json), several joined by commas are fused together; repeat for several models")
+    p.add_argument("--erasure-concepts", metavar="CONCEPT,...",
+                   help="concepts whose baseline the erasure suite measures without a LoRA (default: "
+                        "background:white,color:red,shape:circle)")
     p.add_argument("--table", nargs="+", metavar="JSON",
                    help="print one table from earlier --json results (e.g. halves of a comparison run in parallel) "
                         "instead of running anything")
@@ -35,11 +41,33 @@ def register_cli(bench_subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def erasure_options(args) -> dict | None:
+    """The erasure suite's options from --erasure / --erasure-concepts (each LoRA folder names its concept)."""
+    options = {}
+    for spec in getattr(args, "erasure", None) or []:
+        folders = [Path(part.strip()) for part in spec.split(",") if part.strip()]
+        concepts = []
+        for folder in folders:
+            try:
+                data = json.loads((folder / "concept.json").read_text())
+                concepts.append({"attribute": data["attribute"], "value": data["value"]})
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"--erasure {folder}: not a LoRA folder written by 'streamgen erase' (its "
+                                 f"concept.json: {err})") from None
+        name = "+".join(f"{c['attribute']}-{c['value']}" for c in concepts)
+        options.setdefault("erasure", []).append({"name": name, "loras": [str(f) for f in folders],
+                                                  "concepts": concepts})
+    if getattr(args, "erasure_concepts", None):
+        options["erasure_concepts"] = [c.strip() for c in args.erasure_concepts.split(",") if c.strip()]
+    return options or None
+
+
 def cmd_bench_quality(args) -> int:
     if args.table:
         print(markdown_table(merged_runs(args.table)))
         return 0
     suites = check_suites(args.suites)
+    options = erasure_options(args)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -52,7 +80,8 @@ def cmd_bench_quality(args) -> int:
     if args.compare:
         presets = [p.strip() for p in args.compare.split(",") if p.strip()]
         result = run_quality_compare(pipeline, presets, suites, args.seed, reference=args.reference,
-                                     quick=args.quick, out_dir=args.plots, device=args.device, log=log)
+                                     quick=args.quick, out_dir=args.plots, device=args.device, log=log,
+                                     options=options)
         table = result["table"]
     else:
         if args.reference:
@@ -60,14 +89,20 @@ def cmd_bench_quality(args) -> int:
             if pipeline is not None:
                 layout = Layout.of(source_for(pipeline, None, args.device, None).pipe)
             result = run_quality("reference", suites, None, args.seed, quick=args.quick, out_dir=args.plots,
-                                 layout=layout, log=log)
+                                 layout=layout, log=log, options=options)
             label = "reference"
         else:
             result = run_quality(pipeline, suites, args.cache, args.seed, quick=args.quick, out_dir=args.plots,
-                                 device=args.device, log=log)
+                                 device=args.device, log=log, options=options)
             label = result["cache"]
         table = markdown_table({label: result})
     print(table)
+    erasure = result.get("suites", {}).get("erasure") if "suites" in result else None
+    if erasure is not None and erasure.get("erased"):
+        from ...erasure.report import suite_tables
+
+        print()
+        print(suite_tables(erasure))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -37,6 +37,11 @@ class Sizes:
     continuation_videos: int = 32
     continuation_context_chunks: int = 3
     continuation_chunks: int = 8
+    erasure_videos: int = 16  # per concept and condition (direct, paraphrase, switch cut, switch smooth)
+    erasure_chunks: int = 8  # concept chunks per direct / paraphrase / switch video
+    erasure_switch_before: int = 4  # chunks of another scene before the switch into the concept
+    erasure_long_videos: int = 2
+    erasure_long_frames: int = 200  # frames after the switch into the concept in the long condition
 
     def __post_init__(self):
         if self.switch_chunks_after < 1 or self.switch_chunks_before < 1:
@@ -48,7 +53,9 @@ class Sizes:
 FULL = Sizes()
 QUICK = Sizes(single_videos=3, single_chunks=3, switch_pairs=2, switch_chunks_before=2, switch_chunks_after=3,
               long_frames=30, long_windows=((0, 9), (21, 30)), recall_triples=2, recall_chunks=2, temporal_videos=3,
-              motion_window=9, continuation_videos=2, continuation_context_chunks=1, continuation_chunks=2)
+              motion_window=9, continuation_videos=2, continuation_context_chunks=1, continuation_chunks=2,
+              erasure_videos=1, erasure_chunks=1, erasure_switch_before=1, erasure_long_videos=1,
+              erasure_long_frames=9)
 
 
 @dataclass(frozen=True)
@@ -190,9 +197,11 @@ class Runner:
     """Plays one run's videos for the suites: each video once (suites that share videos, like ``temporal`` and
     ``single``, share the generation), read back by the oracle; collects plots and timing."""
 
-    def __init__(self, source, seed: int, sizes: Sizes, out_dir: Path | None, label: str, log: Callable):
+    def __init__(self, source, seed: int, sizes: Sizes, out_dir: Path | None, label: str, log: Callable,
+                 options: dict | None = None):
         self.source, self.seed, self.sizes, self.out_dir = source, seed, sizes, out_dir
         self.label, self.log = label, log
+        self.options = dict(options or {})  # per-suite settings (e.g. the erasure suite's LoRAs and concepts)
         self.layout: Layout = source.layout
         self._videos: dict[tuple, tuple[Generated, FrameReadout]] = {}
         self.plots: dict[str, str] = {}

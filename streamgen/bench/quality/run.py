@@ -25,15 +25,17 @@ def source_for(pipeline, cache, device, layout):
 
 def run_quality(pipeline, suites: Sequence[str] = SUITES, cache: str | None = None, seed: int = 0, *,
                 quick: bool = False, sizes: Sizes | None = None, out_dir: str | Path | None = None,
-                device: str = "cpu", layout: Layout | None = None, log: Callable[[str], None] | None = None) -> dict:
+                device: str = "cpu", layout: Layout | None = None, log: Callable[[str], None] | None = None,
+                options: dict | None = None) -> dict:
     """Run the quality suites on ``pipeline`` (a pipeline folder, a StreamingVideoPipeline, or ``"reference"`` for
-    the ground-truth renderer on ``layout``) with cache preset ``cache``; write PNG plots to ``out_dir`` if given."""
+    the ground-truth renderer on ``layout``) with cache preset ``cache``; write PNG plots to ``out_dir`` if given.
+    ``options``: suite settings (the erasure suite's ``erasure`` configurations, see :mod:`.erasure`)."""
     suites = check_suites(suites)
     sizes = sizes or (QUICK if quick else FULL)
     source = source_for(pipeline, cache, device, layout)
     label = source.name
     out = Path(out_dir) if out_dir is not None else None
-    runner = Runner(source, int(seed), sizes, out, label, log or (lambda _: None))
+    runner = Runner(source, int(seed), sizes, out, label, log or (lambda _: None), options)
     start = time.perf_counter()
     results = {}
     for suite in suites:
@@ -59,7 +61,7 @@ def run_quality(pipeline, suites: Sequence[str] = SUITES, cache: str | None = No
 def run_quality_compare(pipeline, presets: Sequence[str], suites: Sequence[str] = SUITES, seed: int = 0, *,
                         reference: bool = False, quick: bool = False, sizes: Sizes | None = None,
                         out_dir: str | Path | None = None, device: str = "cpu",
-                        log: Callable[[str], None] | None = None) -> dict:
+                        log: Callable[[str], None] | None = None, options: dict | None = None) -> dict:
     """The same suites and seeds on several cache presets (and the reference renderer if ``reference``); one
     markdown table with a column per run."""
     from ...pipeline import StreamingVideoPipeline
@@ -74,7 +76,7 @@ def run_quality_compare(pipeline, presets: Sequence[str], suites: Sequence[str] 
     runs = {}
     for preset in presets:
         runs[preset] = run_quality(pipe, suites, preset, seed, quick=quick, sizes=sizes, out_dir=out_dir,
-                                   log=log)
+                                   log=log, options=options)
     if reference:
         runs["reference"] = run_quality("reference", suites, None, seed, quick=quick, sizes=sizes, out_dir=out_dir,
                                         layout=Layout.of(pipe), log=log)

@@ -1,0 +1,166 @@
+"""``streamgen erase --pipeline DIR --concept "red" [--concept "circle" ...] [--paraphrases FILE] [--anchors FILE]
+--out DIR [--steps N] [--resume]``: one LoRA per concept, then the erasure suite (each LoRA alone and, for several
+concepts, all of them fused) against the original model on the same seeds, written as ``report.json`` and
+``report.md``. ``streamgen.cli`` wires it with ``register_cli(subparsers)``; building the parser imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+EVAL_SIZES = ("quick", "small", "full", "none")
+
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "erase", help="erase concepts (ANT): one LoRA per concept, fused, with a before/after report",
+        description="Erase ShapeWorld concepts from a pipeline with ANT's trajectory-aware fine-tuning on states of "
+                    "streaming rollouts (direct, after cut / smooth switches into the concept, deep in a stream): one "
+                    "masked LoRA per concept in diffusers' layout, then the erasure suite (original vs erased, same "
+                    "seeds) as report.json / report.md. Resumable (--resume).",
+    )
+    p.add_argument("--pipeline", help="pipeline folder, or a shipped one by name (default: the embedded model)")
+    p.add_argument("--concept", action="append", required=True, metavar="CONCEPT",
+                   help="a background, object colour or shape (red, circle, white, 'white background', "
+                        "color:blue); repeat for several (one LoRA each, fused for the report)")
+    p.add_argument("--paraphrases", metavar="FILE", help="YAML/JSON {train: [...], heldout: [...]} caption templates "
+                   "over the slots {c} {s} {m} {d} {b} {bp}; train ones fine-tune, held-out ones only evaluate")
+    p.add_argument("--anchors", metavar="FILE", help="anchor prompts to preserve, one per line (default: captions "
+                   "of random scenes without any of the concepts)")
+    p.add_argument("--out", required=True, help="output folder: <attribute>-<value>/ per concept, report.json/.md")
+    p.add_argument("--steps", type=int, help="optimizer steps per concept (default 200)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--rank", type=int, help="LoRA rank (default 4)")
+    p.add_argument("--batch", type=int, help="states per step (default 2)")
+    p.add_argument("--rollouts", type=int, help="rollout streams per kind (direct, cut, smooth, long; default 4)")
+    p.add_argument("--chunks", type=int, help="concept chunks recorded per rollout (default 3)")
+    p.add_argument("--switch-after", type=int, help="chunks of another scene before a rollout's switch (default 4)")
+    p.add_argument("--long-chunks", type=int, help="chunks of the long rollout (default 16)")
+    p.add_argument("--saliency-iterations", type=int, help="batches per saliency augmentation (default 4)")
+    p.add_argument("--save-every", type=int, help="steps between state files (default 25)")
+    p.add_argument("--switch-progress", type=float, help="fraction of the trajectory with the guidance direction "
+                   "kept before it is reversed (default ANT's 7/50)")
+    p.add_argument("--unconditional", choices=["neutral", "empty"], help="the ∅ of the guidance direction: the "
+                   "concept caption's neutral counterpart (default) or the empty prompt (ANT as published)")
+    p.add_argument("--no-mask", action="store_true", help="train the whole LoRA (no saliency mask)")
+    p.add_argument("--cache", help="cache preset of the rollouts and the evaluation (default: the pipeline's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval", choices=EVAL_SIZES, default="quick",
+                   help="size of the erasure suite run for the report (default quick; none: no report)")
+    p.add_argument("--resume", action="store_true", help="continue the state files in --out (or skip finished "
+                   "concepts) instead of refusing to overwrite them")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_erase)
+    return p
+
+
+def settings_from(args):
+    from .driver import EraseSettings
+
+    given = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch": args.batch,
+             "rollouts_per_kind": args.rollouts, "switch_progress": args.switch_progress,
+             "unconditional": args.unconditional, "cache": args.cache, "chunks": args.chunks,
+             "switch_after": args.switch_after, "long_chunks": args.long_chunks,
+             "saliency_iterations": args.saliency_iterations, "save_every": args.save_every}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.rank is not None:
+        given["alpha"] = float(args.rank)
+    if args.no_mask:
+        given["masked"] = False
+    return EraseSettings(seed=args.seed, **given)
+
+
+def eval_sizes(name: str):
+    from dataclasses import replace
+
+    from ..bench.quality.harness import FULL, QUICK
+
+    if name == "quick":
+        return QUICK
+    if name == "small":  # minutes on a CPU: a quarter of the full suite
+        return replace(FULL, single_videos=32, erasure_videos=6, erasure_chunks=6, erasure_long_videos=1)
+    return FULL
+
+
+def cmd_erase(args) -> int:
+    from ..pipeline import load_pipeline
+    from ..resources import find_pipeline
+    from .concepts import load_anchors, load_paraphrases, parse_concept
+    from .driver import default_anchors, erase_concept
+
+    concepts = list(dict.fromkeys(parse_concept(c) for c in args.concept))
+    paraphrases = load_paraphrases(args.paraphrases)
+    for concept in concepts:
+        paraphrases.check_covers(concept)
+    settings = settings_from(args)
+    anchors = load_anchors(args.anchors) or default_anchors(concepts, paraphrases, settings.anchors, settings.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(str(find_pipeline(args.pipeline)), args.device)
+    if getattr(args, "threads", None) is None:
+        from ..threads import use_default_threads
+
+        use_default_threads(pipe)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    runs = {}
+    for concept in concepts:
+        others = [c for c in concepts if c != concept]
+        runs[concept.name] = erase_concept(pipe, concept, others, paraphrases, anchors, settings, out,
+                                           resume=args.resume, progress=not args.no_progress, log=log)
+        log(f"{concept.name}: LoRA {runs[concept.name]['lora']}")
+    report = {"command": "erase", "pipeline": str(args.pipeline or "shapeworld-tiny"),
+              "concepts": [c.as_dict() for c in concepts], "settings": asdict(settings),
+              "paraphrases": paraphrases.as_dict(), "anchors": anchors,
+              "training": {k: {key: v[key] for key in v if key != "losses"} | {"losses_every_10": v["losses"][::10]}
+                           for k, v in runs.items()},
+              "training_seconds": round(time.perf_counter() - start, 1)}
+    if args.eval != "none":
+        from ..bench.quality import run_quality
+
+        configs = [{"name": c.name, "loras": [str(out / c.name)], "concepts": [c.as_dict()]} for c in concepts]
+        if len(concepts) > 1:
+            configs.append({"name": "+".join(c.name for c in concepts), "loras": [str(out / c.name)
+                                                                                for c in concepts],
+                            "concepts": [c.as_dict() for c in concepts]})
+        eval_start = time.perf_counter()
+        result = run_quality(pipe, ["erasure"], args.cache, args.seed, sizes=eval_sizes(args.eval), log=log,
+                             options={"erasure": configs, "erasure_paraphrases": paraphrases.as_dict()})
+        report["evaluation"] = {**result, "eval_sizes": args.eval}
+        report["evaluation_seconds"] = round(time.perf_counter() - eval_start, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    from .report import markdown_report
+
+    (out / "report.md").write_text(markdown_report(report))
+    print(f"erased {', '.join(c.name for c in concepts)}: {out / 'report.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streamgen.erasure.cli erase ...``: the command without the ``streamgen`` entry point."""
+    parser = argparse.ArgumentParser(prog="python -m streamgen.erasure.cli")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the pipeline's rule)")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
