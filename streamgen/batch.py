@@ -1,10 +1,13 @@
 """Batch generation of a prompt file, sharded over processes with accelerate.
 
-    accelerate launch --num_processes 8 -m streamgen.batch --prompts prompts.jsonl --out-dir videos/
+    accelerate launch --multi_gpu --num_processes 8 -m streamgen.batch --prompts prompts.jsonl --out-dir videos/
+    torchrun --nproc_per_node 2 -m streamgen.batch --threads 1 --prompts prompts.jsonl --out-dir videos/   # CPU
 
 Each line / schedule of the prompt file becomes ``OUT_DIR/NNNN.mp4`` (NNNN = its index in the file), so the output
 does not depend on how many processes ran. Every process loads the pipeline on its own device and takes every
-n-th schedule; a single process (plain ``python -m streamgen.batch``) does them all.
+n-th schedule (line i goes to process i mod N); a single process (plain ``python -m streamgen.batch``) does them
+all. A video depends on its line and seed only: the files of N processes are byte for byte those of one
+(docs/distributed.md). Without a GPU the processes meet over gloo.
 
 The run is resumable: OUT_DIR/manifest.jsonl records what each finished video was made from (prompts, seed,
 schedule, cache preset, frames, checkpoint hash). Run the same command again and a video that is complete and asked
@@ -34,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="seed every video with SEED + its index, over the file's own seeds "
                         "(default: a line's own seed, as the releases do, else its index)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
+    parser.add_argument("--threads", type=int, help="torch CPU threads of each process (default: torch's; with N "
+                        "processes on one machine, cores / N, e.g. --threads 1 for 2 processes on 2 cores)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show diffusers' / transformers' loading bars")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
 
     import torch
     from accelerate import PartialState
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Without a GPU, accelerate only forms a process group when told it runs on CPU (gloo backend).
     state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         schedules = load_schedules(args.prompts, switch_frame_indices=args.switch_frame_indices)
     except ScheduleError as err:
