@@ -330,3 +330,6 @@ def test_report_sums_compute_across_resumes_and_tables_the_evals(tmp_path):
     table = markdown(summary)
     assert "220 steps (batch 8, 2 threads in the config) in 0.05 h on cpu + 0.01 h on cuda" in table and "| 100 | 100.0% | 50.0% | 25.0% | 0.0% | 12.5% |" in table
     assert [p.name for p in plot(summary, tmp_path / "plots")] == ["loss.png", "eval.png"]
+    records.append({"step": 230, "loss": 0.3, "seconds_per_step": 0.5, "device": "cuda", "processes": 4})
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert summarize(tmp_path)["seconds_per_device"]["cuda"] == 100 * 0.25 + 10 * 0.5 * 4  # 4 processes' time

@@ -148,7 +148,7 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     chunk_frames: int = 3
-    batch_size: int = 8
+    batch_size: int = 8  # one optimizer step's clips, over all processes of a launched run (each takes B / N)
     max_steps: int = 20000
     log_every: int = 50
     eval_every: int = 2000  # 0: no periodic eval (the final export still happens)

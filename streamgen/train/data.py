@@ -54,8 +54,11 @@ class FolderVideoClips(Dataset):
 
 
 class ClipSource:
-    """Batch ``step`` of process ``rank`` of ``world``: clips ``(step * world + rank) * B + i`` (deterministic, so a
-    resumed run sees exactly the batches an uninterrupted one would; no loader state to checkpoint)."""
+    """Batch ``step`` of process ``rank`` of ``world``: the step's batch is clips ``step * B .. step * B + B - 1``
+    (``B``: the config's ``batch_size``, one optimizer step's over all processes), and rank r takes its r-th share of
+    ``B / world`` clips. Deterministic, so a resumed run sees exactly the batches an uninterrupted one would, on any
+    number of processes (no loader state to checkpoint); the shares of all ranks, in rank order, are exactly the
+    batch one process takes."""
 
     def __init__(self, config: TrainConfig, split: str = "train"):
         d = config.data
@@ -73,9 +76,18 @@ class ClipSource:
             self.dataset = FolderVideoClips(d.path, d.clip_frames, d.height, d.width)
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> dict[str, Any]:
-        first = 0 if self.overfit else (step * world + rank) * self.batch_size
+        share = shard_size(self.batch_size, world)
+        first = (0 if self.overfit else step * self.batch_size) + rank * share
         n = len(self.dataset)
-        return collate_clips([self.dataset[(first + i) % n] for i in range(self.batch_size)])
+        return collate_clips([self.dataset[(first + i) % n] for i in range(share)])
+
+
+def shard_size(batch_size: int, world: int) -> int:
+    """One process's share of a step's ``batch_size`` clips over ``world`` processes."""
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} (one optimizer step's, over all processes) must be a multiple of "
+                         f"the {world} processes")
+    return batch_size // world
 
 
 class CaptionEncoder:

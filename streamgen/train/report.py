@@ -29,7 +29,8 @@ def summarize(run: str | Path) -> dict:
     previous = 0
     for record in log:  # each record covers the steps since the previous one (a resume restarts the window)
         device = record.get("device") or config.get("device") or "cpu"  # phases on another machine name theirs
-        per_device[device] = per_device.get(device, 0.0) + record["seconds_per_step"] * (record["step"] - previous)
+        processes = record.get("processes", 1)  # a launched run's record: each of its processes spent that time
+        per_device[device] = per_device.get(device, 0.0) + record["seconds_per_step"] * (record["step"] - previous) * processes
         previous = record["step"]
     return {
         "steps": log[-1]["step"],

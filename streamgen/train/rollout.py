@@ -93,8 +93,11 @@ class RolloutSource:
                                      switch_multiple=config.chunk_frames, resolution=d.height)
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> list:
-        first = (step * world + rank) * self.batch_size
-        return [self.clips.clip(first + i) for i in range(self.batch_size)]
+        from .data import shard_size
+
+        share = shard_size(self.batch_size, world)
+        first = step * self.batch_size + rank * share
+        return [self.clips.clip(first + i) for i in range(share)]
 
 
 def to_latents(frames: np.ndarray) -> torch.Tensor:
@@ -110,9 +113,11 @@ def to_frames(latents: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def play(transformer, preset, sampler, prediction_type: str, text_states: torch.Tensor, true_latents: torch.Tensor,
-         generated_chunks: int, chunk: int, generator: torch.Generator) -> torch.Tensor:
+         generated_chunks: int, chunk: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Stream ``generated_chunks`` chunks after ``true_latents`` [B, C, t, H, W] (t may be 0) through the engine and
-    ``preset``, each clip under its own prompt; the played latents [B, C, t + generated, H, W]."""
+    ``preset``, each clip under its own prompt; the played latents [B, C, t + generated, H, W]. ``shard``: (rank,
+    processes) when the clips are one rank's share (the noise is drawn for the whole batch, this rank's rows kept)."""
+    rank, world = shard
     from ..engine import StreamEngine
 
     batch, channels, true_frames, height, width = true_latents.shape
@@ -126,7 +131,8 @@ def play(transformer, preset, sampler, prediction_type: str, text_states: torch.
         engine.prefill(true_latents.to(transformer.device))
     out = [true_latents.to(transformer.device)]
     for _ in range(generated_chunks):
-        noise = torch.randn((batch, channels, chunk, height, width), generator=generator).to(transformer.device)
+        noise = torch.randn((batch * world, channels, chunk, height, width), generator=generator)
+        noise = noise[rank * batch : (rank + 1) * batch].to(transformer.device)
         out.append(engine.generate_chunk(noise).clamp(-1, 1))
     return torch.cat(out, 2)
 
@@ -156,7 +162,7 @@ def make_rollout(trainer, step: int, generator: torch.Generator) -> Rollout:
     transformer.eval()
     try:
         played = play(transformer, trainer.rollout_preset, sampler, cfg.model.prediction, text_states, true,
-                      generated_chunks, chunk, generator)
+                      generated_chunks, chunk, generator, trainer.shard)
     finally:
         transformer.train(was_training)
     target = trainer.target_provider(clips, to_frames(played), true_frames, chunk)

@@ -32,10 +32,14 @@ def dense_mask(frames: int, chunk_frames: int, tokens_per_frame: int, device=Non
     return frame_mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)[None, None]
 
 
-def segment_prompts(batch: dict[str, Any], dropout: float, generator: torch.Generator) -> tuple[list[list[str]], torch.Tensor]:
+def segment_prompts(batch: dict[str, Any], dropout: float, generator: torch.Generator,
+                    shard: tuple[int, int] = (0, 1)) -> tuple[list[list[str]], torch.Tensor]:
     """(prompts per clip, one per segment, "" where the caption is dropped for guidance; prompt slot of each frame
-    [B, F] int64). A dropped clip loses every caption (the unconditional branch sees no prompt at all)."""
-    drop = torch.rand(len(batch["captions"]), generator=generator) < dropout
+    [B, F] int64). A dropped clip loses every caption (the unconditional branch sees no prompt at all). ``shard``:
+    (rank, processes) when ``batch`` is one rank's share (the dropout is drawn for the whole batch)."""
+    rank, world = shard
+    mine = len(batch["captions"])
+    drop = (torch.rand(mine * world, generator=generator) < dropout)[rank * mine : (rank + 1) * mine]
     prompts = [[""] * len(c) if d else list(c) for c, d in zip(batch["captions"], drop.tolist())]
     return prompts, batch["frame_segment"].long()
 

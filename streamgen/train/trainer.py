@@ -13,6 +13,11 @@ as context played under another prompt, which is what the model sees after a liv
 RoPE re-alignment (``positions:`` in the config, :mod:`streamgen.train.positions`): the clip's frames take the
 positions a cache preset gives them at a random point of a long stream instead of 0..F-1, against the data or (for a
 resumed model) against the model's own prediction at the standard positions.
+
+Several processes (``torchrun --nproc_per_node N -m streamgen.cli train ...``; docs/distributed.md): DDP through
+accelerate, gloo on CPUs and NCCL on GPUs; each rank takes its share of every step's batch and its rows of every
+random draw (:mod:`streamgen.train.distributed`), so N processes train what one process trains on the same config,
+and a checkpoint resumes on any number of processes. Only the main process writes.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .config import TrainConfig
 from .data import CaptionEncoder, ClipSource
 from . import teacher_forcing
 from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, find_state, load_state, save_state
+from .distributed import process_state, rows, use_cpu
 from .positions import StreamPositions
 
 SIGMA_BINS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0001)
@@ -99,13 +105,16 @@ def sample_sigmas(noise, batch: int, chunks: int, generator: torch.Generator) ->
     return sigma.clamp(0.0, 1.0), clean
 
 
-def prompts_and_mask(batch: dict[str, Any], chunk_frames: int, dropout: float, generator: torch.Generator):
+def prompts_and_mask(batch: dict[str, Any], chunk_frames: int, dropout: float, generator: torch.Generator,
+                     shard: tuple[int, int] = (0, 1)):
     """(prompt per clip, loss mask [B, F] float): the caption of the last chunk's segment and the frames it covers;
-    a dropped caption ("" prompt, for classifier-free guidance) keeps every frame."""
+    a dropped caption ("" prompt, for classifier-free guidance) keeps every frame. ``shard``: (rank, processes) when
+    ``batch`` is one rank's share (the dropout is drawn for the whole batch, :func:`streamgen.train.distributed.rows`)."""
     segments = batch["frame_segment"]  # [B, F]
     frames = segments.shape[1]
     prompts, masks = [], []
-    drop = torch.rand(len(segments), generator=generator) < dropout
+    total, mine = rows(len(segments), *shard)
+    drop = (torch.rand(total, generator=generator) < dropout)[mine]
     for b, captions in enumerate(batch["captions"]):
         caption = captions[int(segments[b, frames - chunk_frames])]
         if drop[b]:
@@ -189,15 +198,24 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: bool = False, text=None, init: str | Path | None = None):
         from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration
 
         from ..text_encoders import load_packaged_text_encoder
 
         self.config = config.validate()
         self.out = Path(config.output_dir)
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
+        # One process, or one of a launched run's (torchrun / accelerate launch: gloo on CPUs, NCCL on GPUs). The
+        # config's batch_size is the whole step's (split_batches: the LR schedule steps once per optimizer step).
+        process_state(config.device)
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=use_cpu(config.device),
+                                       dataloader_config=DataLoaderConfiguration(split_batches=True))
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         acc = self.accelerator
+        if config.batch_size % acc.num_processes:
+            raise ValueError(f"batch_size {config.batch_size} (one optimizer step's, over all processes) must be a "
+                             f"multiple of the {acc.num_processes} processes")
+        self.shard = (acc.process_index, acc.num_processes)
         ckpt = find_state(self.out / CHECKPOINT)
         if ckpt is not None and not resume:
             raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it, or another --out")
@@ -217,7 +235,8 @@ class Trainer:
         self.captions = CaptionEncoder(self.tokenizer, self.text_encoder, config.text.max_sequence_length,
                                        config.text.cache_size)
         self.data = ClipSource(config)
-        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + acc.process_index)
+        # One random stream for the whole batch, the same in every process (each keeps its rows of every draw).
+        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003)
         self.step = 0
         if resume and ckpt is not None:
             self._load(ckpt)
@@ -259,10 +278,11 @@ class Trainer:
         x0 = batch["video"].to(acc.device)
         b, _, frames = x0.shape[:3]
         chunks = frames // cfg.chunk_frames
-        sigma, clean = sample_sigmas(cfg.noise, b, chunks, generator)
-        prompts, mask = prompts_and_mask(batch, cfg.chunk_frames, cfg.text.caption_dropout, generator)
+        total, mine = rows(b, *self.shard)  # every draw at the whole batch's size; this process's rows
+        sigma, clean = (v[mine] for v in sample_sigmas(cfg.noise, total, chunks, generator))
+        prompts, mask = prompts_and_mask(batch, cfg.chunk_frames, cfg.text.caption_dropout, generator, self.shard)
         mask[clean, : frames - cfg.chunk_frames] = 0.0  # clean-context samples: loss on the last chunk only
-        noise = torch.randn(x0.shape, generator=generator).to(acc.device)
+        noise = torch.randn((total, *x0.shape[1:]), generator=generator)[mine].to(acc.device)
         sigma_f = sigma.repeat_interleave(cfg.chunk_frames, dim=1).to(acc.device)  # [B, F]
         s = sigma_f[:, None, :, None, None]
         x_t = (1 - s) * x0 + s * noise
@@ -285,15 +305,16 @@ class Trainer:
         b, _, frames, height, width = x0.shape
         chunk = cfg.chunk_frames
         chunks = frames // chunk
-        sigma_f = noise_levels(cfg.noise, b, chunks, generator).repeat_interleave(chunk, 1).to(acc.device)
-        context_f = (cfg.noise.context_sigma_max * torch.rand(b, chunks, generator=generator)).repeat_interleave(chunk, 1)
-        context_f = context_f.to(acc.device)
-        noise = torch.randn(x0.shape, generator=generator).to(acc.device)
-        context_noise = torch.randn(x0.shape, generator=generator).to(acc.device)
+        total, mine = rows(b, *self.shard)  # every draw at the whole batch's size; this process's rows
+        sigma_f = noise_levels(cfg.noise, total, chunks, generator)[mine].repeat_interleave(chunk, 1).to(acc.device)
+        context_f = cfg.noise.context_sigma_max * torch.rand(total, chunks, generator=generator)[mine]
+        context_f = context_f.repeat_interleave(chunk, 1).to(acc.device)
+        noise = torch.randn((total, *x0.shape[1:]), generator=generator)[mine].to(acc.device)
+        context_noise = torch.randn((total, *x0.shape[1:]), generator=generator)[mine].to(acc.device)
         s, c = sigma_f[:, None, :, None, None], context_f[:, None, :, None, None]
         x_t = (1 - s) * x0 + s * noise
         x_c = (1 - c) * x0 + c * context_noise
-        prompts, slots = teacher_forcing.segment_prompts(batch, cfg.text.caption_dropout, generator)
+        prompts, slots = teacher_forcing.segment_prompts(batch, cfg.text.caption_dropout, generator, self.shard)
         tokens = self.transformer.tokens_per_frame(height, width)
         text_states, text_mask = teacher_forcing.text_inputs(prompts, slots, self.captions, tokens)
         positions = self.draw_positions(frames, generator)
@@ -320,8 +341,9 @@ class Trainer:
         played, x0 = self._rollout.played.to(acc.device), self._rollout.target.to(acc.device)
         b, _, chunk = x0.shape[:3]
         context = played.shape[2]
-        sigma_f = noise_levels(cfg.noise, b, 1, generator).repeat_interleave(chunk, 1).to(acc.device)
-        noise = torch.randn(x0.shape, generator=generator).to(acc.device)
+        total, mine = rows(b, *self.shard)
+        sigma_f = noise_levels(cfg.noise, total, 1, generator)[mine].repeat_interleave(chunk, 1).to(acc.device)
+        noise = torch.randn((total, *x0.shape[1:]), generator=generator)[mine].to(acc.device)
         s = sigma_f[:, None, :, None, None]
         x_t = (1 - s) * x0 + s * noise
         timesteps = torch.cat((torch.full((b, context), self._rollout.context_timestep), sigma_f * 1000.0), 1)
@@ -337,7 +359,12 @@ class Trainer:
         ``stats``."""
         weight = pixel_weights(x0, self.config.loss)  # [B, 1, F, H, W]
         per_frame = (error.pow(2) * weight).mean(dim=(1, 3, 4)) / weight.mean(dim=(1, 3, 4))
-        loss = (per_frame * frame_weight).sum() / frame_weight.sum().clamp_min(1.0)
+        world = self.shard[1]
+        if world == 1:
+            loss = (per_frame * frame_weight).sum() / frame_weight.sum().clamp_min(1.0)
+        else:  # over the whole batch's weight, times N: DDP's average of the ranks' gradients is one process's
+            whole = self.accelerator.reduce(frame_weight.sum().detach().float(), "sum")
+            loss = (per_frame * frame_weight).sum() / whole.clamp_min(1.0) * world
         if stats is not None:
             pf, m, sf = per_frame.detach().cpu(), frame_weight.cpu(), sigma_f.cpu()
             for i in range(len(SIGMA_BINS) - 1):
@@ -347,6 +374,19 @@ class Trainer:
                 stats[key][0] += float((pf * sel).sum())
                 stats[key][1] += float(sel.sum())
         return loss
+
+    def _gathered(self, window: list[float], bins: dict, rollouts: list[float]) -> tuple[float, dict, float]:
+        """(mean loss of the window's steps, sigma-bin sums, sum of the rollout losses), over all processes: a rank's
+        loss is its share of the whole batch's loss times N (:meth:`_reduce`), so their mean is the whole batch's."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return sum(window) / len(window), bins, sum(rollouts)
+        keys = [f"{SIGMA_BINS[i]:g}-{min(SIGMA_BINS[i + 1], 1.0):g}" for i in range(len(SIGMA_BINS) - 1)]
+        packed = [sum(window), sum(rollouts)] + [v for key in keys for v in bins.get(key, (0.0, 0.0))]
+        total = self.accelerator.reduce(torch.tensor(packed, dtype=torch.float64, device=self.accelerator.device), "sum")
+        total = total.cpu().tolist()
+        summed = {key: total[2 + 2 * i : 4 + 2 * i] for i, key in enumerate(keys) if total[3 + 2 * i] or key in bins}
+        return total[0] / (world * len(window)), summed, total[1] / world
 
     @property
     def rope_range(self) -> int:
@@ -411,13 +451,16 @@ class Trainer:
             bar.set_postfix(loss=f"{window[-1]:.4f}")
             if self.step % cfg.log_every == 0 or self.step == end:
                 elapsed = time.perf_counter() - t0
-                record = {"step": self.step, "loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0],
+                losses, bins, rollout_sum = self._gathered(window, bins, rollouts)
+                record = {"step": self.step, "loss": losses, "lr": self.scheduler.get_last_lr()[0],
                           "grad_norm": None if grad_norm is None else float(grad_norm),
                           "sigma_bins": {k: (v[0] / v[1] if v[1] else None) for k, v in bins.items()},
                           "seconds_per_step": elapsed / len(window), "time": time.time()}
+                if acc.num_processes > 1:
+                    record["processes"] = acc.num_processes
                 if cfg.rollout.prob:
                     record["rollout_steps"] = len(rollouts)
-                    record["rollout_loss"] = sum(rollouts) / len(rollouts) if rollouts else None
+                    record["rollout_loss"] = rollout_sum / len(rollouts) if rollouts else None
                 if main:
                     with open(self.out / "log.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
@@ -521,6 +564,7 @@ class Trainer:
                 "numpy_rng": np.random.get_state(),
                 "python_rng": random.getstate(),
                 "config": self.config.to_dict(),
+                "processes": acc.num_processes,
             }
             save_state(state, path)
             (path.parent / LEGACY_STATE_FILE).unlink(missing_ok=True)  # older than the file just written
@@ -533,9 +577,9 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])  # per-process streams differ only by seed; rank 0's on resume
-        if self.accelerator.num_processes > 1:
-            self.generator.manual_seed(self.config.seed * 1_000_003 + self.accelerator.process_index + state["step"])
+        # Every process holds the same random stream (each keeps its rows of each draw), whatever number of
+        # processes saved it: the run continues on any number as it would have on the saving one.
+        self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
