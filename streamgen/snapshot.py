@@ -151,8 +151,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise SnapshotError(f"snapshot {path} is a safetensors file but not a streamgen snapshot")
     try:
         manifest = json.loads(metadata[METADATA_KEY])
-    except ValueError as err:
-        raise SnapshotError(f"snapshot {path}: its manifest is not valid JSON ({err})") from None
+    except (ValueError, RecursionError) as err:
+        raise SnapshotError(f"snapshot {path}: its manifest is not valid JSON ({_one_line(err)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SnapshotError(f"snapshot {path} is not a streamgen snapshot")
     if manifest.get("version") != VERSION:
@@ -237,7 +237,7 @@ def load_into(path: Path, manifest: dict, stream) -> None:
     tensors = _load_tensors(path, manifest, stream.pipe)
     try:
         restore(manifest["state"], tensors, stream, device=stream.engine.transformer.device)
-    except (StateError, KeyError, TypeError, IndexError) as err:
+    except (StateError, KeyError, TypeError, IndexError, ValueError, AttributeError) as err:
         raise SnapshotError(f"snapshot {path} does not fit this stream: {_one_line(err)}") from None
 
 

@@ -36,6 +36,7 @@ _NOT_STATE = (nn.Module, type(threading.Lock()), type(threading.RLock()))
 _CALLABLES = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.BuiltinMethodType,
               functools.partial)
 _PACKAGE = "streamgen"
+MAX_DEPTH = 64  # levels of nesting a restored state may have (a stream's is under 15)
 
 
 class StateError(ValueError):
@@ -64,7 +65,8 @@ def _streamgen_class(name: str, where: str) -> type:
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
-    if not isinstance(obj, type):
+    # Defined in streamgen, not merely reachable from it (streamgen.cli:subprocess.Popen is not streamgen's).
+    if not isinstance(obj, type) or obj.__module__.split(".")[0] != _PACKAGE:
         raise StateError(f"{where}: class {name!r} is not one of streamgen's loaded classes")
     return obj
 
@@ -148,6 +150,8 @@ class _Restore:
     def value(self, node: Any, template: Any, path: str) -> Any:
         if node is None or isinstance(node, (bool, int, float, str)):
             return node
+        if path.count(".") + path.count("[") > MAX_DEPTH:  # a stream is a few levels deep; a crafted file may not be
+            raise StateError(f"{path[:80]}...: nested more than {MAX_DEPTH} levels deep")
         if isinstance(node, list):
             old = template if isinstance(template, list) else []
             items = [self.value(n, old[i] if i < len(old) else None, f"{path}[{i}]") for i, n in enumerate(node)]

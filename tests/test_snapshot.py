@@ -271,3 +271,41 @@ def test_info_counts_the_snapshot_a_stream_writes_and_it_does_not_grow(preset, c
     with safe_open(tmp_path / "s.safetensors", framework="pt") as f:
         written = sum(f.get_tensor(name).nbytes for name in f.keys())
     assert written == sizes[0]
+
+
+def rewrite_manifest(path, change):
+    """The snapshot at ``path`` with its manifest passed through ``change`` (its tensors and CRCs intact)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(path, framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+        manifest = json.loads(f.metadata()["streamgen_snapshot"])
+    save_file(tensors, path, metadata={"streamgen_snapshot": json.dumps(change(manifest))})
+
+
+def test_a_crafted_state_cannot_build_foreign_objects_or_recurse_without_end(pipe, snapshot):
+    original = snapshot.read_bytes()
+
+    def foreign_class(manifest):  # a class reachable from a streamgen module but not streamgen's own
+        manifest["state"]["fields"]["decoder"]["object"] = "streamgen.cli:subprocess.Popen"
+        return manifest
+
+    rewrite_manifest(snapshot, foreign_class)
+    assert "'streamgen.cli:subprocess.Popen' is not one of streamgen's loaded classes" in refused(pipe, snapshot)
+
+    def deep(manifest):
+        nested = 1
+        for _ in range(500):
+            nested = [nested]
+        manifest["state"]["fields"]["scenes"] = nested
+        return manifest
+
+    snapshot.write_bytes(original)
+    rewrite_manifest(snapshot, deep)
+    assert "nested more than 64 levels deep" in refused(pipe, snapshot)
+
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, snapshot, metadata={"streamgen_snapshot": "[" * 100_000 + "]" * 100_000})
+    assert "its manifest is not valid JSON" in refused(pipe, snapshot)
