@@ -309,3 +309,15 @@ def test_a_crafted_state_cannot_build_foreign_objects_or_recurse_without_end(pip
 
     save_file({"x": torch.zeros(1)}, snapshot, metadata={"streamgen_snapshot": "[" * 100_000 + "]" * 100_000})
     assert "its manifest is not valid JSON" in refused(pipe, snapshot)
+
+
+def test_a_mechanism_keeping_foreign_state_makes_snapshot_fail_naming_the_attribute(pipe, tmp_path):
+    import numpy
+
+    stream = start(pipe, "rolling")
+    next(stream)
+    stream.engine.memory.rng = numpy.random.RandomState(0)  # state a snapshot cannot carry
+    with pytest.raises(SnapshotError, match=r"stream\.engine\.context\.memory\.rng: a numpy\.random\..*RandomState "
+                                            r"cannot be part of a stream's state"):
+        stream.snapshot(tmp_path / "s.safetensors")
+    assert not list(tmp_path.iterdir())  # nothing half-written

@@ -103,7 +103,11 @@ class CacheMechanism:
     """The hooks a switch strategy and a between-switch memory share. Each is a no-op here; override what you need.
 
     One instance serves one stream: per-stream state is allocated in :meth:`attach`, bounded (memory must not grow
-    with stream length), and reported by :attr:`nbytes`.
+    with stream length), and reported by :attr:`nbytes`. A stream snapshot (:mod:`streamgen.snapshot`) saves and
+    restores every attribute of the instance, so keep per-stream state in attributes of plain types: numbers,
+    strings, lists, dicts, tuples, sets, deques, tensors, dataclasses and other streamgen objects of such
+    attributes (a reference to the :class:`StreamContext` is fine). Anything else makes ``snapshot()`` fail naming
+    the attribute.
     """
 
     # Capabilities the stream's position policy must have (e.g. {JUMP}); checked when the preset loads.
