@@ -7,15 +7,21 @@ The device machine (an H200) has PyTorch and transformers but not diffusers, and
           ~3 MB, and the CPU reference latents of the parity stream, a few KB)
   there:  device run, carry [".gpukit"], command: bash scripts/gpu/run.sh   (results: JSON under $OUT)
   here:   python scripts/gpu/kit.py run --dry-run   (the preflight on this CPU; tests/test_gpu_kit.py runs it)
+  several GPUs: bash scripts/gpu/run.sh --num-processes N   (adds the distributed step, one process per GPU)
 
 ``run`` does, in order, each step in its own process under a time limit (a hang or a crash costs that step only):
   preflight  every import the steps need, the GPU's name and memory, the kit's files (seconds);
   parity     the tiny-random stream on the GPU in fp32 (TF32 off) and bf16 against the CPU reference latents;
+  distributed  with --num-processes N > 1 (N GPUs, NCCL; docs/distributed.md): configs/train/tiny-test.yaml (with
+             tiny-random's text encoder: the device has no MiniLM) for 3 steps on N processes against 1 process,
+             weights to 1e-5 and one log record per step; then streamgen.batch of 2N tiny-random lines on N processes
+             against 1 process, every video once (frames compared; bytes reported), where imageio-ffmpeg is present.
   speed      Wan2.1-1.3B with random weights (speed does not depend on weight values) at 480x832, the pipeline's 4
              steps, a 21-latent-frame self-forcing stream, once per attention backend present (SDPA, torch's flash
              SDPA, flash-attn, xformers), each with its peak GPU memory; then, while time is left, a 241-frame
              longlive stream and the compiled feed-forwards with the fastest backend.
-Results: $OUT/preflight.json, parity.json, speed-<run>.json (bench speed's full result) and summary.json.
+Results: $OUT/preflight.json, parity.json, speed-<run>.json (bench speed's full result), distributed.json and
+summary.json.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ WHEELS = ("diffusers", "importlib_metadata")  # what the device image lacks, not
 PARITY = dict(prompt="a red circle drifting left over a blue backdrop", num_frames=9, seed=0)
 # Parity bounds: fp32 with TF32 off differs from the CPU only by kernel order; bf16 keeps ~3 significant digits.
 PARITY_BOUNDS = {"fp32": 1e-3, "bf16": 5e-2}  # relative L2 error of the latents
-STEPS = ("preflight", "parity", "speed")
-STEP_LIMIT_S = {"preflight": 60, "parity": 120, "speed": 390}
+STEPS = ("preflight", "parity", "distributed", "speed")  # distributed before speed, which takes the time left
+STEP_LIMIT_S = {"preflight": 60, "parity": 120, "speed": 390, "distributed": 240}
+DISTRIBUTED = dict(steps=3, tolerance=1e-5, frames=6)
 IMPORTS = ("torch", "numpy", "psutil", "yaml", "safetensors", "transformers", "importlib_metadata", "diffusers",
            "streamgen", "streamgen.pipeline", "streamgen.tiny", "streamgen.bench.speed")
 
@@ -179,12 +186,106 @@ def speed(deadline: float) -> dict:
     return result
 
 
+def _train_worker(out: Path, steps: int, batch_size: int) -> None:
+    """One process of the distributed step's training run (what torchrun starts): the tiny test config, on the GPUs,
+    with tiny-random's text encoder."""
+    import torch
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from streamgen.resources import pipeline_path
+    from streamgen.train import Trainer, load_config
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    tiny = pipeline_path("tiny-random")
+    text = (AutoTokenizer.from_pretrained(tiny / "tokenizer"), UMT5EncoderModel.from_pretrained(tiny / "text_encoder"))
+    cfg = load_config(ROOT / "configs" / "train" / "tiny-test.yaml")
+    cfg.device, cfg.output_dir, cfg.max_steps, cfg.batch_size = None, str(out), steps, batch_size
+    cfg.model.text_dim = text[1].config.d_model
+    Trainer(cfg, text=text).run()
+
+
+def _launch(processes: int, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``python ARGV`` on ``processes`` processes (torchrun --standalone picks a free port), or plainly on one."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] * (processes > 1)
+    return subprocess.run([sys.executable, *launcher, *argv], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})
+
+
+def distributed(processes: int, deadline: float) -> dict:
+    """N GPUs train and generate what one does (see the module docstring)."""
+    import tempfile
+
+    import torch
+
+    result = {"processes": processes, "gpus": torch.cuda.device_count(), **DISTRIBUTED}
+    if processes < 2:
+        return {**result, "ok": True, "skipped": "one process (pass --num-processes N for N GPUs)"}
+    if result["gpus"] < processes:
+        return {**result, "ok": False, "error": f"{processes} processes need {processes} GPUs (one each, NCCL), "
+                                                f"{result['gpus']} found"}
+    work = Path(tempfile.mkdtemp(prefix="streamgen-distributed-"))
+    steps, batch_size = DISTRIBUTED["steps"], 2 * processes
+
+    def left() -> float:
+        return max(10.0, deadline - time.time())
+
+    runs = {}
+    for name, n in (("many", processes), ("one", 1)):
+        done = _launch(n, [__file__, "step", "train-worker", "--out", str(work / name), "--steps", str(steps),
+                           "--batch-size", str(batch_size)], left())
+        runs[name] = done.returncode
+        if done.returncode:
+            return {**result, "ok": False, "train": runs, "error": (done.stdout + done.stderr)[-2000:]}
+    from streamgen.train.checkpoint import load_state
+
+    many, one = (load_state(work / name / "checkpoint" / "state.safetensors") for name in ("many", "one"))
+    logged = [json.loads(line)["step"] for line in (work / "many" / "log.jsonl").read_text().splitlines()]
+    difference = max(float((many["model"][k] - one["model"][k]).abs().max()) for k in one["model"])
+    result["train"] = {"max_weight_difference": difference, "logged_steps": logged, "batch_size": batch_size,
+                       "checkpoint_processes": many.get("processes"),
+                       "ok": difference <= DISTRIBUTED["tolerance"] and logged == list(range(1, steps + 1))}
+    result["batch"] = _distributed_batch(processes, work, left)
+    result["ok"] = result["train"]["ok"] and result["batch"].get("ok", True)
+    return result
+
+
+def _distributed_batch(processes: int, work: Path, left) -> dict:
+    import importlib.util
+
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        return {"skipped": "no imageio-ffmpeg here (the kit does not carry its ffmpeg binary)"}
+    from streamgen.resources import pipeline_path
+    from streamgen.video_io import read_video
+
+    prompts = work / "prompts.txt"
+    colours = ("red", "green", "yellow", "white", "magenta", "cyan", "orange", "purple")
+    lines = 2 * processes
+    prompts.write_text("".join(f"a {colours[i % len(colours)]} circle over a blue backdrop\n" for i in range(lines)))
+    for name, n in (("many", processes), ("one", 1)):
+        done = _launch(n, ["-m", "streamgen.batch", "--prompts", str(prompts), "--frames", str(DISTRIBUTED["frames"]),
+                           "--pipeline", str(pipeline_path("tiny-random")), "--out-dir", str(work / f"videos-{name}")],
+                       left())
+        if done.returncode:
+            return {"ok": False, "error": (done.stdout + done.stderr)[-2000:]}
+    names = [f"{i:04d}.mp4" for i in range(lines)]
+    made = sorted(p.name for p in (work / "videos-many").glob("*.mp4"))
+    differences = [float(abs(read_video(work / "videos-many" / n).astype(int) - read_video(work / "videos-one" / n)).max())
+                   for n in names]
+    same_bytes = sum((work / "videos-many" / n).read_bytes() == (work / "videos-one" / n).read_bytes() for n in names)
+    return {"videos": lines, "max_frame_difference": max(differences), "byte_identical": same_bytes,
+            "ok": made == names and max(differences) == 0}
+
+
 # ---- the one command --------------------------------------------------------------------------------------------
-def run(dry_run: bool, budget_s: float) -> int:
+def run(dry_run: bool, budget_s: float, processes: int = 1) -> int:
     """Every step in order, each in its own process; summary.json says what each found or why it was skipped."""
     start = time.time()
-    summary = {"dry_run": dry_run, "steps": {}}
+    summary = {"dry_run": dry_run, "processes": processes, "steps": {}}
     for step in STEPS:
+        if step == "distributed" and processes < 2:
+            summary["steps"][step] = {"skipped": "one process (--num-processes N for N GPUs)"}
+            continue
         if dry_run and step != "preflight":
             summary["steps"][step] = {"skipped": "dry run (no GPU steps)"}
             continue
@@ -193,7 +294,8 @@ def run(dry_run: bool, budget_s: float) -> int:
             summary["steps"][step] = {"skipped": "out of time"}
             continue
         limit = min(STEP_LIMIT_S[step], left)
-        argv = [sys.executable, __file__, "step", step, "--deadline", str(time.time() + limit - 45)]
+        argv = [sys.executable, __file__, "step", step, "--deadline", str(time.time() + limit - 45),
+                "--num-processes", str(processes)]
         began = time.time()
         try:
             code = subprocess.run(argv + ["--dry-run"] * dry_run, timeout=limit).returncode
@@ -221,17 +323,29 @@ def main(argv: list[str] | None = None) -> int:
     run_.add_argument("--dry-run", action="store_true", help="the preflight only, GPU steps skipped (CPU, CI)")
     run_.add_argument("--budget", type=float, default=float(os.environ.get("BUDGET", 560)),
                       help="seconds for all the steps (default 560: a 10-minute device call)")
+    run_.add_argument("--num-processes", type=int, default=1, metavar="N",
+                      help="N > 1: also the distributed step, one process per GPU (needs N GPUs)")
     step = sub.add_parser("step", help="one step (what run calls)")
-    step.add_argument("name", choices=STEPS)
+    step.add_argument("name", choices=(*STEPS, "train-worker"))
     step.add_argument("--deadline", type=float, default=float("inf"))
     step.add_argument("--dry-run", action="store_true")
+    step.add_argument("--num-processes", type=int, default=1)
+    step.add_argument("--out", type=Path)
+    step.add_argument("--steps", type=int, default=DISTRIBUTED["steps"])
+    step.add_argument("--batch-size", type=int, default=2)
     args = parser.parse_args(argv)
+    if getattr(args, "num_processes", 1) < 1:
+        parser.error(f"--num-processes must be at least 1, got {args.num_processes}")
     if args.command == "pack":
         pack()
         return 0
     if args.command == "run":
-        return run(args.dry_run, args.budget)
+        return run(args.dry_run, args.budget, args.num_processes)
+    if args.name == "train-worker":
+        _train_worker(args.out, args.steps, args.batch_size)
+        return 0
     result = (preflight(args.dry_run) if args.name == "preflight" else parity() if args.name == "parity"
+              else distributed(args.num_processes, args.deadline) if args.name == "distributed"
               else speed(args.deadline))
     _write(f"{args.name}.json", result)
     return 0 if result.get("ok", True) else 1
