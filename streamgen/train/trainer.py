@@ -242,6 +242,8 @@ class Trainer:
             self._load(ckpt)
         elif init is not None:
             self._init_from(Path(init))
+        if acc.num_processes > 1:
+            self._check_same_start(resume)
         self.params = sum(p.numel() for p in self.transformer.parameters())
         self.stream_positions, self.teacher = None, None
         pos = config.positions
@@ -584,6 +586,17 @@ class Trainer:
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
         self.step = int(state["step"])
+
+    def _check_same_start(self, resume: bool) -> None:
+        """Every process starts from the same step: a process that found no checkpoint (another machine, where the
+        output folder is not shared) would train from scratch beside the others."""
+        acc = self.accelerator
+        steps = acc.gather(torch.tensor([self.step], device=acc.device)).cpu().tolist()
+        if len(set(steps)) > 1:
+            missing = [rank for rank, step in enumerate(steps) if step != max(steps)]
+            raise ValueError(f"{self.out}: process(es) {missing} start at step {min(steps)}, the others at "
+                             f"{max(steps)}{' (resumed)' if resume else ''}: on several machines the output folder "
+                             "must be shared (the checkpoint is read by every process)")
 
     def _init_from(self, folder: Path) -> None:
         """Start model and EMA from the transformer weights of a pipeline ``folder`` (a fine-tune, or a model whose
