@@ -75,6 +75,17 @@ def test_cli_parses():
     assert parser.parse_args(["train", "--config", "c.yaml"]).resume is False
 
 
+def test_threads_on_the_command_line_win_over_the_configs(tmp_path, monkeypatch):
+    """`streamgen --threads 1 train` on 2 CPU processes must not run the config's 2 threads in each."""
+    import streamgen.train.trainer as trainer
+    from streamgen.cli import main
+
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda config, **_: seen.setdefault("threads", config.torch_threads) and tmp_path)
+    assert main(["--threads", "1", "train", "--config", "configs/train/shapeworld-tiny.yaml", "--out", str(tmp_path)]) == 0
+    assert seen["threads"] == 1  # the config says 2
+
+
 def _a_state() -> dict:
     """A training state with every kind of value the trainer's holds."""
     import random

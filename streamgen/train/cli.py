@@ -31,6 +31,8 @@ def cmd_train(args) -> int:
         config.output_dir = args.out
     if args.max_steps is not None:
         config.max_steps = args.max_steps
+    if getattr(args, "threads", None) is not None:  # streamgen --threads N train ...: wins over torch_threads
+        config.torch_threads = args.threads
     if args.init and args.resume:
         raise SystemExit("--init and --resume exclude each other: --resume continues a checkpoint, --init starts anew")
     if isinstance(args.resume, str):  # a state file from elsewhere (another run, another machine)
