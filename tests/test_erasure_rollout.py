@@ -13,7 +13,7 @@ import torch
 from streamgen.bench.quality import run_quality
 from streamgen.bench.quality.cli import erasure_options
 from streamgen.erasure import ErasurePrompts, erasure_loss, load_lora
-from streamgen.erasure.cli import register_cli
+from streamgen.bench.quality.erase_command import register_cli
 from streamgen.erasure.concepts import (DEFAULT_PARAPHRASES, Concept, Paraphrases, concept_caption, load_paraphrases,
                                         parse_concept)
 from streamgen.erasure.driver import STATE_FILE, read_state
@@ -22,7 +22,7 @@ from streamgen.erasure.rollout import Rollout, play_rollout, record_stream, to_s
 from streamgen.pipeline import load_pipeline
 from streamgen.resources import pipeline_path
 from streamgen.schedule import Schedule, Segment
-from streamgen.train.trainer import ChunkCausalFlow
+from streamgen.erasure.objective import ChunkCausalPredictor as ChunkCausalFlow
 from streamgen.world.scenes import Attributes, Draws
 
 CHUNK = 3
@@ -203,3 +203,14 @@ def test_training_and_held_out_paraphrases_are_disjoint_and_neutral_captions_dro
     assert "red" not in neutral and "circle" in neutral
     text, neutral = concept_caption(DEFAULT_PARAPHRASES.train[1], attributes, Draws(1), Concept("background", "white"))
     assert "white" in text and "white" not in neutral and "plain" in neutral
+
+
+def test_the_erasure_predictor_is_the_trainer_s_chunk_causal_forward(pipe):
+    from streamgen.train.trainer import ChunkCausalFlow as TrainerFlow
+
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 3, 6, 32, 32, generator=g), pipe.encode_prompt("a red circle")
+    t = torch.tensor([[0.0] * 3 + [700.0] * 3])
+    with torch.no_grad():
+        assert torch.equal(ChunkCausalFlow(pipe.transformer, CHUNK)(x, t, text),
+                           TrainerFlow(pipe.transformer, CHUNK)(x, t, text))

@@ -5,8 +5,18 @@
   anchor predictions);
 - :mod:`.saliency`: the augmentation-enhanced weight saliency masks;
 - :mod:`.lora`: LoRA adapters (optionally masked), diffusers-layout files, fusing, the pipeline's loader mixin;
-- :mod:`.states`: states from the frozen model's guided sampling trajectory;
-- :mod:`.finetune`: the fine-tune loop.
+- :mod:`.states`: states from the frozen model's guided sampling trajectory (one clip, no cache);
+- :mod:`.rollout`: states from streaming rollouts (the real engine and cache, switches into the concept, the clean
+  frames before each chunk as context);
+- :mod:`.finetune`: the fine-tune loop;
+- :mod:`.concepts`: ShapeWorld concepts, disjoint training / held-out paraphrase templates, neutral captions;
+- :mod:`.driver`: one concept's whole resumable erasure (rollouts, saliency, masked LoRA, state files);
+- :mod:`.report` (markdown), :mod:`.media` (the before/after GIF pair).
+
+The command, ``streamgen erase``, is on the command side: :mod:`streamgen.bench.quality.erase_command` (it runs the
+erasure bench suite for its report). This package imports nothing above the models (not the pipeline, which takes
+its LoRA loader from here), so no import cycle passes through it. Importing it is cheap (no torch): everything loads
+on first use.
 
 A run, in short::
 
@@ -17,16 +27,25 @@ A run, in short::
     save_lora(LoraWeights.from_adapters(adapters), out_dir)     # pipe.load_lora_weights(out_dir) fuses it
 """
 
-from .finetune import EraseConfig, erase
-from .lora import (LoraConfig, LoraLinear, LoraLoaderMixin, LoraWeights, add_lora, fuse_lora, load_lora, remove_lora,
-                   save_lora, target_weights, unfuse_lora)
-from .objective import ErasurePrompts, ErasureStates, ObjectiveConfig, ant_targets, erasure_loss
-from .saliency import SaliencyConfig, saliency_masks, top_fraction_mask
-from .states import trajectory_states
+import importlib
 
-__all__ = [
-    "EraseConfig", "erase", "LoraConfig", "LoraLinear", "LoraLoaderMixin", "LoraWeights", "add_lora", "fuse_lora",
-    "load_lora", "remove_lora", "save_lora", "target_weights", "unfuse_lora", "ErasurePrompts", "ErasureStates",
-    "ObjectiveConfig", "ant_targets", "erasure_loss", "SaliencyConfig", "saliency_masks", "top_fraction_mask",
-    "trajectory_states",
-]
+_EXPORTS = {
+    "EraseConfig": "finetune", "erase": "finetune",
+    **{name: "lora" for name in ("LoraConfig", "LoraLinear", "LoraLoaderMixin", "LoraWeights", "add_lora", "fuse_lora",
+                                 "load_lora", "remove_lora", "save_lora", "target_weights", "unfuse_lora")},
+    **{name: "objective" for name in ("ErasurePrompts", "ErasureStates", "ObjectiveConfig", "ant_targets",
+                                      "erasure_loss")},
+    **{name: "saliency" for name in ("SaliencyConfig", "saliency_masks", "top_fraction_mask")},
+    "trajectory_states": "states", "ChunkCausalPredictor": "objective",
+    **{name: "rollout" for name in ("RecordingSampler", "record_stream", "play_rollout", "to_states", "Rollout")},
+    **{name: "concepts" for name in ("Concept", "parse_concept", "Paraphrases", "load_paraphrases")},
+    **{name: "driver" for name in ("EraseSettings", "erase_concept")},
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,6 +38,7 @@ from ..world.scenes import Draws
 from .concepts import Concept, Paraphrases, attributes_with, concept_caption
 from .finetune import EraseConfig, erase
 from .lora import LoraConfig, LoraLinear, LoraWeights, add_lora, save_lora, target_weights
+from .objective import ChunkCausalPredictor as ChunkCausalFlow
 from .objective import ErasurePrompts, ErasureStates, ObjectiveConfig, erasure_loss
 from .rollout import ChunkRecord, Rollout, play_rollout
 from .saliency import SaliencyConfig, saliency_masks
@@ -308,8 +309,6 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
         if text not in cache:
             cache[text] = pipe.encode_prompt(text)
         return cache[text]
-
-    from ..train.trainer import ChunkCausalFlow
 
     chunk = int(pipe.config.chunk_frames)
     pool = build_pool(pipe, concept, others, paraphrases, anchors, settings, encode, progress)

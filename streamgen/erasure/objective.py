@@ -44,6 +44,30 @@ class Predictor(Protocol):
                  positions: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
+class ChunkCausalPredictor(torch.nn.Module):
+    """The :class:`Predictor` of a causal Wan transformer: the training forward (block-causal over chunks of
+    ``chunk_frames``, RoPE at ``positions``, prompt K/V from the text states by the model itself), the same as
+    ``streamgen.train.trainer.ChunkCausalFlow`` without the training package (the erasure hooks sit below the
+    pipeline, which the trainer imports)."""
+
+    def __init__(self, transformer, chunk_frames: int):
+        super().__init__()
+        self.transformer = transformer
+        self.chunk_frames = chunk_frames
+
+    def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        from ..models.causal_wan import block_causal_mask
+
+        t = self.transformer
+        _, _, frames, height, width = x_t.shape
+        if positions is None:
+            positions = torch.arange(frames)
+        rotary = t.rotary(positions, positions, height, width)
+        mask = block_causal_mask(frames, self.chunk_frames, t.tokens_per_frame(height, width), x_t.device)
+        return t.forward_chunk(x_t, timesteps, t.encode_prompt_kv(text_states), None, rotary, attention_mask=mask)
+
+
 @dataclass(frozen=True)
 class ObjectiveConfig:
     """``eta``: strength η of the kept / reversed guidance direction (ANT: 1). ``switch_progress``: the fraction of

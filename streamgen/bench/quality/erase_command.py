@@ -1,7 +1,9 @@
 """``streamgen erase --pipeline DIR --concept "red" [--concept "circle" ...] [--paraphrases FILE] [--anchors FILE]
 --out DIR [--steps N] [--resume]``: one LoRA per concept, then the erasure suite (each LoRA alone and, for several
 concepts, all of them fused) against the original model on the same seeds, written as ``report.json`` and
-``report.md``. ``streamgen.cli`` wires it with ``register_cli(subparsers)``; building the parser imports no torch.
+``report.md``; ``--gif DIR``: the before/after GIF pair with every LoRA fused. ``streamgen.cli`` wires it with
+``register_cli(subparsers)``; building the parser imports no torch. It lives on the command side (beside the bench
+it runs): the erasure hooks themselves (:mod:`streamgen.erasure`) sit below the pipeline.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                    help="size of the erasure suite run for the report (default quick; none: no report)")
     p.add_argument("--resume", action="store_true", help="continue the state files in --out (or skip finished "
                    "concepts) instead of refusing to overwrite them")
+    p.add_argument("--gif", metavar="DIR", help="also write DIR/before.gif and DIR/after.gif (all LoRAs fused)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_erase)
@@ -61,7 +64,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def settings_from(args):
-    from .driver import EraseSettings
+    from ...erasure.driver import EraseSettings
 
     given = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch": args.batch,
              "rollouts_per_kind": args.rollouts, "switch_progress": args.switch_progress,
@@ -79,7 +82,7 @@ def settings_from(args):
 def eval_sizes(name: str):
     from dataclasses import replace
 
-    from ..bench.quality.harness import FULL, QUICK
+    from .harness import FULL, QUICK
 
     if name == "quick":
         return QUICK
@@ -89,10 +92,10 @@ def eval_sizes(name: str):
 
 
 def cmd_erase(args) -> int:
-    from ..pipeline import load_pipeline
-    from ..resources import find_pipeline
-    from .concepts import load_anchors, load_paraphrases, parse_concept
-    from .driver import default_anchors, erase_concept
+    from ...erasure.concepts import load_anchors, load_paraphrases, parse_concept
+    from ...erasure.driver import default_anchors, erase_concept
+    from ...pipeline import load_pipeline
+    from ...resources import find_pipeline
 
     concepts = list(dict.fromkeys(parse_concept(c) for c in args.concept))
     paraphrases = load_paraphrases(args.paraphrases)
@@ -104,7 +107,7 @@ def cmd_erase(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(str(find_pipeline(args.pipeline)), args.device)
     if getattr(args, "threads", None) is None:
-        from ..threads import use_default_threads
+        from ...threads import use_default_threads
 
         use_default_threads(pipe)
 
@@ -125,7 +128,7 @@ def cmd_erase(args) -> int:
                            for k, v in runs.items()},
               "training_seconds": round(time.perf_counter() - start, 1)}
     if args.eval != "none":
-        from ..bench.quality import run_quality
+        from .run import run_quality
 
         configs = [{"name": c.name, "loras": [str(out / c.name)], "concepts": [c.as_dict()]} for c in concepts]
         if len(concepts) > 1:
@@ -138,16 +141,22 @@ def cmd_erase(args) -> int:
         report["evaluation"] = {**result, "eval_sizes": args.eval}
         report["evaluation_seconds"] = round(time.perf_counter() - eval_start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    from .report import markdown_report
+    from ...erasure.report import markdown_report
 
     (out / "report.md").write_text(markdown_report(report))
+    if args.gif:
+        from ...erasure.media import before_after
+
+        before_after(pipe, [out / c.name for c in concepts], Path(args.gif), seed=args.seed)
+        log(f"GIF pair: {Path(args.gif) / 'before.gif'}, {Path(args.gif) / 'after.gif'}")
     print(f"erased {', '.join(c.name for c in concepts)}: {out / 'report.md'}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streamgen.erasure.cli erase ...``: the command without the ``streamgen`` entry point."""
-    parser = argparse.ArgumentParser(prog="python -m streamgen.erasure.cli")
+    """``python -m streamgen.bench.quality.erase_command erase ...``: the command without the ``streamgen`` entry
+    point."""
+    parser = argparse.ArgumentParser(prog="python -m streamgen.bench.quality.erase_command")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: the pipeline's rule)")
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
