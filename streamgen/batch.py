@@ -12,17 +12,24 @@ all. A video depends on its line and seed only: the files of N processes are byt
 The run is resumable: OUT_DIR/manifest.jsonl records what each finished video was made from (prompts, seed,
 schedule, cache preset, frames, checkpoint hash). Run the same command again and a video that is complete and asked
 for the same is skipped; one cut short, or asked for differently, is made again (written to NNNN.mp4.partial,
-renamed when whole).
+renamed when whole). With ``--snapshot-every N`` a video cut short is not started over: its stream's snapshot
+(OUT_DIR/.snapshots/NNNN/, removed once the video is whole) resumes it, keeping the frames made before it
+(docs/snapshots.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from .loading import int_list
+
+SNAPSHOTS = ".snapshots"  # OUT_DIR/.snapshots/NNNN/: a video's stream snapshot while it is being made
+BATCH_KEY = "batch"  # the snapshot manifest's entry saying what the video was asked to be
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,10 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
     parser.add_argument("--threads", type=int, help="torch CPU threads of each process (default: torch's; with N "
                         "processes on one machine, cores / N, e.g. --threads 1 for 2 processes on 2 cores)")
+    parser.add_argument("--snapshot-every", type=int, metavar="N", help="snapshot each video's stream every N "
+                        "chunks into OUT_DIR/.snapshots/NNNN/, so that running the command again resumes a video cut "
+                        "short mid-way instead of starting it over (default: off)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show diffusers' / transformers' loading bars")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.snapshot_every is not None and args.snapshot_every < 1:
+        parser.error(f"--snapshot-every must be at least 1 chunk, got {args.snapshot_every}")
 
     import torch
     from accelerate import PartialState
@@ -52,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from .progress import quiet_loading
     from .resources import find_pipeline
     from .schedule import ScheduleError, load_schedules
+    from .resumable_run import RunRecord, Snapshotter, join_prefix
     from .video_io import Mp4StreamWriter, partial_path
 
     # Without a GPU, accelerate only forms a process group when told it runs on CPU (gloo backend).
@@ -84,16 +97,54 @@ def main(argv: list[str] | None = None) -> int:
         if manifest.complete(path, wanted):
             print(f"{tag} {path} (complete, skipped)", flush=True)
             continue
-        generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
+        snapshot_dir = out_dir / SNAPSHOTS / f"{index:04d}"
+        resumed = _resume_video(pipe, snapshot_dir, wanted, path, tag) if args.snapshot_every else None
+        if resumed is not None:
+            stream, record = resumed
+        else:
+            generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
+            stream = pipe.stream(schedule=schedule, num_frames=args.frames, cache=args.cache, generator=generator)
+            record = RunRecord(str(find_pipeline(args.pipeline)), str(state.device), "fp32", str(path.resolve()), 0,
+                               args.snapshot_every or 1)
+        snapshots = Snapshotter(snapshot_dir, record, {BATCH_KEY: wanted}) if args.snapshot_every else None
         partial = partial_path(path)
         with Mp4StreamWriter(partial, fps=pipe.config.fps) as writer:
-            for chunk in pipe.stream(schedule=schedule, num_frames=args.frames, cache=args.cache, generator=generator):
+            for chunk in stream:
                 writer.write(chunk.frames[0])
-        os.replace(partial, path)  # whole or absent: a killed run leaves only the .partial
-        manifest.record(wanted, writer.frames_written)
+                if snapshots is not None:
+                    snapshots.after_chunk(stream, writer.frames_written)
+        if record.prefix is not None:  # the frames before the snapshot, then this run's: joined, not re-encoded
+            join_prefix(snapshot_dir, record, partial, path, writer.frames_written)
+        else:
+            os.replace(partial, path)  # whole or absent: a killed run leaves only the .partial
+        manifest.record(wanted, record.prefix_frames + writer.frames_written)
+        shutil.rmtree(snapshot_dir, ignore_errors=True)
         print(f"{tag} {path}", flush=True)
     state.wait_for_everyone()
     return 0
+
+
+def _resume_video(pipe, snapshot_dir: Path, wanted: dict, path: Path, tag: str):
+    """(stream, run record) going on from the video's snapshot, or None to start it over: no snapshot, one of a
+    video asked for differently, or one that cannot be used (said on stdout)."""
+    from .resumable_run import SNAPSHOT_NAME, RunRecord, keep_frames_before
+    from .snapshot import SnapshotError, read_manifest
+
+    snapshot = snapshot_dir / SNAPSHOT_NAME
+    if not snapshot.is_file():
+        return None
+    try:
+        manifest = read_manifest(snapshot)
+        if json.dumps(manifest["extra"].get(BATCH_KEY), sort_keys=True) != json.dumps(wanted, sort_keys=True):
+            raise SnapshotError("it was taken for a video asked for differently")
+        stream = pipe.resume(snapshot)
+        record = keep_frames_before(snapshot_dir, RunRecord.from_manifest(manifest, snapshot), path, None)
+    except SnapshotError as err:
+        print(f"{tag} {path}: its snapshot is not used ({err}); starting it over", flush=True)
+        shutil.rmtree(snapshot_dir, ignore_errors=True)
+        return None
+    print(f"{tag} {path}: resumed at chunk {stream.chunks} ({record.prefix_frames} frames kept)", flush=True)
+    return stream, record
 
 
 if __name__ == "__main__":

@@ -55,11 +55,13 @@ class RunRecord:
 class Snapshotter:
     """Writes the run's snapshot every ``every`` chunks into ``directory``."""
 
-    def __init__(self, directory: Path, record: RunRecord):
+    def __init__(self, directory: Path, record: RunRecord, notes: dict | None = None):
+        """``notes``: more JSON-able entries for the manifest's ``extra`` (what a batch video was asked to be)."""
         if record.every < 1:
             raise ValueError(f"--snapshot-every must be at least 1 chunk, got {record.every}")
         self.directory = directory
         self.record = record
+        self.notes = notes or {}
         directory.mkdir(parents=True, exist_ok=True)
 
     def after_chunk(self, stream, frames_written: int) -> None:
@@ -67,7 +69,7 @@ class Snapshotter:
         if stream.chunks % self.record.every:
             return
         self.record.video_frames = self.record.prefix_frames + frames_written
-        stream.snapshot(self.directory / SNAPSHOT_NAME, extra={RUN_KEY: asdict(self.record)})
+        stream.snapshot(self.directory / SNAPSHOT_NAME, extra={**self.notes, RUN_KEY: asdict(self.record)})
         for old in self.directory.glob("prefix-*.mp4"):  # earlier runs' prefixes no snapshot names any more
             if old.name != self.record.prefix:
                 old.unlink(missing_ok=True)

@@ -321,3 +321,28 @@ def test_a_mechanism_keeping_foreign_state_makes_snapshot_fail_naming_the_attrib
                                             r"cannot be part of a stream's state"):
         stream.snapshot(tmp_path / "s.safetensors")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_batch_video_cut_short_resumes_from_its_snapshot_on_the_next_run(capsys, monkeypatch, tmp_path):
+    from streamgen.batch import main as batch
+    from streamgen.video_io import read_video
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle drifting left\na blue square drifting right\n")
+    args = ["--prompts", prompts, "--frames", 30, "--pipeline", "tiny-random", "--cpu", "--snapshot-every", 2]
+    assert batch([str(a) for a in [*args, "--out-dir", tmp_path / "whole"]]) == 0
+    out = tmp_path / "videos"
+    with monkeypatch.context() as patch:  # line 0 whole (10 chunks), then line 1 dies in its 6th chunk
+        crash_at_chunk(patch, 15)
+        with pytest.raises(RuntimeError, match="the machine went away"):
+            batch([str(a) for a in [*args, "--out-dir", out]])
+    assert (out / "0000.mp4").is_file() and not (out / "0001.mp4").exists()
+    capsys.readouterr()
+    assert batch([str(a) for a in [*args, "--out-dir", out]]) == 0
+    said = capsys.readouterr().out
+    assert "0000.mp4 (complete, skipped)" in said and "0001.mp4: resumed at chunk 4 (12 frames kept)" in said
+    whole, video = read_video(tmp_path / "whole" / "0001.mp4"), read_video(out / "0001.mp4")
+    assert video.shape == whole.shape and np.array_equal(video[:12], whole[:12])
+    assert np.abs(video[12:].astype(int) - whole[12:].astype(int)).mean() < 3
+    assert [json.loads(line)["frames"] for line in (out / "manifest.jsonl").read_text().splitlines()] == [30, 30]
+    assert not list((out / ".snapshots").iterdir())  # a whole video's snapshot is removed
