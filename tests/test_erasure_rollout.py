@@ -89,7 +89,8 @@ def test_recording_leaves_the_stream_unchanged_and_sees_the_real_context(pipe):
 
 # ---- the command --------------------------------------------------------------------------------------------------
 TINY = ["--pipeline", "tiny-random", "--rollouts", "1", "--chunks", "1", "--switch-after", "1", "--long-chunks", "2",
-        "--saliency-iterations", "1", "--save-every", "1", "--no-progress", "--lr", "1e-2"]
+        "--saliency-iterations", "1", "--save-every", "1", "--no-progress", "--lr", "1e-2",
+        "--anchor-rollouts", "1", "--max-progress", "0.5"]
 
 
 def erase_cli(*argv: str) -> int:

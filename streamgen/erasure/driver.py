@@ -39,7 +39,7 @@ from .concepts import Concept, Paraphrases, attributes_with, concept_caption
 from .finetune import EraseConfig, erase
 from .lora import LoraConfig, LoraLinear, LoraWeights, add_lora, save_lora, target_weights
 from .objective import ChunkCausalPredictor as ChunkCausalFlow
-from .objective import ErasurePrompts, ErasureStates, ObjectiveConfig, erasure_loss
+from .objective import ErasurePrompts, ErasureStates, ObjectiveConfig, erasure_loss, preservation_loss
 from .rollout import ChunkRecord, Rollout, play_rollout
 from .saliency import SaliencyConfig, saliency_masks
 from .states import ANT_GUIDANCE_SCALE
@@ -73,6 +73,14 @@ class EraseSettings:
     masked: bool = True
     eta: float = 1.0
     switch_progress: float = ObjectiveConfig().switch_progress  # ANT: 7 of 50 steps keep the direction
+    # Only states drawn at trajectory progress <= max_progress train (1: all, ANT). A few-step model that predicts
+    # x0 settles a global attribute in its first step: afterwards e*(z, c) = e*(z, ∅) and the state says nothing.
+    max_progress: float = 1.0
+    # The anchors' own trajectories: this many anchor streams (``chunks`` chunks each, every sampler step recorded);
+    # ``preserve_batch`` of their states per step keep the model's anchor predictions at the frozen ones.
+    anchor_rollouts: int = 0
+    preserve_batch: int = 2
+    preserve_weight: float = 1.0
     anchor_weight: float = 1.0
     cache: str | None = None
     seed: int = 0
@@ -87,6 +95,8 @@ class EraseSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_context < 0 or self.anchors_per_step < 0:
             raise ValueError("max_context and anchors_per_step must be >= 0")
+        if not 0.0 <= self.max_progress <= 1.0:
+            raise ValueError(f"max_progress must be in [0, 1], got {self.max_progress}")
 
     def fingerprint(self) -> str:
         """What a resume must match: every setting but ``steps`` and ``save_every``."""
@@ -137,7 +147,7 @@ class StatePool:
         for entry, _ in chosen:
             record = entry.record
             n = record.states.shape[0]
-            i = draws.integer(n)
+            i = draws.integer(min(n, int(self.settings.max_progress * n) + 1))
             x = record.states[i]
             latents.append(torch.cat((record.context.to(x.dtype), x), 2))
             timesteps.append(torch.tensor([[self.context_timestep] * k + [record.timesteps[i]] * x.shape[2]]
@@ -204,6 +214,53 @@ def build_pool(pipe, concept: Concept, others: list[Concept], paraphrases: Parap
                                    max_context=settings.max_context):
             entries.append(PoolEntry(record, caption, neutral, template))
     return StatePool(entries, encode, anchors, settings, float(pipe.config.context_timestep))
+
+
+class AnchorPool:
+    """States of the anchors' own rollouts (any sampler step), for :func:`preservation_loss`."""
+
+    def __init__(self, entries: list[tuple[ChunkRecord, str]], encode: Callable[[str], torch.Tensor],
+                 settings: EraseSettings, context_timestep: float):
+        self.entries, self.encode, self.settings = entries, encode, settings
+        self.context_timestep = context_timestep
+        self.buckets: dict[int, list[int]] = {}
+        for i, (record, _) in enumerate(entries):
+            self.buckets.setdefault(record.context_frames, []).append(i)
+
+    def batch(self, step: int) -> tuple[ErasureStates, torch.Tensor]:
+        draws = Draws(self.settings.seed, 0xA11C, step)
+        sizes = sorted(self.buckets)
+        k = sizes[draws.integer(len(sizes))]
+        latents, timesteps, progress, text = [], [], [], []
+        for _ in range(self.settings.preserve_batch):
+            record, caption = self.entries[draws.choice(self.buckets[k])]
+            n = record.states.shape[0]
+            i = draws.integer(n)
+            x = record.states[i]
+            latents.append(torch.cat((record.context.to(x.dtype), x), 2))
+            timesteps.append(torch.tensor([[self.context_timestep] * k + [record.timesteps[i]] * x.shape[2]]
+                                          * x.shape[0], dtype=torch.float32))
+            progress.append(torch.full((x.shape[0],), i / n, dtype=torch.float64))
+            text += [self.encode(caption)] * x.shape[0]
+        states = ErasureStates(torch.cat(latents), torch.cat(timesteps), torch.cat(progress), context_frames=k,
+                               positions=torch.arange(latents[0].shape[2]))
+        return states, torch.cat(text)
+
+
+def build_anchor_pool(pipe, anchors: list[str], settings: EraseSettings, encode: Callable[[str], torch.Tensor],
+                      progress: bool = True) -> AnchorPool | None:
+    """Play ``anchor_rollouts`` streams of anchor captions (in turn) and keep every chunk's states."""
+    if settings.anchor_rollouts < 1 or not anchors:
+        return None
+    entries = []
+    for i in tqdm(range(settings.anchor_rollouts), desc="anchor rollouts", disable=not progress):
+        caption = anchors[i % len(anchors)]
+        seed = Draws(settings.seed, 0xA7C0, i).next64() >> 33
+        rollout = Rollout(((caption, settings.chunks, "cut"),), seed, (caption,), tag="anchor")
+        for record in play_rollout(pipe, rollout, cache=settings.cache, guidance_scale=settings.guidance_scale,
+                                   max_context=settings.max_context):
+            entries.append((record, caption))
+    return AnchorPool(entries, encode, settings, float(pipe.config.context_timestep))
 
 
 # ---- state files -------------------------------------------------------------------------------------------------
@@ -312,6 +369,7 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
 
     chunk = int(pipe.config.chunk_frames)
     pool = build_pool(pipe, concept, others, paraphrases, anchors, settings, encode, progress)
+    anchor_pool = build_anchor_pool(pipe, anchors, settings, encode, progress)
     frozen = ChunkCausalFlow(pipe.transformer, chunk)
     transformer = copy.deepcopy(pipe.transformer)
     model = ChunkCausalFlow(transformer, chunk)
@@ -330,7 +388,7 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
         def augmentation(template: int):
             def loss(i: int) -> torch.Tensor:
                 states, prompts = pool.batch(-1 - i, template)
-                return erasure_loss(model, frozen, states, prompts, objective)
+                return erasure_loss(model, frozen, states, prompts, objective)  # the concept's gradient only
             return loss
 
         masks = saliency_masks(target_weights(transformer), [augmentation(t) for t in pool.templates],
@@ -355,10 +413,15 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
         if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps:
             save_state(state_path, adapters, optimizer, step + 1, losses, meta)
 
+    def preserve(step: int) -> torch.Tensor:
+        states, text = anchor_pool.batch(step)
+        return settings.preserve_weight * preservation_loss(model, frozen, states, text)
+
+    preserve = preserve if anchor_pool is not None else None
     if first < settings.steps:
         erase(model, frozen, lambda step: pool.batch(step), None,
               EraseConfig(steps=settings.steps, lr=settings.lr, objective=objective), optimizer, progress,
-              start_step=first, on_step=on_step, desc=f"erase {concept.name}")
+              start_step=first, on_step=on_step, desc=f"erase {concept.name}", extra_loss=preserve)
     save_lora(LoraWeights.from_adapters(adapters), lora_path)
     (folder / CONCEPT_FILE).write_text(json.dumps({**concept.as_dict(), "settings": asdict(settings),
                                                    "steps": settings.steps}, indent=2) + "\n")

@@ -46,13 +46,15 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def erase(model: Predictor, frozen: Predictor, states_sampler: StatesSampler, prompts: ErasurePrompts | None,
           config: EraseConfig = EraseConfig(), optimizer: torch.optim.Optimizer | None = None,
           progress: bool = True, start_step: int = 0,
-          on_step: Callable[[int, float], None] | None = None, desc: str = "erase") -> list[float]:
+          on_step: Callable[[int, float], None] | None = None, desc: str = "erase",
+          extra_loss: Callable[[int], torch.Tensor] | None = None) -> list[float]:
     """Fine-tune ``model``'s trainable parameters so that ``prompts.concept`` is erased; returns the loss of each
     step. ``frozen`` is the original model (never updated), ``states_sampler(step)`` the states of each step
     (e.g. drawn from :func:`~streamgen.erasure.states.trajectory_states`). ``optimizer`` defaults to AdamW over the
     trainable parameters at ``config.lr``. ``start_step``: continue a resumed run from there (with its optimizer);
-    ``on_step(step, loss)`` runs after each step (a driver's checkpoints); the losses of steps ``start_step`` on are
-    returned."""
+    ``on_step(step, loss)`` runs after each step (a driver's checkpoints); ``extra_loss(step)`` is added to the
+    step's loss (e.g. :func:`~streamgen.erasure.objective.preservation_loss` on anchor trajectories); the losses of
+    steps ``start_step`` on are returned."""
     if optimizer is None:
         optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=0.0)
     losses = []
@@ -61,6 +63,8 @@ def erase(model: Predictor, frozen: Predictor, states_sampler: StatesSampler, pr
         drawn = states_sampler(step)
         states, step_prompts = drawn if isinstance(drawn, tuple) else (drawn, prompts)
         loss = erasure_loss(model, frozen, states, step_prompts, config.objective)
+        if extra_loss is not None:
+            loss = loss + extra_loss(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

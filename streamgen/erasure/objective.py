@@ -186,3 +186,13 @@ def erasure_loss(model: Predictor, frozen: Predictor, states: ErasureStates, pro
         stats.update(cond=float(cond.detach().mean()), uncond=float(uncond.detach().mean()),
                      anchor=float(anchor.detach()) if anchor is not None else 0.0, early=float(early.float().mean()))
     return loss
+
+
+def preservation_loss(model: Predictor, frozen: Predictor, states: ErasureStates, text: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between ``model``'s and ``frozen``'s predictions at ``states`` under ``text`` [B, L, D]
+    (one prompt per state): the anchor prompts kept in place along *their own* trajectories, where the videos of
+    every other prompt are made (the anchor term of :func:`erasure_loss` holds them at the concept's states)."""
+    with torch.no_grad():
+        target = _predict(frozen, states, text)
+        target = target.to(torch.promote_types(target.dtype, torch.float32))
+    return _per_sample_mse(_predict(model, states, text), target).mean()

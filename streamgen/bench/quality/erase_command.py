@@ -47,6 +47,13 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, help="steps between state files (default 25)")
     p.add_argument("--switch-progress", type=float, help="fraction of the trajectory with the guidance direction "
                    "kept before it is reversed (default ANT's 7/50)")
+    p.add_argument("--max-progress", type=float, help="train only on states drawn at trajectory progress <= this "
+                   "(default 1: every sampler step; 0: the first step only)")
+    p.add_argument("--eta", type=float, help="strength of the kept / reversed guidance direction (default 1)")
+    p.add_argument("--anchors-per-step", type=int, help="anchor prompts preserved per step (default 1)")
+    p.add_argument("--anchor-rollouts", type=int, help="anchor streams whose own states are preserved (default 0)")
+    p.add_argument("--max-context", type=int, help="clean frames kept before a recorded chunk (default 6)")
+    p.add_argument("--anchor-weight", type=float, help="weight of the anchor term (default 1)")
     p.add_argument("--unconditional", choices=["neutral", "empty"], help="the ∅ of the guidance direction: the "
                    "concept caption's neutral counterpart (default) or the empty prompt (ANT as published)")
     p.add_argument("--no-mask", action="store_true", help="train the whole LoRA (no saliency mask)")
@@ -70,7 +77,10 @@ def settings_from(args):
              "rollouts_per_kind": args.rollouts, "switch_progress": args.switch_progress,
              "unconditional": args.unconditional, "cache": args.cache, "chunks": args.chunks,
              "switch_after": args.switch_after, "long_chunks": args.long_chunks,
-             "saliency_iterations": args.saliency_iterations, "save_every": args.save_every}
+             "saliency_iterations": args.saliency_iterations, "save_every": args.save_every,
+             "max_progress": args.max_progress, "eta": args.eta, "anchors_per_step": args.anchors_per_step,
+             "anchor_weight": args.anchor_weight, "anchor_rollouts": args.anchor_rollouts,
+             "max_context": args.max_context}
     given = {k: v for k, v in given.items() if v is not None}
     if args.rank is not None:
         given["alpha"] = float(args.rank)
