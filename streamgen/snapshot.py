@@ -21,6 +21,7 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
+
 import torch
 
 from .stream_state import StateError, capture, restore
@@ -69,7 +70,8 @@ def _preset_settings(preset) -> str:
 
 
 def _crc(t: torch.Tensor) -> int:
-    return zlib.crc32(t.view(torch.uint8).numpy().tobytes()) if t.numel() else 0
+    """CRC-32 of a CPU tensor's bytes (any dtype and shape, 0-d included), without copying them."""
+    return zlib.crc32(t.contiguous().reshape(-1).view(torch.uint8).numpy()) if t.numel() else 0
 
 
 # ---- writing -----------------------------------------------------------------------------------------------------

@@ -346,3 +346,32 @@ def test_a_batch_video_cut_short_resumes_from_its_snapshot_on_the_next_run(capsy
     assert np.abs(video[12:].astype(int) - whole[12:].astype(int)).mean() < 3
     assert [json.loads(line)["frames"] for line in (out / "manifest.jsonl").read_text().splitlines()] == [30, 30]
     assert not list((out / ".snapshots").iterdir())  # a whole video's snapshot is removed
+
+
+def test_the_state_codec_round_trips_every_kind_of_value_in_place():
+    from collections import deque
+
+    from streamgen.cache.scene_pool import SceneEntry
+    from streamgen.snapshot import _crc
+    from streamgen.stream_state import capture, restore
+    from streamgen.transitions import Transition
+
+    buffer = torch.arange(12.0).reshape(3, 4)
+    state = {
+        "scalar": torch.tensor(2.5), "bf16": torch.ones(3, dtype=torch.bfloat16), "flags": torch.tensor([True, False]),
+        "buffer": buffer, "view_again": buffer,  # one object reached twice stays one object
+        "tuple_keys": {(0, 1): [None, "Rep", 3]}, "ring": deque([1, 2], maxlen=4), "marked": {3, 1},
+        "transition": Transition.CUT, "entry": SceneEntry(2, "a red circle", 9, 0), "span": slice(0, 6, None),
+        "dtype": torch.float16, "nan": float("nan"),
+    }
+    tree, tensors = capture(state)
+    assert all(isinstance(_crc(t), int) for t in tensors.values())  # 0-d, bf16 and bool tensors included
+    template = {"buffer": torch.zeros(3, 4), "ring": deque(maxlen=4)}
+    kept_buffer, kept_ring = template["buffer"], template["ring"]
+    back = restore(json.loads(json.dumps(tree)), tensors, template, device="cpu")
+    assert back is template and back["buffer"] is kept_buffer and back["view_again"] is kept_buffer  # in place
+    assert torch.equal(back["buffer"], buffer) and back["ring"] is kept_ring and list(kept_ring) == [1, 2]
+    assert back["scalar"].item() == 2.5 and back["bf16"].dtype == torch.bfloat16 and back["flags"].tolist() == [True, False]
+    assert back["tuple_keys"] == {(0, 1): [None, "Rep", 3]} and back["marked"] == {1, 3}
+    assert back["transition"] is Transition.CUT and back["entry"] == SceneEntry(2, "a red circle", 9, 0)
+    assert back["span"] == slice(0, 6) and back["dtype"] is torch.float16 and back["nan"] != back["nan"]
