@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..world.scenes import Draws
 from .concepts import Concept, Paraphrases, attributes_with, concept_caption
 from .finetune import EraseConfig, erase
-from .lora import LoraConfig, LoraLinear, LoraWeights, add_lora, save_lora, target_weights
+from .lora import DEFAULT_TARGETS, LoraConfig, LoraLinear, LoraWeights, add_lora, save_lora, target_weights
 from .objective import ChunkCausalPredictor as ChunkCausalFlow
 from .objective import ErasurePrompts, ErasureStates, ObjectiveConfig, erasure_loss, preservation_loss
 from .rollout import ChunkRecord, Rollout, play_rollout
@@ -47,6 +47,12 @@ from .states import ANT_GUIDANCE_SCALE
 STATE_FILE = "state.safetensors"
 CONCEPT_FILE = "concept.json"
 UNCONDITIONAL = ("neutral", "empty")
+# Which Linear layers a concept's LoRA adapts: every attention and feed-forward one, the cross-attention, or only the
+# cross-attention's key / value projections of the text (what MACE and UCE edit; a change there acts through the
+# prompt's tokens alone).
+TARGET_SETS = {"all": DEFAULT_TARGETS, "cross": ("blocks.*.attn2.to_q", "blocks.*.attn2.to_k", "blocks.*.attn2.to_v",
+                                                  "blocks.*.attn2.to_out.0"),
+               "cross-kv": ("blocks.*.attn2.to_k", "blocks.*.attn2.to_v")}
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,10 @@ class EraseSettings:
     max_progress: float = 1.0
     # The anchors' own trajectories: this many anchor streams (``chunks`` chunks each, every sampler step recorded);
     # ``preserve_batch`` of their states per step keep the model's anchor predictions at the frozen ones.
+    targets: str = "all"  # the Linear layers adapted: TARGET_SETS
     anchor_rollouts: int = 0
+    anchor_chunks: int = 6
+    anchor_guidance: float | None = None  # None: the pipeline's own guidance, the one its videos are made with
     preserve_batch: int = 2
     preserve_weight: float = 1.0
     anchor_weight: float = 1.0
@@ -95,6 +104,8 @@ class EraseSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_context < 0 or self.anchors_per_step < 0:
             raise ValueError("max_context and anchors_per_step must be >= 0")
+        if self.targets not in TARGET_SETS:
+            raise ValueError(f"targets must be one of {sorted(TARGET_SETS)}, got {self.targets!r}")
         if not 0.0 <= self.max_progress <= 1.0:
             raise ValueError(f"max_progress must be in [0, 1], got {self.max_progress}")
 
@@ -256,8 +267,10 @@ def build_anchor_pool(pipe, anchors: list[str], settings: EraseSettings, encode:
     for i in tqdm(range(settings.anchor_rollouts), desc="anchor rollouts", disable=not progress):
         caption = anchors[i % len(anchors)]
         seed = Draws(settings.seed, 0xA7C0, i).next64() >> 33
-        rollout = Rollout(((caption, settings.chunks, "cut"),), seed, (caption,), tag="anchor")
-        for record in play_rollout(pipe, rollout, cache=settings.cache, guidance_scale=settings.guidance_scale,
+        rollout = Rollout(((caption, settings.anchor_chunks, "cut"),), seed, (caption,), tag="anchor")
+        guidance = settings.anchor_guidance
+        guidance = float(pipe.config.guidance_scale) if guidance is None else guidance
+        for record in play_rollout(pipe, rollout, cache=settings.cache, guidance_scale=guidance,
                                    max_context=settings.max_context):
             entries.append((record, caption))
     return AnchorPool(entries, encode, settings, float(pipe.config.context_timestep))
@@ -391,12 +404,13 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
                 return erasure_loss(model, frozen, states, prompts, objective)  # the concept's gradient only
             return loss
 
-        masks = saliency_masks(target_weights(transformer), [augmentation(t) for t in pool.templates],
+        masks = saliency_masks(target_weights(transformer, TARGET_SETS[settings.targets]),
+                               [augmentation(t) for t in pool.templates],
                                SaliencyConfig(settings.saliency_iterations, settings.saliency_keep))
     else:
         masks = None
-    adapters = add_lora(transformer, LoraConfig(rank=settings.rank, alpha=settings.alpha, init_seed=settings.seed),
-                        masks)
+    adapters = add_lora(transformer, LoraConfig(rank=settings.rank, alpha=settings.alpha,
+                                                 targets=TARGET_SETS[settings.targets], init_seed=settings.seed), masks)
     optimizer = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=settings.lr,
                                   weight_decay=0.0)
     losses: list[float] = []

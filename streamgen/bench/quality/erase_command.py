@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-EVAL_SIZES = ("quick", "small", "full", "none")
+EVAL_SIZES = ("quick", "check", "small", "full", "none")
 
 
 def register_cli(subparsers) -> argparse.ArgumentParser:
@@ -52,10 +52,14 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, help="strength of the kept / reversed guidance direction (default 1)")
     p.add_argument("--anchors-per-step", type=int, help="anchor prompts preserved per step (default 1)")
     p.add_argument("--anchor-rollouts", type=int, help="anchor streams whose own states are preserved (default 0)")
+    p.add_argument("--preserve-weight", type=float, help="weight of the anchors' own-trajectory term (default 1)")
+    p.add_argument("--preserve-batch", type=int, help="anchor-trajectory states per step (default 2)")
     p.add_argument("--max-context", type=int, help="clean frames kept before a recorded chunk (default 6)")
     p.add_argument("--anchor-weight", type=float, help="weight of the anchor term (default 1)")
     p.add_argument("--unconditional", choices=["neutral", "empty"], help="the ∅ of the guidance direction: the "
                    "concept caption's neutral counterpart (default) or the empty prompt (ANT as published)")
+    p.add_argument("--targets", choices=["all", "cross", "cross-kv"], help="Linear layers the LoRA adapts: every "
+                   "attention and feed-forward one (default), the cross-attention, or its key/value projections")
     p.add_argument("--no-mask", action="store_true", help="train the whole LoRA (no saliency mask)")
     p.add_argument("--cache", help="cache preset of the rollouts and the evaluation (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0)
@@ -80,7 +84,8 @@ def settings_from(args):
              "saliency_iterations": args.saliency_iterations, "save_every": args.save_every,
              "max_progress": args.max_progress, "eta": args.eta, "anchors_per_step": args.anchors_per_step,
              "anchor_weight": args.anchor_weight, "anchor_rollouts": args.anchor_rollouts,
-             "max_context": args.max_context}
+             "max_context": args.max_context, "preserve_weight": args.preserve_weight,
+             "preserve_batch": args.preserve_batch, "targets": args.targets}
     given = {k: v for k, v in given.items() if v is not None}
     if args.rank is not None:
         given["alpha"] = float(args.rank)
@@ -96,6 +101,9 @@ def eval_sizes(name: str):
 
     if name == "quick":
         return QUICK
+    if name == "check":  # about half a minute per erased model on a CPU: for tuning
+        return replace(FULL, single_videos=16, single_chunks=8, erasure_videos=4, erasure_chunks=4,
+                       erasure_switch_before=2, erasure_long_videos=1, erasure_long_frames=48)
     if name == "small":  # minutes on a CPU: a quarter of the full suite
         return replace(FULL, single_videos=32, erasure_videos=6, erasure_chunks=6, erasure_long_videos=1)
     return FULL
