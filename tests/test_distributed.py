@@ -1,5 +1,5 @@
-"""Several processes, proven on the CPU: 2 processes (gloo) train the model 1 process trains on the same batches, and
-write every video once, byte for byte as 1 process does (issue 20).
+"""Several processes, proven on the CPU: 2 processes (gloo) train the model 1 process trains on the same batches,
+write every video once, byte for byte as 1 process does, and score the quality bench as 1 process does (issue 20).
 
 Training: `torchrun --nproc_per_node 2 -m streamgen.cli train` on configs/train/tiny-test.yaml. A step's batch is
 split between the ranks (rank r takes its r-th share of the clips, and its rows of every random draw of the whole
@@ -231,6 +231,27 @@ def test_batch_on_two_cpu_processes_writes_every_video_once_byte_for_byte_as_one
         return sorted(lines, key=lambda line: line["video"])
 
     assert manifest("two") == manifest("one")  # the merged manifest is one process's, line for line
+
+
+def test_bench_quality_on_two_cpu_processes_merges_to_what_one_process_scores(tmp_path):
+    """(preset, suite) jobs shared out over 2 processes: the main one prints and writes the merged result, which
+    equals one process's but for timing."""
+    bench = ["bench", "quality", "--compare", "rolling,self-forcing", "--suites", "single,switch", "--quick",
+             "--pipeline", "tiny-random"]
+    one = subprocess.run([sys.executable, "-m", "streamgen.cli", "--threads", "1", *bench, "--json",
+                          str(tmp_path / "one.json")], capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+                         env=one_thread_env(), cwd=REPO)
+    assert one.returncode == 0, one.stderr[-3000:]
+    audit, out = tmp_path / "audit", tmp_path / "two"
+    two = torchrun(audit, *bench, "--json", str(out / "two.json"))
+    assert two.stdout == one.stdout  # the same table, printed once
+
+    def untimed(path):
+        runs = json.loads(path.read_text())["runs"]
+        return {label: {k: v for k, v in run.items() if k != "timing"} for label, run in runs.items()}
+
+    assert untimed(out / "two.json") == untimed(tmp_path / "one.json")
+    assert writes(audit, out) == {0: [".", "two.json"], 1: []}  # only the main process writes (its folder, its file)
 
 
 def _worker(audit: Path, argv: list[str]) -> int:

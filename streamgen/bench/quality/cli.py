@@ -10,6 +10,7 @@ from pathlib import Path
 from .harness import Layout
 from .report import markdown_table, merged_runs
 from .run import check_suites, run_quality, run_quality_compare, source_for
+from .shard import device_for, merge_runs, process_state, run_jobs
 from .suites import SUITES
 
 
@@ -62,6 +63,36 @@ def erasure_options(args) -> dict | None:
     return options or None
 
 
+def _sharded(state, args, pipeline, suites, options, log) -> tuple[dict, str] | None:
+    """(result, table) of the run or comparison, computed as (label, suite) jobs over the launch's processes; None
+    off the main one."""
+    device = device_for(state, args.device)
+    if args.compare:
+        labels = [p.strip() for p in args.compare.split(",") if p.strip()] + (["reference"] if args.reference else [])
+    else:
+        labels = ["reference" if args.reference else None]
+    pipe = None if pipeline is None else source_for(pipeline, None, device, None).pipe
+    layout = Layout.of(pipe) if pipe is not None else None
+    jobs = [(label, suite) for label in labels for suite in suites]
+
+    def run(job):
+        label, suite = job
+        if label == "reference":
+            return run_quality("reference", [suite], None, args.seed, quick=args.quick, out_dir=args.plots,
+                               layout=layout, log=log, options=options)
+        return run_quality(pipe, [suite], label if args.compare else args.cache, args.seed, quick=args.quick,
+                           out_dir=args.plots, log=log, options=options)
+
+    results = run_jobs(state, jobs, run)
+    if results is None:
+        return None
+    runs = merge_runs([(job[0] or result["cache"], result) for job, result in zip(jobs, results)])
+    if args.compare:
+        table = markdown_table(runs)
+        return {"benchmark": "quality-compare", "runs": runs, "table": table}, table
+    return next(iter(runs.values())), markdown_table(runs)
+
+
 def cmd_bench_quality(args) -> int:
     if args.table:
         print(markdown_table(merged_runs(args.table)))
@@ -77,7 +108,13 @@ def cmd_bench_quality(args) -> int:
         from ...resources import find_pipeline
 
         pipeline = str(find_pipeline(pipeline))  # a folder, a shipped name, or (None) the embedded default
-    if args.compare:
+    state = process_state()
+    if state is not None:  # launched on several processes: (preset, suite) jobs shared out, merged on the main one
+        sharded = _sharded(state, args, pipeline, suites, options, log)
+        if sharded is None:
+            return 0
+        result, table = sharded
+    elif args.compare:
         presets = [p.strip() for p in args.compare.split(",") if p.strip()]
         result = run_quality_compare(pipeline, presets, suites, args.seed, reference=args.reference,
                                      quick=args.quick, out_dir=args.plots, device=args.device, log=log,
