@@ -215,3 +215,16 @@ def test_the_erasure_predictor_is_the_trainer_s_chunk_causal_forward(pipe):
     with torch.no_grad():
         assert torch.equal(ChunkCausalFlow(pipe.transformer, CHUNK)(x, t, text),
                            TrainerFlow(pipe.transformer, CHUNK)(x, t, text))
+
+
+def test_the_before_after_gif_pair_is_written_with_the_loras_fused_then_taken_out(pipe, tmp_path):
+    from streamgen.erasure.media import before_after
+
+    random_lora(pipe, tmp_path / "red", parse_concept("red"))
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    summary = before_after(pipe, [tmp_path / "red"], tmp_path / "gif",
+                           schedule=(("a blue square over a black backdrop", 3), ("a red circle", 3)))
+    assert (tmp_path / "gif" / "before.gif").read_bytes()[:6] == b"GIF89a"
+    assert (tmp_path / "gif" / "after.gif").read_bytes()[:6] == b"GIF89a"
+    assert len(summary["before"]["background"]) == len(summary["after"]["color"]) == 6
+    assert all(torch.allclose(before[k], v, atol=1e-5) for k, v in pipe.transformer.state_dict().items())
