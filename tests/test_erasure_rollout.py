@@ -228,3 +228,9 @@ def test_the_before_after_gif_pair_is_written_with_the_loras_fused_then_taken_ou
     assert (tmp_path / "gif" / "after.gif").read_bytes()[:6] == b"GIF89a"
     assert len(summary["before"]["background"]) == len(summary["after"]["color"]) == 6
     assert all(torch.allclose(before[k], v, atol=1e-5) for k, v in pipe.transformer.state_dict().items())
+
+
+def test_a_concept_s_videos_do_not_depend_on_the_other_concepts_a_run_measures():
+    alone = run_quality("reference", ["erasure"], quick=True, options={"erasure_concepts": ["red"]})
+    both = run_quality("reference", ["erasure"], quick=True, options={"erasure_concepts": ["circle", "red"]})
+    assert alone["suites"]["erasure"]["concepts"]["color-red"] == both["suites"]["erasure"]["concepts"]["color-red"]

@@ -67,10 +67,18 @@ def _scene(attributes, caption: str, draws: Draws) -> Scene:
     return Scene(attributes, sample_details(attributes, Draws(seed, 2)), caption, seed)
 
 
-def concept_videos(run: Runner, concept: Concept, index: int, others: list[Concept],
-                   paraphrases: Paraphrases) -> dict[str, list[tuple[Video, int]]]:
-    """{condition: [(video, index of the part showing the concept)]} for ``concept`` (the ``index``-th measured)."""
+def concept_id(concept: Concept) -> int:
+    """A fixed number per concept (its place among every erasable one), so that a concept's videos never depend on
+    which other concepts a run measures."""
+    ids = [(attribute, value) for attribute, values in ERASABLE.items() for value in values]
+    return ids.index((concept.attribute, concept.value))
+
+
+def concept_videos(run: Runner, concept: Concept, paraphrases: Paraphrases) -> dict[str, list[tuple[Video, int]]]:
+    """{condition: [(video, index of the part showing the concept)]} for ``concept``: fixed by the run's seed and the
+    concept alone."""
     s = run.sizes
+    index = concept_id(concept)
     videos: dict[str, list[tuple[Video, int]]] = {c: [] for c in CONDITIONS}
     chunk_video = run.layout.frames_for_latents(run.layout.chunk_frames)
     long_chunks = max(1, -(-s.erasure_long_frames // max(1, chunk_video)))
@@ -87,7 +95,7 @@ def concept_videos(run: Runner, concept: Concept, index: int, others: list[Conce
             if condition in ("direct", "paraphrase"):
                 videos[condition].append((Video(((scene, s.erasure_chunks, "cut"),), seed), 0))
                 continue
-            other_attributes = attributes_with([], draws, avoid=[concept, *others])
+            other_attributes = attributes_with([], draws, avoid=[concept])
             other = _scene(other_attributes, concept_caption(template, other_attributes, draws)[0], draws)
             mode = "smooth" if condition == "switch_smooth" else "cut"
             chunks = long_chunks if condition == "long" else s.erasure_chunks
@@ -161,8 +169,7 @@ def erasure(run: Runner) -> dict:
     """See the module docstring."""
     concepts = _concepts(run)
     paraphrases = _paraphrases(run)
-    videos = {c.name: concept_videos(run, c, i, [o for o in concepts if o != c], paraphrases)
-              for i, c in enumerate(concepts)}
+    videos = {c.name: concept_videos(run, c, paraphrases) for c in concepts}
     single = single_videos(run)
     baseline = {}
     for c in concepts:
