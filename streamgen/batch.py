@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="seed every video with SEED + its index, over the file's own seeds "
                         "(default: a line's own seed, as the releases do, else its index)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
-    parser.add_argument("--threads", type=int, help="torch CPU threads of each process (default: torch's; with N "
-                        "processes on one machine, cores / N, e.g. --threads 1 for 2 processes on 2 cores)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads of each process (default: the model's, 1 for "
+                        "a model under 100M parameters, else the physical cores, divided among the processes on "
+                        "this machine)")
     parser.add_argument("--snapshot-every", type=int, metavar="N", help="snapshot each video's stream every N "
                         "chunks into OUT_DIR/.snapshots/NNNN/, so that running the command again resumes a video cut "
                         "short mid-way instead of starting it over (default: off)")
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with quiet_loading(not args.verbose):
         pipe = open_pipeline(args.pipeline, str(state.device))
+    if args.threads is None:  # the model's default, shared among the processes on this machine
+        from .threads import default_threads
+
+        torch.set_num_threads(max(1, default_threads(pipe) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     checkpoint = checkpoint_hash(find_pipeline(args.pipeline))
     preset = pipe.cache_preset(args.cache).name
     out_dir = Path(args.out_dir)

@@ -103,6 +103,10 @@ def cmd_demo(args) -> int:
 
         torch.set_num_threads(threads)
     pipe = open_pipeline(args.pipeline, args.device)
+    if threads is None and args.threads is None:  # one session at a time: the model's own default
+        from ..threads import use_default_threads
+
+        use_default_threads(pipe)
     limits = DemoLimits(
         max_frames_per_run=args.max_frames_per_run, max_stream_frames=args.max_stream_frames,
         max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,

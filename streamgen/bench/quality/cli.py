@@ -34,7 +34,7 @@ def register_cli(bench_subparsers) -> argparse.ArgumentParser:
                         "concept.json), several joined by commas are fused together; repeat for several models")
     p.add_argument("--erasure-concepts", metavar="CONCEPT,...",
                    help="concepts whose baseline the erasure suite measures without a LoRA (default: "
-                        "background:white,color:red,shape:circle)")
+                        "background:white)")
     p.add_argument("--table", nargs="+", metavar="JSON",
                    help="print one table from earlier --json results (e.g. halves of a comparison run in parallel) "
                         "instead of running anything")
@@ -66,12 +66,11 @@ def erasure_options(args) -> dict | None:
 def _sharded(state, args, pipeline, suites, options, log) -> tuple[dict, str] | None:
     """(result, table) of the run or comparison, computed as (label, suite) jobs over the launch's processes; None
     off the main one."""
-    device = device_for(state, args.device)
     if args.compare:
         labels = [p.strip() for p in args.compare.split(",") if p.strip()] + (["reference"] if args.reference else [])
     else:
         labels = ["reference" if args.reference else None]
-    pipe = None if pipeline is None else source_for(pipeline, None, device, None).pipe
+    pipe = pipeline
     layout = Layout.of(pipe) if pipe is not None else None
     jobs = [(label, suite) for label in labels for suite in suites]
 
@@ -109,6 +108,12 @@ def cmd_bench_quality(args) -> int:
 
         pipeline = str(find_pipeline(pipeline))  # a folder, a shipped name, or (None) the embedded default
     state = process_state()
+    if pipeline is not None:  # loaded once here, on this process's device, and given its default threads
+        pipeline = source_for(pipeline, None, device_for(state, args.device), None).pipe
+        if getattr(args, "threads", None) is None:
+            from ...threads import use_default_threads
+
+            use_default_threads(pipeline)
     if state is not None:  # launched on several processes: (preset, suite) jobs shared out, merged on the main one
         sharded = _sharded(state, args, pipeline, suites, options, log)
         if sharded is None:
