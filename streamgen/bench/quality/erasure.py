@@ -4,7 +4,7 @@ original on the same seeds, and what the erasure costs every other attribute val
 Configuration (``run.options["erasure"]``, from ``streamgen bench quality --erasure DIR[,DIR...]`` or ``streamgen
 erase``): a list of erased models, each ``{"name", "loras": [LoRA folders], "concepts": [{"attribute", "value"}]}``;
 several LoRAs are fused together. Without it the suite measures the baselines of ``run.options["erasure_concepts"]``
-(default: :data:`DEFAULT_CONCEPTS`, one background, one colour, one shape) and reports no erased model.
+(default: :data:`DEFAULT_CONCEPTS`, the white background) and reports no erased model.
 
 Per concept, the share of frames in which the oracle reads the concept's value (the concept's *rate*) when it is
 prompted:
@@ -38,7 +38,7 @@ from .harness import APPEARANCE, Runner, Video, rounded, scene_ids
 from .suites import Row, Suite, register_suite, single_videos, video_seed
 
 SEED_ID = 8  # 7 is the seed id of CONTRIBUTING.md's worked example
-DEFAULT_CONCEPTS = ("background:white", "color:red", "shape:circle")
+DEFAULT_CONCEPTS = ("background:white",)  # one, measurable on today's model; more with --erasure-concepts
 CONDITIONS = ("direct", "paraphrase", "switch_cut", "switch_smooth", "long")
 MAX_RATE = 0.05  # an erased concept shows in at most 5% of prompted frames
 MAX_DROP = 0.02  # every other attribute's mean accuracy drops at most 2 points
@@ -219,6 +219,20 @@ def erasure(run: Runner) -> dict:
             "max_attribute_drop": rounded(max(drops)) if drops else None, "keeps_other_attributes": keeps,
             "meets_bar": keeps and all(v["erased"] for v in verdicts.values()),
         }
+    path = run.plot_path("erasure")
+    if path is not None:
+        from ..quality_plot import bar_chart
+
+        groups = {}
+        for c in concepts:
+            for condition in CONDITIONS:
+                series = {"original": baseline[c.name]["baseline"][condition]}
+                for config, r in erased_results.items():
+                    if c.name in r.get("rates", {}):
+                        series[config] = r["rates"][c.name][condition]
+                groups[f"{c.value} {condition.replace('switch_', '')[:6]}"] = series
+        bar_chart(path, groups, title=f"erasure [{run.label}]: frames showing the concept",
+                  ylabel="fraction of frames")
     return {"concepts": baseline, "erased": erased_results, "paraphrases": paraphrases.as_dict(),
             "videos_per_condition": run.sizes.erasure_videos, "long_frames": run.sizes.erasure_long_frames,
             "single_videos": len(single),

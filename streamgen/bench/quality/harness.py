@@ -37,17 +37,28 @@ class Sizes:
     continuation_videos: int = 32
     continuation_context_chunks: int = 3
     continuation_chunks: int = 8
-    erasure_videos: int = 16  # per concept and condition (direct, paraphrase, switch cut, switch smooth)
-    erasure_chunks: int = 8  # concept chunks per direct / paraphrase / switch video
-    erasure_switch_before: int = 4  # chunks of another scene before the switch into the concept
-    erasure_long_videos: int = 2
-    erasure_long_frames: int = 200  # frames after the switch into the concept in the long condition
+    # The erasure suite's sizes; None follows the other suites' scale (so Sizes made before the suite existed stay
+    # small): videos per concept and condition = single_videos / 4 (16), concept chunks per video = single_chunks / 2
+    # (8), chunks before a switch = switch_chunks_before (4), long videos 2 (1 below 16 single videos), frames after
+    # the switch in the long condition = min(200, long_frames) (200).
+    erasure_videos: int | None = None
+    erasure_chunks: int | None = None
+    erasure_switch_before: int | None = None
+    erasure_long_videos: int | None = None
+    erasure_long_frames: int | None = None
 
     def __post_init__(self):
         if self.switch_chunks_after < 1 or self.switch_chunks_before < 1:
             raise ValueError("the switch suite needs at least one chunk before and after the switch")
         if self.temporal_videos > self.single_videos:
             object.__setattr__(self, "temporal_videos", self.single_videos)
+        derived = {"erasure_videos": max(1, self.single_videos // 4), "erasure_chunks": max(1, self.single_chunks // 2),
+                   "erasure_switch_before": self.switch_chunks_before,
+                   "erasure_long_videos": 2 if self.single_videos >= 16 else 1,
+                   "erasure_long_frames": min(200, self.long_frames)}
+        for name, value in derived.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
 
 FULL = Sizes()
