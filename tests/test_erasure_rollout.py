@@ -108,7 +108,11 @@ def lora_tensors(folder):
 
 def test_erase_writes_a_lora_and_a_report_and_a_resume_continues_where_the_state_stopped(pipe, tmp_path):
     out = tmp_path / "erased"
-    assert erase_cli("--concept", "red", "--out", str(out), "--steps", "2", "--eval", "quick", *TINY) == 0
+    paraphrases, anchors = tmp_path / "paraphrases.yaml", tmp_path / "anchors.txt"
+    paraphrases.write_text("train: ['a {c} {s} {m} {d} {bp}']\nheldout: ['{b} scene with a {c} {s} {m} {d}']\n")
+    anchors.write_text("# kept\na blue square drifting up over a black backdrop\n")
+    files = ["--paraphrases", str(paraphrases), "--anchors", str(anchors)]
+    assert erase_cli("--concept", "red", "--out", str(out), "--steps", "2", "--eval", "quick", *files, *TINY) == 0
     folder = out / "color-red"
     weights = load_lora(folder, pipe.transformer)  # the diffusers-layout file loads onto the pipeline's model
     assert weights.masks and weights.rank == 4
@@ -117,19 +121,24 @@ def test_erase_writes_a_lora_and_a_report_and_a_resume_continues_where_the_state
     assert report["training"]["color-red"]["steps"] == 2 and report["training"]["color-red"]["resumed_from"] == 0
     suite = report["evaluation"]["suites"]["erasure"]
     assert set(suite["erased"]) == {"color-red"} and "red" in (out / "report.md").read_text()
+    assert report["anchors"] == ["a blue square drifting up over a black backdrop"]
+    assert suite["paraphrases"]["heldout"] == ["{b} scene with a {c} {s} {m} {d}"]
     _, step, losses, _ = read_state(folder / STATE_FILE)
     assert step == 2 and len(losses) == 2
+    with pytest.raises(ValueError, match="other paraphrases"):  # a resume must use the same files
+        erase_cli("--concept", "red", "--out", str(out), "--steps", "4", "--eval", "none", "--resume", *TINY)
 
     with pytest.raises(ValueError, match="--resume"):  # never silently overwritten
-        erase_cli("--concept", "red", "--out", str(out), "--steps", "4", "--eval", "none", *TINY)
-    assert erase_cli("--concept", "red", "--out", str(out), "--steps", "4", "--eval", "none", "--resume", *TINY) == 0
+        erase_cli("--concept", "red", "--out", str(out), "--steps", "4", "--eval", "none", *files, *TINY)
+    assert erase_cli("--concept", "red", "--out", str(out), "--steps", "4", "--eval", "none", "--resume", *files,
+                     *TINY) == 0
     resumed = json.loads((out / "report.json").read_text())["training"]["color-red"]
     assert resumed["resumed_from"] == 2 and resumed["steps"] == 4
     _, step, resumed_losses, _ = read_state(folder / STATE_FILE)
     assert step == 4 and resumed_losses[:2] == losses  # continued, not restarted
 
     straight = tmp_path / "straight"  # the same 4 steps in one go give the same LoRA and losses
-    assert erase_cli("--concept", "red", "--out", str(straight), "--steps", "4", "--eval", "none", *TINY) == 0
+    assert erase_cli("--concept", "red", "--out", str(straight), "--steps", "4", "--eval", "none", *files, *TINY) == 0
     assert read_state(straight / "color-red" / STATE_FILE)[2] == pytest.approx(resumed_losses, rel=1e-5)
     a, b = lora_tensors(folder), lora_tensors(straight / "color-red")
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)

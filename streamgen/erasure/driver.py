@@ -362,10 +362,10 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
         if not resume:
             raise ValueError(f"{state_path} exists: pass --resume to continue it, or another --out")
         saved = read_state(state_path)
-        if saved[3].get("fingerprint") != settings.fingerprint() or saved[3].get("concept") != concept.as_dict():
-            raise ValueError(f"{state_path}: was started with other settings or another concept "
-                             f"(fingerprint {saved[3].get('fingerprint')} vs {settings.fingerprint()}); "
-                             "use the same options (only --steps may change) or another --out")
+        for key in ("fingerprint", "concept", "paraphrases", "anchors"):
+            if saved[3].get(key) != meta[key]:
+                raise ValueError(f"{state_path}: was started with other {'settings' if key == 'fingerprint' else key}"
+                                 " (use the same options and files: only --steps may change; or another --out)")
     start = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     if saved is not None and saved[1] >= settings.steps and lora_path.exists():
