@@ -451,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.quality import register_cli as register_quality
     from .convert import register_cli as register_convert
     from .demo import register_cli as register_demo
+    from .bench.quality.erase_command import register_cli as register_erase
     from .train import register_cli as register_train
 
     register_demo(sub)
@@ -489,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_quality(bench)
     register_convert(sub)
     register_train(sub)
+    register_erase(sub)
     _add_verbose(parser)
     _add_threads(parser)
     return parser
