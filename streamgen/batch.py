@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from .progress import quiet_loading
     from .resources import find_pipeline
     from .schedule import ScheduleError, load_schedules
-    from .resumable_run import RunRecord, Snapshotter, join_prefix
+    from .resumable_run import RunRecord, Snapshotter, finish_video
     from .video_io import Mp4StreamWriter, partial_path
 
     # Without a GPU, accelerate only forms a process group when told it runs on CPU (gloo backend).
@@ -118,11 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 writer.write(chunk.frames[0])
                 if snapshots is not None:
                     snapshots.after_chunk(stream, writer.frames_written)
-        if record.prefix is not None:  # the frames before the snapshot, then this run's: joined, not re-encoded
-            join_prefix(snapshot_dir, record, partial, path, writer.frames_written)
-        else:
-            os.replace(partial, path)  # whole or absent: a killed run leaves only the .partial
-        manifest.record(wanted, record.prefix_frames + writer.frames_written)
+        # Whole or absent: a killed run leaves only the .partial (and a resumed one's frames follow its kept prefix).
+        manifest.record(wanted, finish_video(snapshot_dir, record, partial, path, writer.frames_written))
         shutil.rmtree(snapshot_dir, ignore_errors=True)
         print(f"{tag} {path}", flush=True)
     state.wait_for_everyone()

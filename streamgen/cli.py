@@ -94,6 +94,7 @@ class GenerationFailed(RuntimeError):
 
 def cmd_generate(args) -> int:
     from .prompts import MAX_PROMPT_CHARS, check_prompt_length
+    from .signals import StopSignals
     from .video_io import check_free_space, check_output_path
 
     if args.resume is not None:
@@ -112,7 +113,7 @@ def cmd_generate(args) -> int:
                                                                                               f"segment {i}'s prompt")
     out = Path(args.out or DEFAULT_OUT)
     partial = check_output_path(out)
-    with _stop_signals() as stops:
+    with StopSignals() as stops:
         import torch
 
         pipe = open_pipeline(folder, args.device, args.dtype)
@@ -143,6 +144,7 @@ def cmd_generate(args) -> int:
 def _resume_generate(args) -> int:
     """``generate --resume DIR``: go on from the run's snapshot, keeping the video's frames up to it."""
     from .resumable_run import Snapshotter, keep_frames_before, open_resume
+    from .signals import StopSignals
     from .video_io import check_output_path
 
     given = [flag for flag, value in (("--prompt", args.prompt), ("--prompts", args.prompts), ("--cache", args.cache),
@@ -151,9 +153,9 @@ def _resume_generate(args) -> int:
     if given:
         raise ValueError(f"{', '.join(given)}: a resumed run goes on with its snapshot's schedule and preset")
     directory = Path(args.resume)
-    snapshot, manifest, record, out = open_resume(directory, args.out)
+    snapshot, record, out = open_resume(directory, args.out)
     partial = check_output_path(out)
-    with _stop_signals() as stops:
+    with StopSignals() as stops:
         pipe = open_pipeline(Path(record.pipeline), record.device, record.dtype)
         if args.threads is None:
             use_default_threads(pipe)
@@ -163,12 +165,6 @@ def _resume_generate(args) -> int:
               f"{directory / record.prefix}", file=sys.stderr)
         snapshots = Snapshotter(Path(args.snapshot or directory), record)
         return _write_stream(pipe, stream, out, partial, stops, snapshots)
-
-
-def _stop_signals():
-    from .signals import StopSignals
-
-    return StopSignals()
 
 
 def _write_stream(pipe, stream, out: Path, partial: Path, stops, snapshots) -> int:
@@ -204,17 +200,15 @@ def _write_stream(pipe, stream, out: Path, partial: Path, stops, snapshots) -> i
 def _finish(writer, partial: Path, out: Path, stops, snapshots=None) -> int:
     """Close the video and move it onto ``out`` (atomically: ``out`` is the old or the new video, never half),
     after the frames a resumed run kept from before its snapshot; the number of frames ``out`` holds."""
-    from .resumable_run import join_prefix
+    from .resumable_run import finish_video
 
-    record = snapshots.record if snapshots is not None else None
     with stops.ignored():
         try:
             writer.close()
         except Exception as err:
             raise GenerationFailed(f"{_failure(err, partial)}; {_salvage(writer, partial, out, stops)}") from err
-        if record is not None and record.prefix is not None:
-            join_prefix(snapshots.directory, record, partial, out, writer.frames_written)
-            return record.prefix_frames + writer.frames_written
+        if snapshots is not None:
+            return finish_video(snapshots.directory, snapshots.record, partial, out, writer.frames_written)
         if writer.frames_written:
             os.replace(partial, out)
     return writer.frames_written
@@ -449,9 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     from .bench.quality import register_cli as register_quality
+    from .bench.quality.erase_command import register_cli as register_erase
     from .convert import register_cli as register_convert
     from .demo import register_cli as register_demo
-    from .bench.quality.erase_command import register_cli as register_erase
     from .train import register_cli as register_train
 
     register_demo(sub)

@@ -32,14 +32,14 @@ from diffusers.utils import BaseOutput
 
 from .cache.presets import CachePreset, load_preset
 from .decoding import encode_video, streaming_decoder_for, to_uint8_frames
+from .device_memory import available_memory
 from .engine import StreamEngine
+from .erasure.lora import LoraLoaderMixin
 from .models.causal_wan import CausalWanTransformer3DModel, PromptKV
 from .prompts import MAX_PROMPT_CHARS, check_prompt_length
 from .sampling import PREDICTION_TYPES, EulerSampler, FewStepSampler
 from .schedule import PlannedSegment, Schedule
 from .transitions import TRANSITIONS, Transition
-from .device_memory import available_memory
-from .erasure.lora import LoraLoaderMixin
 from .weights import check_finite_weights, check_weight_files
 
 # An open-ended stream plans its schedule over a horizon no real stream reaches (nothing is allocated for it).
@@ -119,10 +119,6 @@ class VideoStream:
         self._consumer = threading.Lock()  # held while a chunk is generated; a second consumer fails at once
         self._failed: BaseException | None = None
         self._generating = False  # a chunk is under way: its state is half-written
-        # How the engine was built (what pipe.resume() rebuilds before putting a snapshot's state back).
-        self.build = {"batch_size": engine.cache.k.shape[1], "latent_height": engine.latent_hw[0],
-                      "latent_width": engine.latent_hw[1], "stream_frames": engine.stream_frames,
-                      "num_inference_steps": getattr(engine.sampler, "num_inference_steps", None)}
 
     @property
     def latent_frame(self) -> int:
@@ -660,7 +656,7 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
             raise snapshot.SnapshotError(f"snapshot {path}: its stream cannot be rebuilt here ({err})") from None
         stream = VideoStream(self, engine, [], None, None, None, callback_on_chunk_end)
         snapshot.load_into(path, manifest, stream)
-        stream.callback_on_chunk_end = callback_on_chunk_end
+        stream.callback_on_chunk_end = callback_on_chunk_end  # the saved stream's None would have replaced it
         return stream
 
     @torch.no_grad()

@@ -75,15 +75,14 @@ class Snapshotter:
                 old.unlink(missing_ok=True)
 
 
-def open_resume(directory: Path, out: Path | None) -> tuple[Path, dict, RunRecord, Path]:
-    """(the snapshot, its manifest, its run record, where the resumed run writes the video), refusing what cannot
-    be resumed before anything loads."""
+def open_resume(directory: Path, out: Path | None) -> tuple[Path, RunRecord, Path]:
+    """(the snapshot, its run record, where the resumed run writes the video), refusing what cannot be resumed
+    before anything loads."""
     snapshot = directory / SNAPSHOT_NAME
     if not directory.is_dir():
         raise SnapshotError(f"--resume {directory}: no such folder")
-    manifest = read_manifest(snapshot)
-    record = RunRecord.from_manifest(manifest, snapshot)
-    return snapshot, manifest, record, Path(out) if out is not None else Path(record.out)
+    record = RunRecord.from_manifest(read_manifest(snapshot), snapshot)
+    return snapshot, record, Path(out) if out is not None else Path(record.out)
 
 
 def keep_frames_before(directory: Path, record: RunRecord, out: Path, every: int | None) -> RunRecord:
@@ -117,8 +116,13 @@ def keep_frames_before(directory: Path, record: RunRecord, out: Path, every: int
                      target.name, wanted)
 
 
-def join_prefix(directory: Path, record: RunRecord, partial: Path, out: Path, frames_written: int) -> None:
-    """Make ``out`` the prefix followed by this run's frames (atomically, without re-encoding)."""
+def finish_video(directory: Path, record: RunRecord, partial: Path, out: Path, frames_written: int) -> int:
+    """Make ``out`` this run's video (atomically): the kept prefix, if the run was resumed, followed by this run's
+    ``frames_written`` frames in ``partial``, joined without re-encoding. The frames ``out`` holds."""
+    if record.prefix is None:
+        if frames_written:
+            os.replace(partial, out)
+        return frames_written
     prefix = directory / record.prefix
     joined = out.with_name(out.name + ".joined")
     if frames_written:
@@ -127,3 +131,4 @@ def join_prefix(directory: Path, record: RunRecord, partial: Path, out: Path, fr
         shutil.copyfile(prefix, joined)
     os.replace(joined, out)
     partial.unlink(missing_ok=True)
+    return record.prefix_frames + frames_written

@@ -74,6 +74,15 @@ def _crc(t: torch.Tensor) -> int:
     return zlib.crc32(t.contiguous().reshape(-1).view(torch.uint8).numpy()) if t.numel() else 0
 
 
+def _build(stream) -> dict:
+    """How the stream's engine was built: what :meth:`StreamingVideoPipeline.resume` rebuilds before it puts the
+    state back."""
+    engine = stream.engine
+    return {"batch_size": engine.cache.k.shape[1], "latent_height": engine.latent_hw[0],
+            "latent_width": engine.latent_hw[1], "stream_frames": engine.stream_frames,
+            "num_inference_steps": getattr(engine.sampler, "num_inference_steps", None)}
+
+
 # ---- writing -----------------------------------------------------------------------------------------------------
 def save(stream, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``stream``'s state to ``path`` (atomically: the file is the old or the new snapshot, never half);
@@ -92,7 +101,7 @@ def save(stream, path: str | os.PathLike, extra: dict | None = None) -> Path:
         "pipeline": {"name": _pipeline_name(stream.pipe), "weights": weights_fingerprint(stream.pipe)},
         "preset": {"name": engine.preset.name, "switch": engine.preset.switch,
                    "settings": _preset_settings(engine.preset)},
-        "build": stream.build,
+        "build": _build(stream),
         "latent_frame": engine.frame,
         "chunks": stream.chunks,
         "crc32": {name: _crc(t) for name, t in tensors.items()},
