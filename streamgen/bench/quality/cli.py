@@ -63,14 +63,13 @@ def erasure_options(args) -> dict | None:
     return options or None
 
 
-def _sharded(state, args, pipeline, suites, options, log) -> tuple[dict, str] | None:
+def _sharded(state, args, pipe, suites, options, log) -> tuple[dict, str] | None:
     """(result, table) of the run or comparison, computed as (label, suite) jobs over the launch's processes; None
     off the main one."""
     if args.compare:
         labels = [p.strip() for p in args.compare.split(",") if p.strip()] + (["reference"] if args.reference else [])
     else:
         labels = ["reference" if args.reference else None]
-    pipe = pipeline
     layout = Layout.of(pipe) if pipe is not None else None
     jobs = [(label, suite) for label in labels for suite in suites]
 
@@ -117,6 +116,7 @@ def cmd_bench_quality(args) -> int:
     if state is not None:  # launched on several processes: (preset, suite) jobs shared out, merged on the main one
         sharded = _sharded(state, args, pipeline, suites, options, log)
         if sharded is None:
+            state.wait_for_everyone()  # stay in the group until the main process has written the result
             return 0
         result, table = sharded
     elif args.compare:
@@ -129,7 +129,7 @@ def cmd_bench_quality(args) -> int:
         if args.reference:
             layout = None
             if pipeline is not None:
-                layout = Layout.of(source_for(pipeline, None, args.device, None).pipe)
+                layout = Layout.of(pipeline)
             result = run_quality("reference", suites, None, args.seed, quick=args.quick, out_dir=args.plots,
                                  layout=layout, log=log, options=options)
             label = "reference"
@@ -148,4 +148,8 @@ def cmd_bench_quality(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if state is not None:
+        # The processes leave together: one that exits first closes its gloo connections under a process still
+        # working, which can abort it (seen: SIGABRT in 1 of ~10 launches).
+        state.wait_for_everyone()
     return 0
