@@ -11,6 +11,8 @@
 - :mod:`.finetune`: the fine-tune loop;
 - :mod:`.concepts`: ShapeWorld concepts, disjoint training / held-out paraphrase templates, neutral captions;
 - :mod:`.driver`: one concept's whole resumable erasure (rollouts, saliency, masked LoRA, state files);
+- :mod:`.fusion`: several concepts' LoRAs made one, by their deltas' sum or MACE's closed-form refinement of the
+  cross-attention K/V;
 - :mod:`.report` (markdown), :mod:`.media` (the before/after GIF pair).
 
 The command, ``streamgen erase``, is on the command side: :mod:`streamgen.bench.quality.erase_command` (it runs the
@@ -31,8 +33,9 @@ import importlib
 
 _EXPORTS = {
     "EraseConfig": "finetune", "erase": "finetune",
-    **{name: "lora" for name in ("LoraConfig", "LoraLinear", "LoraLoaderMixin", "LoraWeights", "add_lora", "fuse_lora",
-                                 "load_lora", "remove_lora", "save_lora", "target_weights", "unfuse_lora")},
+    **{name: "lora" for name in ("LoraConfig", "LoraLinear", "LoraLoaderMixin", "LoraWeights", "add_lora",
+                                 "check_lora", "fuse_lora", "load_lora", "remove_lora", "save_lora", "target_weights",
+                                 "unfuse_lora")},
     **{name: "objective" for name in ("ErasurePrompts", "ErasureStates", "ObjectiveConfig", "ant_targets",
                                       "erasure_loss")},
     **{name: "saliency" for name in ("SaliencyConfig", "saliency_masks", "top_fraction_mask")},
@@ -40,6 +43,8 @@ _EXPORTS = {
     **{name: "rollout" for name in ("RecordingSampler", "record_stream", "play_rollout", "to_states", "Rollout")},
     **{name: "concepts" for name in ("Concept", "parse_concept", "Paraphrases", "load_paraphrases")},
     **{name: "driver" for name in ("EraseSettings", "erase_concept")},
+    **{name: "fusion" for name in ("FusionConfig", "FusedLora", "closed_form_delta", "closed_form_weight",
+                                   "fuse_closed_form", "fuse_folders", "fuse_sum", "read_concepts", "save_fused")},
 }
 
 __all__ = list(_EXPORTS)

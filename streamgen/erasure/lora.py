@@ -313,6 +313,25 @@ def load_lora(path: str | Path, transformer: nn.Module) -> LoraWeights:
     return weights
 
 
+def check_lora(weights: LoraWeights, transformer: nn.Module) -> None:
+    """Every module of ``weights`` is a Linear of ``transformer`` and its factors (and mask) fit it."""
+    linears = target_linears(transformer, ("*",))
+    for module in sorted(set(weights.down) | set(weights.up) | set(weights.masks)):
+        if module not in linears:
+            raise ValueError(f"LoRA module {module!r} names no adaptable Linear layer of this transformer")
+        if module not in weights.down or module not in weights.up:
+            raise ValueError(f"LoRA module {module!r}: lora_A and lora_B come in pairs")
+        linear = linears[module]
+        for part, tensor in ((DOWN, weights.down[module]), (UP, weights.up[module])):
+            if tuple(tensor.shape) != _expected_shape(part, linear, weights.rank):
+                raise ValueError(f"LoRA module {module!r}: {part} has shape {tuple(tensor.shape)}, this transformer "
+                                 f"needs {_expected_shape(part, linear, weights.rank)}")
+        mask = weights.masks.get(module)
+        if mask is not None and tuple(mask.shape) != tuple(linear.weight.shape):
+            raise ValueError(f"LoRA module {module!r}: mask of shape {tuple(mask.shape)} for a weight of shape "
+                             f"{tuple(linear.weight.shape)}")
+
+
 # ---- fusing -----------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def fuse_lora(transformer: nn.Module, weights: LoraWeights, scale: float = 1.0) -> None:
@@ -349,13 +368,18 @@ class LoraLoaderMixin:
         """{adapter name: fused} of the loaded LoRAs, in load order."""
         return {name: fused for name, (_, fused) in self._loras().items()}
 
-    def load_lora_weights(self, path: str | Path, adapter_name: str | None = None) -> str:
-        """Load a LoRA file or folder (see :func:`load_lora`) and fuse it; returns the adapter's name."""
+    def load_lora_weights(self, path: str | Path | LoraWeights, adapter_name: str | None = None) -> str:
+        """Load a LoRA file or folder (see :func:`load_lora`), or take :class:`LoraWeights` made in this process
+        (e.g. a fused LoRA: :mod:`streamgen.erasure.fusion`), and fuse it; returns the adapter's name."""
         loras = self._loras()
         name = adapter_name if adapter_name is not None else f"adapter_{len(loras)}"
         if name in loras:
             raise ValueError(f"an adapter named {name!r} is already loaded")
-        weights = load_lora(path, self.transformer)
+        if isinstance(path, LoraWeights):
+            weights = path
+            check_lora(weights, self.transformer)
+        else:
+            weights = load_lora(path, self.transformer)
         fuse_lora(self.transformer, weights)
         loras[name] = (weights, True)
         self._weights_changed()

@@ -48,18 +48,25 @@ def suite_tables(suite: dict) -> str:
 def markdown_report(report: dict) -> str:
     """The whole ``streamgen erase`` report: settings, training, and the suite's tables if it ran."""
     s = report["settings"]
-    lines = [f"# Erasure report: {', '.join(c['name'] for c in report['concepts'])}", "",
-             f"Pipeline `{report['pipeline']}`; {s['steps']} steps per concept at lr {s['lr']:g}, rank {s['rank']}, "
-             f"batch {s['batch']}, unconditional `{s['unconditional']}`, switch at {s['switch_progress']:.3f} of the "
-             f"trajectory, saliency mask {'on' if s['masked'] else 'off'}, rollouts with guidance "
-             f"{s['guidance_scale']:g}; seed {s['seed']}.", "",
-             "| concept | states | steps (resumed from) | loss first -> last | masked share | seconds |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [f"# Erasure report: {', '.join(c['name'] for c in report['concepts'])}", ""]
+    if report["training"]:
+        lines += [f"Pipeline `{report['pipeline']}`; {s['steps']} steps per concept at lr {s['lr']:g}, rank "
+                  f"{s['rank']}, batch {s['batch']}, unconditional `{s['unconditional']}`, switch at "
+                  f"{s['switch_progress']:.3f} of the trajectory, saliency mask {'on' if s['masked'] else 'off'}, "
+                  f"rollouts with guidance {s['guidance_scale']:g}; seed {s['seed']}.", "",
+                  "| concept | states | steps (resumed from) | loss first -> last | masked share | seconds |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+    else:
+        lines.append(f"Pipeline `{report['pipeline']}`; LoRAs trained before, fused; seed {s['seed']}.")
     for name, t in report["training"].items():
         first, last = t.get("loss_first"), t.get("loss_last")
         loss = "n/a" if first is None else f"{first:.3g} -> {last:.3g}"
         lines.append(f"| {name} | {t.get('states', 'n/a')} | {t['steps']} ({t['resumed_from']}) | {loss} | "
                      f"{t.get('masked_fraction')} | {t['seconds']} |")
+    fusion = report.get("fusion")
+    if fusion:
+        lines += ["", f"Fused by `{fusion['method']}` into `{fusion['folder']}` (rank {fusion['rank']}"
+                      + (f"; settings {fusion['config']}" if "config" in fusion else "") + ")."]
     evaluation = report.get("evaluation")
     if evaluation:
         lines += ["", f"## Evaluation (erasure suite, `{evaluation.get('eval_sizes')}` sizes, seed {evaluation['seed']}, "

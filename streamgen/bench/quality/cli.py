@@ -31,7 +31,12 @@ def register_cli(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--erasure", action="append", metavar="LORA[,LORA...]",
                    help="the erasure suite's erased model: LoRA folders written by 'streamgen erase' (each with its "
-                        "concept.json), several joined by commas are fused together; repeat for several models")
+                        "concept.json; a fused folder names several), several joined by commas are fused together "
+                        "(--erasure-fuse); repeat for several models")
+    p.add_argument("--erasure-fuse", choices=["sum", "closed-form"],
+                   help="how comma-joined --erasure LoRAs are fused: their deltas added (default, as loading them one "
+                        "after another), or MACE's closed-form refinement of the cross-attention K/V (each concept's "
+                        "training captions keep their own LoRA's K/V, anchor captions the original's)")
     p.add_argument("--erasure-concepts", metavar="CONCEPT,...",
                    help="concepts whose baseline the erasure suite measures without a LoRA (default: "
                         "background:white)")
@@ -43,24 +48,49 @@ def register_cli(bench_subparsers) -> argparse.ArgumentParser:
 
 
 def erasure_options(args) -> dict | None:
-    """The erasure suite's options from --erasure / --erasure-concepts (each LoRA folder names its concept)."""
+    """The erasure suite's options from --erasure / --erasure-fuse / --erasure-concepts (each LoRA folder names its
+    concept, or a fused one its concepts)."""
+    from ...erasure.fusion import FUSE_METHODS, read_concepts
+
     options = {}
+    fuse = getattr(args, "erasure_fuse", None) or "sum"
+    if fuse not in FUSE_METHODS:
+        raise ValueError(f"--erasure-fuse must be one of {', '.join(FUSE_METHODS)}, got {fuse!r}")
     for spec in getattr(args, "erasure", None) or []:
         folders = [Path(part.strip()) for part in spec.split(",") if part.strip()]
-        concepts = []
+        concepts, fused = [], None
         for folder in folders:
             try:
-                data = json.loads((folder / "concept.json").read_text())
-                concepts.append({"attribute": data["attribute"], "value": data["value"]})
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"--erasure {folder}: not a LoRA folder written by 'streamgen erase' (its "
-                                 f"concept.json: {err})") from None
+                found = read_concepts(folder)
+            except ValueError as err:
+                raise ValueError(f"--erasure {err}") from None
+            if len(found) > 1:
+                if len(folders) > 1:
+                    raise ValueError(f"--erasure {spec}: {folder} is a fused LoRA; give it alone")
+                fused = _fusion_method(folder)
+            concepts += [{"attribute": c.attribute, "value": c.value} for c in found]
         name = "+".join(f"{c['attribute']}-{c['value']}" for c in concepts)
-        options.setdefault("erasure", []).append({"name": name, "loras": [str(f) for f in folders],
-                                                  "concepts": concepts})
+        config = {"name": name, "loras": [str(f) for f in folders], "concepts": concepts}
+        if len(folders) > 1 and fuse != "sum":
+            config["fuse"] = fuse
+            config["name"] = f"{name} ({fuse})"
+        elif fused is not None:
+            config["name"] = f"{name} (fused: {fused})"
+        taken = {c["name"] for c in options.get("erasure", [])}
+        base, k = config["name"], 2
+        while config["name"] in taken:
+            config["name"], k = f"{base} #{k}", k + 1
+        options.setdefault("erasure", []).append(config)
     if getattr(args, "erasure_concepts", None):
         options["erasure_concepts"] = [c.strip() for c in args.erasure_concepts.split(",") if c.strip()]
     return options or None
+
+
+def _fusion_method(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "concept.json").read_text())["fusion"]["method"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
 
 
 def _sharded(state, args, pipe, suites, options, log) -> tuple[dict, str] | None:

@@ -1,9 +1,11 @@
 """``streamgen erase --pipeline DIR --concept "red" [--concept "circle" ...] [--paraphrases FILE] [--anchors FILE]
---out DIR [--steps N] [--resume]``: one LoRA per concept, then the erasure suite (each LoRA alone and, for several
-concepts, all of them fused) against the original model on the same seeds, written as ``report.json`` and
-``report.md``; ``--gif DIR``: the before/after GIF pair with every LoRA fused. ``streamgen.cli`` wires it with
-``register_cli(subparsers)``; building the parser imports no torch. It lives on the command side (beside the bench
-it runs): the erasure hooks themselves (:mod:`streamgen.erasure`) sit below the pipeline.
+--out DIR [--steps N] [--resume] [--fuse sum|closed-form]``: one LoRA per concept, then the erasure suite (each LoRA
+alone and, for several concepts, all of them fused: deltas added, or by the closed form into ``OUT/<a>+<b>/``)
+against the original model on the same seeds, written as ``report.json`` and ``report.md``; ``--gif DIR``: the
+before/after GIF pair with every LoRA fused. ``--loras DIR DIR ...`` fuses LoRAs trained before instead of
+training. ``streamgen.cli`` wires it with ``register_cli(subparsers)``; building the parser imports no torch. It lives
+on the command side (beside the bench it runs): the erasure hooks themselves (:mod:`streamgen.erasure`) sit below the
+pipeline.
 """
 
 from __future__ import annotations
@@ -27,9 +29,24 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                     "seeds) as report.json / report.md. Resumable (--resume).",
     )
     p.add_argument("--pipeline", help="pipeline folder, or a shipped one by name (default: the embedded model)")
-    p.add_argument("--concept", action="append", required=True, metavar="CONCEPT",
+    p.add_argument("--concept", action="append", metavar="CONCEPT",
                    help="a background, object colour or shape (red, circle, white, 'white background', "
                         "color:blue); repeat for several (one LoRA each, fused for the report)")
+    p.add_argument("--loras", nargs="+", metavar="DIR", help="instead of --concept: fuse these LoRA folders written "
+                   "by 'streamgen erase' (one concept each) into OUT/<a>+<b>/ by --fuse, then the report")
+    p.add_argument("--fuse", choices=["sum", "closed-form"], default="sum",
+                   help="how several concepts' LoRAs are fused: their deltas added (default; the report loads them "
+                        "one after another) or MACE's closed-form refinement of the cross-attention K/V, written as "
+                        "one LoRA folder OUT/<a>+<b>/ (each concept's training captions keep their own LoRA's K/V, "
+                        "anchor captions the original's)")
+    p.add_argument("--fuse-preserve", type=float, help="closed form: weight of the anchors against one concept "
+                   "(default 1)")
+    p.add_argument("--fuse-ridge", type=float, help="closed form: ridge toward the original weights, relative to the "
+                   "Gram's mean eigenvalue (default 1e-3)")
+    p.add_argument("--fuse-prompts", type=int, help="closed form: training captions per concept and anchor "
+                   "captions (default 64 each)")
+    p.add_argument("--fuse-tokens", choices=["all", "prompt"], help="closed form: fit every text position the "
+                   "cross-attention reads, padding included (default), or only the prompt's tokens")
     p.add_argument("--paraphrases", metavar="FILE", help="YAML/JSON {train: [...], heldout: [...]} caption templates "
                    "over the slots {c} {s} {m} {d} {b} {bp}; train ones fine-tune, held-out ones only evaluate")
     p.add_argument("--anchors", metavar="FILE", help="anchor prompts to preserve, one per line (default: captions "
@@ -109,13 +126,33 @@ def eval_sizes(name: str):
     return FULL
 
 
+def fusion_config(args, seed: int):
+    from ...erasure.fusion import FusionConfig
+
+    given = {"preserve_weight": args.fuse_preserve, "ridge": args.fuse_ridge, "tokens": args.fuse_tokens}
+    if args.fuse_prompts is not None:
+        given.update(prompts_per_concept=args.fuse_prompts, anchors=args.fuse_prompts)
+    return FusionConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})
+
+
 def cmd_erase(args) -> int:
     from ...erasure.concepts import load_anchors, load_paraphrases, parse_concept
     from ...erasure.driver import default_anchors, erase_concept
+    from ...erasure.fusion import fuse_folders, read_concepts, save_fused
     from ...pipeline import load_pipeline
     from ...resources import find_pipeline
 
-    concepts = list(dict.fromkeys(parse_concept(c) for c in args.concept))
+    if bool(args.concept) == bool(args.loras):
+        raise ValueError("give the concepts to erase (--concept) or the LoRA folders to fuse (--loras), not both")
+    if args.loras:
+        if len(args.loras) < 2:
+            raise ValueError("--loras: give at least two LoRA folders to fuse")
+        concepts = [c for folder in args.loras for c in read_concepts(folder)]
+        if args.resume:
+            raise ValueError("--resume continues training; --loras only fuses")
+    else:
+        concepts = list(dict.fromkeys(parse_concept(c) for c in args.concept))
+    fuse_config = fusion_config(args, args.seed)
     paraphrases = load_paraphrases(args.paraphrases)
     for concept in concepts:
         paraphrases.check_covers(concept)
@@ -134,7 +171,8 @@ def cmd_erase(args) -> int:
 
     start = time.perf_counter()
     runs = {}
-    for concept in concepts:
+    folders = [Path(f) for f in args.loras] if args.loras else [out / c.name for c in concepts]
+    for concept in concepts if not args.loras else []:
         others = [c for c in concepts if c != concept]
         runs[concept.name] = erase_concept(pipe, concept, others, paraphrases, anchors, settings, out,
                                            resume=args.resume, progress=not args.no_progress, log=log)
@@ -144,14 +182,23 @@ def cmd_erase(args) -> int:
               "paraphrases": paraphrases.as_dict(), "anchors": anchors,
               "training": {k: {key: v[key] for key in v if key != "losses"} | {"losses_every_10": v["losses"][::10]}
                            for k, v in runs.items()},
-              "training_seconds": round(time.perf_counter() - start, 1)}
+              "training_seconds": round(time.perf_counter() - start, 1), "fuse": args.fuse}
+    fused_folder = None
+    if len(concepts) > 1 and (args.fuse != "sum" or args.loras):
+        fused = fuse_folders(pipe, folders, args.fuse, paraphrases, fuse_config,
+                             anchors=load_anchors(args.anchors))
+        fused_folder = save_fused(fused, out / fused.name)
+        report["fusion"] = {"folder": str(fused_folder), **fused.record}
+        log(f"{fused.name}: fused LoRA ({args.fuse}) {fused_folder}")
     if args.eval != "none":
         from .run import run_quality
 
-        configs = [{"name": c.name, "loras": [str(out / c.name)], "concepts": [c.as_dict()]} for c in concepts]
+        configs = [] if args.loras else [{"name": c.name, "loras": [str(out / c.name)], "concepts": [c.as_dict()]}
+                                         for c in concepts]
         if len(concepts) > 1:
-            configs.append({"name": "+".join(c.name for c in concepts), "loras": [str(out / c.name)
-                                                                                for c in concepts],
+            configs.append({"name": "+".join(c.name for c in concepts) + ("" if args.fuse == "sum" else
+                                                                          f" ({args.fuse})"),
+                            "loras": [str(fused_folder)] if fused_folder else [str(f) for f in folders],
                             "concepts": [c.as_dict() for c in concepts]})
         eval_start = time.perf_counter()
         result = run_quality(pipe, ["erasure"], args.cache, args.seed, sizes=eval_sizes(args.eval), log=log,
@@ -165,9 +212,9 @@ def cmd_erase(args) -> int:
     if args.gif:
         from ...erasure.media import before_after
 
-        before_after(pipe, [out / c.name for c in concepts], Path(args.gif), seed=args.seed)
+        before_after(pipe, [fused_folder] if fused_folder else folders, Path(args.gif), seed=args.seed)
         log(f"GIF pair: {Path(args.gif) / 'before.gif'}, {Path(args.gif) / 'after.gif'}")
-    print(f"erased {', '.join(c.name for c in concepts)}: {out / 'report.md'}")
+    print(f"{'fused' if args.loras else 'erased'} {', '.join(c.name for c in concepts)}: {out / 'report.md'}")
     return 0
 
 

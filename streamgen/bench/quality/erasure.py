@@ -3,8 +3,11 @@ original on the same seeds, and what the erasure costs every other attribute val
 
 Configuration (``run.options["erasure"]``, from ``streamgen bench quality --erasure DIR[,DIR...]`` or ``streamgen
 erase``): a list of erased models, each ``{"name", "loras": [LoRA folders], "concepts": [{"attribute", "value"}]}``;
-several LoRAs are fused together. Without it the suite measures the baselines of ``run.options["erasure_concepts"]``
-(default: :data:`DEFAULT_CONCEPTS`, the white background) and reports no erased model.
+several LoRAs are fused together: their deltas added, or with ``"fuse": "closed-form"`` by MACE's closed form
+(:mod:`streamgen.erasure.fusion`, settings from ``run.options["erasure_fusion"]``, prompts from the run's training
+paraphrases); a folder written by :func:`~streamgen.erasure.fusion.save_fused` is one LoRA. Without it the suite
+measures the baselines of ``run.options["erasure_concepts"]`` (default: :data:`DEFAULT_CONCEPTS`, the white
+background) and reports no erased model.
 
 Per concept, the share of frames in which the oracle reads the concept's value (the concept's *rate*) when it is
 prompted:
@@ -184,10 +187,18 @@ def erasure(run: Runner) -> dict:
         if pipe is None:  # the reference renderer has no weights to erase
             erased_results[config["name"]] = {"loras": list(config["loras"]), "skipped": "not a pipeline"}
             continue
-        names = []
+        names, fusion = [], None
         try:
-            for k, lora in enumerate(config["loras"]):
-                names.append(pipe.load_lora_weights(lora, adapter_name=f"erasure-{k}"))
+            if config.get("fuse", "sum") != "sum" and len(config["loras"]) > 1:
+                from ...erasure.fusion import FusionConfig, fuse_folders
+
+                fused = fuse_folders(pipe, config["loras"], config["fuse"], paraphrases,
+                                     FusionConfig(**run.options.get("erasure_fusion", {})))
+                fusion = fused.record
+                names.append(pipe.load_lora_weights(fused.weights, adapter_name="erasure-fused"))
+            else:
+                for k, lora in enumerate(config["loras"]):
+                    names.append(pipe.load_lora_weights(lora, adapter_name=f"erasure-{k}"))
             player = _ErasedRunner(run)
             rates = {c.name: _rates(player.play, c, videos[c.name]) for c in erased}
             after = _value_accuracy(player.play, single, erased)
@@ -215,6 +226,8 @@ def erasure(run: Runner) -> dict:
         keeps = bool(drops) and max(drops) <= MAX_DROP
         erased_results[config["name"]] = {
             "loras": [str(Path(p)) for p in config["loras"]], "concepts": [c.name for c in erased],
+            "fuse": config.get("fuse", "sum") if len(config["loras"]) > 1 else None,
+            **({"fusion": fusion} if fusion is not None else {}),
             "rates": rates, "verdicts": verdicts, "attributes": attributes,
             "max_attribute_drop": rounded(max(drops)) if drops else None, "keeps_other_attributes": keeps,
             "meets_bar": keeps and all(v["erased"] for v in verdicts.values()),
