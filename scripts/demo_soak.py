@@ -1,0 +1,287 @@
+"""Soak the demo: 3 ordinary sessions play while a 4th is hostile, then report what the ordinary users saw.
+
+The hostile session, every second, sends a 1 MB prompt (the server must refuse it) and switches to a fresh random
+2,000-character prompt (cut or smooth); every 30 s it abandons its session and opens a new one. The report: the
+ordinary sessions' worst gap between two frames, in chunk times (frames are due every 1/fps s; issue 16's goal is
+<= 2 chunk times), and the server's RSS after a warm-up with 4 ordinary sessions against after the soak, once every
+session is closed (goal: <= +5%).
+
+    python scripts/demo_soak.py --seconds 600                 # sessions driven in-process, as gradio's workers do
+    python scripts/demo_soak.py --seconds 600 --http          # a real `streamgen demo` server, over HTTP
+
+``--http`` starts `streamgen demo` in a subprocess and drives it with gradio_client: frames are timed as they arrive
+at the client, the RSS is the server process's, and abandoned sessions are closed by the server's idle reaper
+(``--idle-timeout``), as tabs that vanished. It needs the ``demo`` extra. The JSON report goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+
+PROMPTS = [
+    "a red circle drifting left over a blue backdrop",
+    "a yellow square drifting right over a green backdrop",
+    "a blue triangle bouncing over a red backdrop",
+]
+ONE_MB_PROMPT = "a red circle " * 80_000
+HOSTILE_SESSION_S = 30.0
+
+
+def random_prompt(rng: random.Random) -> str:
+    return "".join(rng.choice(string.ascii_lowercase + " ") for _ in range(2000))
+
+
+def memory(process: psutil.Process) -> dict:
+    """RSS, and its anonymous / file-backed parts (Linux), in bytes."""
+    out = {"rss": process.memory_info().rss}
+    status = Path(f"/proc/{process.pid}/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith(("RssAnon", "RssFile")):
+                out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return out
+
+
+# ---- the two ways to drive sessions ------------------------------------------------------------------------------
+class InProcess:
+    """Sessions of a SessionRegistry in this process; every frame becomes the data URI and stats panel the app sends."""
+
+    def __init__(self, args):
+        import torch
+
+        from streamgen.demo.session import DemoLimits, SessionRegistry
+        from streamgen.loading import open_pipeline
+
+        torch.set_num_threads(1)  # what `streamgen demo` does with several sessions on a CPU
+        self.pipe = open_pipeline(args.pipeline)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.registry = SessionRegistry(self.pipe, DemoLimits(max_frames_per_run=0, max_stream_frames=10**7))
+        self.process = psutil.Process()
+
+    @property
+    def chunk_s(self) -> float:
+        return self.pipe.config.chunk_frames / self.pipe.config.fps
+
+    def play(self, sid: str, prompt: str, stop: threading.Event, arrivals: list) -> None:
+        from streamgen.demo.app import _stats_html
+        from streamgen.demo.session import frame_data_uri
+
+        session = self.registry.get_or_create(sid)
+        session.start(prompt, self.pipe.config.default_cache, random.Random(sid).randrange(1000))
+        for update in session.run():
+            frame_data_uri(update.frame, self.registry.limits.display_size)
+            _stats_html(session)
+            arrivals.append(time.perf_counter())
+            if stop.is_set():
+                session.stop()
+        self.registry.close(sid)
+
+    def hostile(self, stop: threading.Event, log: Counter) -> None:
+        rng = random.Random(0)
+        while not stop.is_set():
+            sid = f"hostile-{log['sessions']}"
+            session = self.registry.get_or_create(sid)
+            try:
+                session.start(ONE_MB_PROMPT, self.pipe.config.default_cache, 0)
+            except ValueError:
+                log["refused_start"] += 1
+            session.start(random_prompt(rng), "rolling", log["sessions"])
+            runner = threading.Thread(target=lambda: [None for _ in session.run()], daemon=True)
+            runner.start()
+            opened = time.monotonic()
+            while time.monotonic() - opened < HOSTILE_SESSION_S and not stop.is_set():
+                time.sleep(1.0)
+                try:
+                    session.switch(ONE_MB_PROMPT + str(log["switches"]), "cut")
+                except ValueError:
+                    log["refused_switch"] += 1
+                session.switch(random_prompt(rng), rng.choice(["cut", "smooth"]))
+                log["switches"] += 1
+            self.registry.close(sid)
+            runner.join(timeout=30)
+            log["sessions"] += 1
+
+    def settle(self) -> None:
+        self.registry.close_all()
+        gc.collect()
+        time.sleep(2)
+
+    def close(self) -> None:
+        pass
+
+
+class OverHttp:
+    """A `streamgen demo` server in a subprocess, driven by gradio_client (one Client = one browser session)."""
+
+    def __init__(self, args):
+        from gradio_client import Client
+
+        self.Client = Client
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/"
+        command = [sys.executable, "-m", "streamgen.cli", "demo", "--port", str(port), "--max-frames-per-run", "0",
+                   "--max-stream-frames", str(10**7), "--idle-timeout", str(args.idle_timeout)]
+        if args.pipeline:
+            command += ["--pipeline", args.pipeline]
+        self.server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.process = psutil.Process(self.server.pid)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.server.poll() is not None:
+                raise RuntimeError(f"the demo server exited: {self.server.stderr.read()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the demo server did not open its port in 300 s") from None
+                time.sleep(0.5)
+        self.idle_timeout = args.idle_timeout
+        from streamgen.loading import open_pipeline  # only for the chunk time (configs, weights are small)
+
+        pipe = open_pipeline(args.pipeline)
+        self._chunk_s = pipe.config.chunk_frames / pipe.config.fps
+        self.default_cache = pipe.config.default_cache
+        del pipe
+
+    @property
+    def chunk_s(self) -> float:
+        return self._chunk_s
+
+    def client(self):
+        return self.Client(self.url, verbose=False)
+
+    def play(self, sid: str, prompt: str, stop: threading.Event, arrivals: list) -> None:
+        client = self.client()
+        job = client.submit(prompt, self.default_cache, random.Random(sid).randrange(1000), api_name="/start")
+        last = None
+        for output in job:  # one output per yielded update: a frame, its stats, and the plot when a chunk lands
+            if output[0] != last:
+                arrivals.append(time.perf_counter())
+                last = output[0]
+            if stop.is_set():
+                client.predict(api_name="/stop_1")
+                break
+        client.close()
+
+    def hostile(self, stop: threading.Event, log: Counter) -> None:
+        rng = random.Random(0)
+        while not stop.is_set():
+            client = self.client()
+            try:
+                client.predict(ONE_MB_PROMPT, self.default_cache, 0, api_name="/start")
+            except Exception:  # noqa: BLE001 - the server's refusal arrives as an AppError
+                log["refused_start"] += 1
+            job = client.submit(random_prompt(rng), "rolling", log["sessions"], api_name="/start")
+            opened = time.monotonic()
+            while time.monotonic() - opened < HOSTILE_SESSION_S and not stop.is_set():
+                time.sleep(1.0)
+                try:
+                    client.predict(ONE_MB_PROMPT + str(log["switches"]), "cut", api_name="/switch")
+                except Exception:  # noqa: BLE001
+                    log["refused_switch"] += 1
+                client.predict(random_prompt(rng), rng.choice(["cut", "smooth"]), api_name="/switch")
+                log["switches"] += 1
+            client.predict(api_name="/stop_1")
+            job.cancel()
+            client.close()  # abandoned, as a tab that vanished: the server's idle reaper closes the session
+            log["sessions"] += 1
+
+    def settle(self) -> None:
+        # Every session is stopped and abandoned now; a new session's Start runs the reaper once they have gone idle
+        # (its own 1 MB prompt is refused, so it holds no stream).
+        time.sleep(self.idle_timeout + 2)
+        client = self.client()
+        try:
+            client.predict(ONE_MB_PROMPT, self.default_cache, 0, api_name="/start")
+        except Exception:  # noqa: BLE001 - refused, as intended
+            pass
+        finally:
+            client.close()
+        time.sleep(2)
+
+    def close(self) -> None:
+        self.server.terminate()
+        self.server.wait(timeout=60)
+
+
+# ---- the soak -----------------------------------------------------------------------------------------------------
+def run_sessions(driver, names: list[str], seconds: float, hostile: bool):
+    stop = threading.Event()
+    arrivals = {name: [] for name in names}
+    log = Counter()
+    threads = [threading.Thread(target=driver.play, args=(name, PROMPTS[i % 3], stop, arrivals[name]))
+               for i, name in enumerate(names)]
+    if hostile:
+        threads.append(threading.Thread(target=driver.hostile, args=(stop, log)))
+    for t in threads:
+        t.start()
+    began, peak = time.monotonic(), 0
+    while time.monotonic() - began < seconds:
+        time.sleep(1.0)
+        peak = max(peak, driver.process.memory_info().rss)
+    stop.set()
+    for t in threads:
+        t.join()
+    return arrivals, log, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--pipeline", default=None, help="pipeline folder or shipped name (default: the embedded model)")
+    parser.add_argument("--http", action="store_true", help="drive a real `streamgen demo` server over HTTP")
+    parser.add_argument("--control", action="store_true", help="the 4th session is an ordinary one")
+    parser.add_argument("--warm-up", type=float, default=15.0, help="seconds of 4 ordinary sessions before the baseline")
+    parser.add_argument("--idle-timeout", type=float, default=10.0, help="--http: the server's idle reaper (s)")
+    args = parser.parse_args()
+
+    driver = (OverHttp if args.http else InProcess)(args)
+    try:
+        loaded = memory(driver.process)
+        # The baseline is taken after 4 ordinary sessions have played and closed, so what any server keeps after
+        # serving 4 sessions at once (allocator pools, worker threads, ffmpeg) is in it and only a leak shows after.
+        run_sessions(driver, [f"warm-{i}" for i in range(4)], args.warm_up, hostile=False)
+        driver.settle()
+        before = memory(driver.process)
+        names = [f"user-{i}" for i in range(4 if args.control else 3)]
+        arrivals, log, peak = run_sessions(driver, names, args.seconds, hostile=not args.control)
+        driver.settle()
+        after = memory(driver.process)
+    finally:
+        driver.close()
+
+    chunk_s = driver.chunk_s
+    gaps = {name: [b - a for a, b in zip(times, times[1:])] for name, times in arrivals.items()}
+    report = {
+        "mode": "http" if args.http else "in-process", "seconds": args.seconds, "control": args.control,
+        "chunk_s": chunk_s,
+        "frames_shown_per_s": {n: len(t) / args.seconds for n, t in arrivals.items()},
+        "worst_gap_chunks": {n: max(g) / chunk_s for n, g in gaps.items() if g},
+        "p99.9_gap_chunks": {n: sorted(g)[int(0.999 * (len(g) - 1))] / chunk_s for n, g in gaps.items() if g},
+        "gaps_over_2_chunks": {n: sum(x > 2 * chunk_s for x in g) for n, g in gaps.items()},
+        "hostile": dict(log),
+        "memory_loaded": loaded, "memory_before": before, "rss_peak": peak, "memory_after": after,
+        "rss_after_vs_before": after["rss"] / before["rss"] - 1,
+    }
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
