@@ -197,7 +197,11 @@ class KVCache:
 
     def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V [B, N_keys, H, D] of every attended frame (current chunk included), in read order; keys un-roped unless
-        ``keys_roped``."""
+        ``keys_roped``.
+
+        Read order is slot order, so consecutive attended slots (a wrapped ring too) are a view of the buffers; slots
+        with holes between them are gathered: attending to the span in place under a mask for the holes measured
+        slower (docs/architecture.md, cache reads)."""
         if isinstance(self._read, slice):
             return self.k[layer, :, self._read], self.v[layer, :, self._read]
         return self.k[layer].index_select(1, self._read), self.v[layer].index_select(1, self._read)
