@@ -255,6 +255,33 @@ def test_bench_quality_on_two_cpu_processes_merges_to_what_one_process_scores(tm
     assert writes(audit, out) == {0: [".", "two.json"], 1: []}  # only the main process writes (its folder, its file)
 
 
+def test_erase_on_two_cpu_processes_gives_the_one_process_lora_and_only_the_main_one_writes(tmp_path):
+    """The rollouts are split between the ranks and gathered, every step's batch split by rows, the gradients
+    averaged: the LoRA and the losses are one process's."""
+    from safetensors.torch import load_file
+
+    from streamgen.erasure.driver import read_state
+
+    erase = ["erase", "--pipeline", "tiny-random", "--concept", "red", "--steps", "3", "--eval", "none",
+             "--rollouts", "1", "--chunks", "1", "--switch-after", "1", "--long-chunks", "2",
+             "--saliency-iterations", "1", "--no-progress", "--lr", "1e-2", "--anchor-rollouts", "2",
+             "--max-progress", "0.5"]
+    one = subprocess.run([sys.executable, "-m", "streamgen.cli", "--threads", "1", *erase, "--out",
+                          str(tmp_path / "one")], capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+                         env=one_thread_env(), cwd=REPO)
+    assert one.returncode == 0, one.stderr[-3000:]
+    audit, two = tmp_path / "audit", tmp_path / "two"
+    torchrun(audit, *erase, "--out", str(two))
+    lora = "color-red/pytorch_lora_weights.safetensors"
+    assert max_difference(load_file(str(tmp_path / "one" / lora)), load_file(str(two / lora))) <= TOLERANCE
+    _, steps_one, losses_one, _ = read_state(tmp_path / "one" / "color-red" / "state.safetensors")
+    _, steps_two, losses_two, _ = read_state(two / "color-red" / "state.safetensors")
+    assert steps_one == steps_two == 3
+    assert max(abs(a - b) for a, b in zip(losses_one, losses_two)) <= TOLERANCE * max(map(abs, losses_one))
+    written = writes(audit, two)
+    assert written[1] == [] and "color-red/state.safetensors" in written[0]  # (safetensors' own writes are not audited)
+
+
 def _worker(audit: Path, argv: list[str]) -> int:
     """One rank of a launched run: the streamgen command line, recording every path it writes, renames, removes or
     makes a folder at (audit hooks see Python's own file calls, which is how the trainer writes and replaces)."""

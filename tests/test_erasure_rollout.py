@@ -243,3 +243,26 @@ def test_a_concept_s_videos_do_not_depend_on_the_other_concepts_a_run_measures()
     alone = run_quality("reference", ["erasure"], quick=True, options={"erasure_concepts": ["red"]})
     both = run_quality("reference", ["erasure"], quick=True, options={"erasure_concepts": ["circle", "red"]})
     assert alone["suites"]["erasure"]["concepts"]["color-red"] == both["suites"]["erasure"]["concepts"]["color-red"]
+
+
+def test_the_ranks_shares_of_an_erasure_batch_are_the_whole_batch_in_rank_order(pipe):
+    """On N processes rank r trains on its rows of every step's batch, drawn whole: the shares, concatenated, are
+    the one-process batch (states, timesteps, progress and prompts; the anchors are every rank's)."""
+    from streamgen.erasure.driver import EraseSettings, build_pool, default_anchors
+    from streamgen.erasure.processes import Processes
+
+    settings = EraseSettings(batch=4, rollouts_per_kind=1, chunks=1, switch_after=1, long_chunks=2)
+    concept = parse_concept("red")
+    paraphrases = load_paraphrases(None)
+    anchors = default_anchors([concept], paraphrases, 4, 0)
+    pool = build_pool(pipe, concept, [], paraphrases, anchors, settings, lambda text: pipe.encode_prompt(text),
+                      progress=False)
+    whole_states, whole_prompts = pool.batch(5)
+    shares = [pool.batch(5, rows=Processes(rank, 2).rows(settings.batch, "--batch")) for rank in range(2)]
+    for field in ("latents", "timesteps", "progress"):
+        assert torch.equal(torch.cat([getattr(s, field) for s, _ in shares]), getattr(whole_states, field))
+    assert torch.equal(torch.cat([p.concept for _, p in shares]), whole_prompts.concept)
+    assert all(torch.equal(p.anchors, whole_prompts.anchors) for _, p in shares)
+    with pytest.raises(ValueError, match="--batch is 4: on 3 processes it must be a multiple of 3"):
+        Processes(0, 3).rows(settings.batch, "--batch")
+    assert [Processes(r, 2).mine(5) for r in range(2)] == [[0, 2, 4], [1, 3]]

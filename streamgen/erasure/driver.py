@@ -40,6 +40,7 @@ from .finetune import EraseConfig, erase
 from .lora import DEFAULT_TARGETS, LoraConfig, LoraLinear, LoraWeights, add_lora, save_lora, target_weights
 from .objective import ChunkCausalPredictor as ChunkCausalFlow
 from .objective import ErasurePrompts, ErasureStates, ObjectiveConfig, erasure_loss, preservation_loss
+from .processes import Processes
 from .rollout import ChunkRecord, Rollout, play_rollout
 from .saliency import SaliencyConfig, saliency_masks
 from .states import ANT_GUIDANCE_SCALE
@@ -141,8 +142,10 @@ class StatePool:
     def templates(self) -> list[int]:
         return sorted({e.template for e in self.entries})
 
-    def batch(self, step: int, template: int | None = None) -> tuple[ErasureStates, ErasurePrompts]:
-        """The states and prompts of ``step`` (from the entries of one ``template`` if given)."""
+    def batch(self, step: int, template: int | None = None, rows: slice = slice(None)
+              ) -> tuple[ErasureStates, ErasurePrompts]:
+        """The states and prompts of ``step`` (from the entries of one ``template`` if given): ``rows`` of the batch
+        (one process's share of a launched run's; every draw is made for the whole batch)."""
         draws = Draws(self.settings.seed, 0xE5A5E, step, -1 if template is None else template)
         buckets = {k: [i for i in v if template is None or self.entries[i].template == template]
                    for k, v in self.buckets.items()}
@@ -153,12 +156,14 @@ class StatePool:
             if pick < len(buckets[k]):
                 break
             pick -= len(buckets[k])
-        chosen = [(self.entries[draws.choice(buckets[k])], None) for _ in range(self.settings.batch)]
+        chosen = [self.entries[draws.choice(buckets[k])] for _ in range(self.settings.batch)]
+        chosen = [(entry, draws.integer(min(len(entry.record.states), int(self.settings.max_progress
+                                                                          * len(entry.record.states)) + 1)))
+                  for entry in chosen][rows]
         latents, timesteps, progress, captions, neutrals = [], [], [], [], []
-        for entry, _ in chosen:
+        for entry, i in chosen:
             record = entry.record
             n = record.states.shape[0]
-            i = draws.integer(min(n, int(self.settings.max_progress * n) + 1))
             x = record.states[i]
             latents.append(torch.cat((record.context.to(x.dtype), x), 2))
             timesteps.append(torch.tensor([[self.context_timestep] * k + [record.timesteps[i]] * x.shape[2]]
@@ -216,14 +221,17 @@ def default_anchors(concepts: list[Concept], paraphrases: Paraphrases, count: in
 
 
 def build_pool(pipe, concept: Concept, others: list[Concept], paraphrases: Paraphrases, anchors: list[str],
-               settings: EraseSettings, encode: Callable[[str], torch.Tensor], progress: bool = True) -> StatePool:
-    """Play every training rollout of ``concept`` and keep its recorded chunks."""
-    entries = []
+               settings: EraseSettings, encode: Callable[[str], torch.Tensor], progress: bool = True,
+               procs: Processes = Processes()) -> StatePool:
+    """Play every training rollout of ``concept`` (split between ``procs``) and keep its recorded chunks."""
     plan = rollouts_for(concept, others, paraphrases, settings)
-    for rollout, caption, neutral, template in tqdm(plan, desc=f"rollouts {concept.name}", disable=not progress):
-        for record in play_rollout(pipe, rollout, cache=settings.cache, guidance_scale=settings.guidance_scale,
-                                   max_context=settings.max_context):
-            entries.append(PoolEntry(record, caption, neutral, template))
+    done = {}
+    for j in tqdm(procs.mine(len(plan)), desc=f"rollouts {concept.name}", disable=not progress):
+        rollout, caption, neutral, template = plan[j]
+        done[j] = [PoolEntry(record, caption, neutral, template)
+                   for record in play_rollout(pipe, rollout, cache=settings.cache,
+                                              guidance_scale=settings.guidance_scale, max_context=settings.max_context)]
+    entries = [entry for played in procs.gather(done, len(plan)) for entry in played]
     return StatePool(entries, encode, anchors, settings, float(pipe.config.context_timestep))
 
 
@@ -238,15 +246,18 @@ class AnchorPool:
         for i, (record, _) in enumerate(entries):
             self.buckets.setdefault(record.context_frames, []).append(i)
 
-    def batch(self, step: int) -> tuple[ErasureStates, torch.Tensor]:
+    def batch(self, step: int, rows: slice = slice(None)) -> tuple[ErasureStates, torch.Tensor]:
+        """The states and text of ``step``: ``rows`` of the batch, every draw made for the whole batch."""
         draws = Draws(self.settings.seed, 0xA11C, step)
         sizes = sorted(self.buckets)
         k = sizes[draws.integer(len(sizes))]
-        latents, timesteps, progress, text = [], [], [], []
+        chosen = []
         for _ in range(self.settings.preserve_batch):
             record, caption = self.entries[draws.choice(self.buckets[k])]
+            chosen.append((record, caption, draws.integer(record.states.shape[0])))
+        latents, timesteps, progress, text = [], [], [], []
+        for record, caption, i in chosen[rows]:
             n = record.states.shape[0]
-            i = draws.integer(n)
             x = record.states[i]
             latents.append(torch.cat((record.context.to(x.dtype), x), 2))
             timesteps.append(torch.tensor([[self.context_timestep] * k + [record.timesteps[i]] * x.shape[2]]
@@ -259,20 +270,22 @@ class AnchorPool:
 
 
 def build_anchor_pool(pipe, anchors: list[str], settings: EraseSettings, encode: Callable[[str], torch.Tensor],
-                      progress: bool = True) -> AnchorPool | None:
-    """Play ``anchor_rollouts`` streams of anchor captions (in turn) and keep every chunk's states."""
+                      progress: bool = True, procs: Processes = Processes()) -> AnchorPool | None:
+    """Play ``anchor_rollouts`` streams of anchor captions (in turn; split between ``procs``) and keep every
+    chunk's states."""
     if settings.anchor_rollouts < 1 or not anchors:
         return None
-    entries = []
-    for i in tqdm(range(settings.anchor_rollouts), desc="anchor rollouts", disable=not progress):
+    done = {}
+    for i in tqdm(procs.mine(settings.anchor_rollouts), desc="anchor rollouts", disable=not progress):
         caption = anchors[i % len(anchors)]
         seed = Draws(settings.seed, 0xA7C0, i).next64() >> 33
         rollout = Rollout(((caption, settings.anchor_chunks, "cut"),), seed, (caption,), tag="anchor")
         guidance = settings.anchor_guidance
         guidance = float(pipe.config.guidance_scale) if guidance is None else guidance
-        for record in play_rollout(pipe, rollout, cache=settings.cache, guidance_scale=guidance,
-                                   max_context=settings.max_context):
-            entries.append((record, caption))
+        done[i] = [(record, caption) for record in play_rollout(pipe, rollout, cache=settings.cache,
+                                                                 guidance_scale=guidance,
+                                                                 max_context=settings.max_context)]
+    entries = [entry for played in procs.gather(done, settings.anchor_rollouts) for entry in played]
     return AnchorPool(entries, encode, settings, float(pipe.config.context_timestep))
 
 
@@ -349,9 +362,11 @@ def _restore(tensors: dict[str, torch.Tensor], adapters: dict[str, LoraLinear], 
 # ---- one concept -------------------------------------------------------------------------------------------------
 def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Paraphrases, anchors: list[str],
                   settings: EraseSettings, out: Path, resume: bool = False, progress: bool = True,
-                  log: Callable[[str], None] = lambda _: None) -> dict:
+                  log: Callable[[str], None] = lambda _: None, procs: Processes = Processes()) -> dict:
     """Erase ``concept`` from ``pipe``'s transformer into a LoRA under ``out / concept.name`` (the pipeline's own
-    weights are not changed). Returns the run's summary (steps, losses, seconds, files)."""
+    weights are not changed). Returns the run's summary (steps, losses, seconds, files). ``procs``: a launched
+    run's processes, which share the rollouts and every step's batch and get one process's LoRA
+    (:mod:`.processes`); the main one writes."""
     folder = out / concept.name
     state_path = folder / STATE_FILE
     lora_path = folder / "pytorch_lora_weights.safetensors"
@@ -366,8 +381,13 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
             if saved[3].get(key) != meta[key]:
                 raise ValueError(f"{state_path}: was started with other {'settings' if key == 'fingerprint' else key}"
                                  " (use the same options and files: only --steps may change; or another --out)")
+    rows = procs.rows(settings.batch, "--batch")
+    preserve_rows = (procs.rows(settings.preserve_batch, "--preserve-batch") if settings.anchor_rollouts >= 1 and anchors
+                     else None)
+    procs.barrier()  # every process has read the state file before the main one writes it again
     start = time.perf_counter()
-    folder.mkdir(parents=True, exist_ok=True)
+    if procs.main:
+        folder.mkdir(parents=True, exist_ok=True)
     if saved is not None and saved[1] >= settings.steps and lora_path.exists():
         log(f"{concept.name}: done at step {saved[1]} ({state_path}); nothing to do")
         return {"concept": concept.as_dict(), "steps": saved[1], "resumed_from": saved[1], "losses": saved[2],
@@ -381,8 +401,8 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
         return cache[text]
 
     chunk = int(pipe.config.chunk_frames)
-    pool = build_pool(pipe, concept, others, paraphrases, anchors, settings, encode, progress)
-    anchor_pool = build_anchor_pool(pipe, anchors, settings, encode, progress)
+    pool = build_pool(pipe, concept, others, paraphrases, anchors, settings, encode, progress, procs)
+    anchor_pool = build_anchor_pool(pipe, anchors, settings, encode, progress, procs)
     frozen = ChunkCausalFlow(pipe.transformer, chunk)
     transformer = copy.deepcopy(pipe.transformer)
     model = ChunkCausalFlow(transformer, chunk)
@@ -419,26 +439,29 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
         _restore(saved[0], adapters, optimizer, state_path)
         first, losses = saved[1], list(saved[2])
         log(f"{concept.name}: resuming at step {first} of {settings.steps}")
-    else:
+    elif procs.main:
         save_state(state_path, adapters, optimizer, 0, [], meta)
 
     def on_step(step: int, loss: float) -> None:
         losses.append(loss)
-        if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps:
+        if procs.main and ((step + 1) % settings.save_every == 0 or step + 1 == settings.steps):
             save_state(state_path, adapters, optimizer, step + 1, losses, meta)
 
     def preserve(step: int) -> torch.Tensor:
-        states, text = anchor_pool.batch(step)
+        states, text = anchor_pool.batch(step, preserve_rows)
         return settings.preserve_weight * preservation_loss(model, frozen, states, text)
 
     preserve = preserve if anchor_pool is not None else None
     if first < settings.steps:
-        erase(model, frozen, lambda step: pool.batch(step), None,
-              EraseConfig(steps=settings.steps, lr=settings.lr, objective=objective), optimizer, progress,
-              start_step=first, on_step=on_step, desc=f"erase {concept.name}", extra_loss=preserve)
-    save_lora(LoraWeights.from_adapters(adapters), lora_path)
-    (folder / CONCEPT_FILE).write_text(json.dumps({**concept.as_dict(), "settings": asdict(settings),
-                                                   "steps": settings.steps}, indent=2) + "\n")
+        erase(model, frozen, lambda step: pool.batch(step, rows=rows), None,
+              EraseConfig(steps=settings.steps, lr=settings.lr, objective=objective), optimizer,
+              progress and procs.main, start_step=first, on_step=on_step, desc=f"erase {concept.name}",
+              extra_loss=preserve, average=procs.average)
+    if procs.main:
+        save_lora(LoraWeights.from_adapters(adapters), lora_path)
+        (folder / CONCEPT_FILE).write_text(json.dumps({**concept.as_dict(), "settings": asdict(settings),
+                                                       "steps": settings.steps}, indent=2) + "\n")
+    procs.barrier()  # the LoRA is on disk for every process
     return {"concept": concept.as_dict(), "steps": settings.steps, "resumed_from": first, "losses": losses,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "states": len(pool.entries), "masked_fraction": _masked_fraction(adapters),

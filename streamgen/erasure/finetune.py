@@ -47,16 +47,20 @@ def erase(model: Predictor, frozen: Predictor, states_sampler: StatesSampler, pr
           config: EraseConfig = EraseConfig(), optimizer: torch.optim.Optimizer | None = None,
           progress: bool = True, start_step: int = 0,
           on_step: Callable[[int, float], None] | None = None, desc: str = "erase",
-          extra_loss: Callable[[int], torch.Tensor] | None = None) -> list[float]:
+          extra_loss: Callable[[int], torch.Tensor] | None = None,
+          average: Callable[[list[torch.nn.Parameter], torch.Tensor], float] | None = None) -> list[float]:
     """Fine-tune ``model``'s trainable parameters so that ``prompts.concept`` is erased; returns the loss of each
     step. ``frozen`` is the original model (never updated), ``states_sampler(step)`` the states of each step
     (e.g. drawn from :func:`~streamgen.erasure.states.trajectory_states`). ``optimizer`` defaults to AdamW over the
     trainable parameters at ``config.lr``. ``start_step``: continue a resumed run from there (with its optimizer);
     ``on_step(step, loss)`` runs after each step (a driver's checkpoints); ``extra_loss(step)`` is added to the
-    step's loss (e.g. :func:`~streamgen.erasure.objective.preservation_loss` on anchor trajectories); the losses of
-    steps ``start_step`` on are returned."""
+    step's loss (e.g. :func:`~streamgen.erasure.objective.preservation_loss` on anchor trajectories);
+    ``average(params, loss)`` averages the gradients and the loss over a launched run's processes after the backward
+    pass (:meth:`~streamgen.erasure.processes.Processes.average`) and returns the loss; the losses of steps
+    ``start_step`` on are returned."""
+    params = trainable_parameters(model)
     if optimizer is None:
-        optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     losses = []
     bar = tqdm(range(start_step, config.steps), desc=desc, disable=not progress, initial=0)
     for step in bar:
@@ -67,8 +71,8 @@ def erase(model: Predictor, frozen: Predictor, states_sampler: StatesSampler, pr
             loss = loss + extra_loss(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        losses.append(float(loss.detach()) if average is None else average(params, loss.detach()))
         optimizer.step()
-        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
         if on_step is not None:
             on_step(step, losses[-1])

@@ -139,6 +139,7 @@ def cmd_erase(args) -> int:
     from ...erasure.concepts import load_anchors, load_paraphrases, parse_concept
     from ...erasure.driver import default_anchors, erase_concept
     from ...erasure.fusion import fuse_folders, read_concepts, save_fused
+    from ...erasure.processes import processes
     from ...pipeline import load_pipeline
     from ...resources import find_pipeline
 
@@ -158,8 +159,10 @@ def cmd_erase(args) -> int:
         paraphrases.check_covers(concept)
     settings = settings_from(args)
     anchors = load_anchors(args.anchors) or default_anchors(concepts, paraphrases, settings.anchors, settings.seed)
+    procs = processes(args.device)  # one, or a launched run's (torchrun / accelerate launch): they share training
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if procs.main:
+        out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(str(find_pipeline(args.pipeline)), args.device)
     if getattr(args, "threads", None) is None:
         from ...threads import use_default_threads
@@ -167,7 +170,8 @@ def cmd_erase(args) -> int:
         use_default_threads(pipe)
 
     def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        if procs.main:
+            print(message, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
     runs = {}
@@ -175,8 +179,12 @@ def cmd_erase(args) -> int:
     for concept in concepts if not args.loras else []:
         others = [c for c in concepts if c != concept]
         runs[concept.name] = erase_concept(pipe, concept, others, paraphrases, anchors, settings, out,
-                                           resume=args.resume, progress=not args.no_progress, log=log)
+                                           resume=args.resume, progress=not args.no_progress and procs.main,
+                                           log=log, procs=procs)
         log(f"{concept.name}: LoRA {runs[concept.name]['lora']}")
+    if not procs.main:  # the main process fuses, evaluates and writes the report; the others wait for it
+        procs.barrier()
+        return 0
     report = {"command": "erase", "pipeline": str(args.pipeline or "shapeworld-tiny"),
               "concepts": [c.as_dict() for c in concepts], "settings": asdict(settings),
               "paraphrases": paraphrases.as_dict(), "anchors": anchors,
@@ -215,6 +223,7 @@ def cmd_erase(args) -> int:
         before_after(pipe, [fused_folder] if fused_folder else folders, Path(args.gif), seed=args.seed)
         log(f"GIF pair: {Path(args.gif) / 'before.gif'}, {Path(args.gif) / 'after.gif'}")
     print(f"{'fused' if args.loras else 'erased'} {', '.join(c.name for c in concepts)}: {out / 'report.md'}")
+    procs.barrier()
     return 0
 
 
