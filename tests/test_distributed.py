@@ -72,7 +72,7 @@ def max_difference(a: dict, b: dict) -> float:
 def launched_config(folder: Path) -> Path:
     """The test config as the issue's user ran theirs: without ``device``, where no GPU is present (CI), so that
     the trainer itself must see that the processes meet on the CPU; with ``device: cpu`` elsewhere."""
-    from streamgen.train.distributed import accelerator_present
+    from streamgen.process_group import accelerator_present
 
     if accelerator_present():
         return CONFIG

@@ -9,7 +9,7 @@ one process gets:
 - saliency masks are computed by every rank from the same pool and draws (they are equal without communication);
 - the main process alone writes; the others wait for it.
 
-The process group is the one :mod:`streamgen.train.distributed` forms for training (accelerate's process state).
+The process group is the one training joins (:mod:`streamgen.process_group`: accelerate's process state).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Processes:
 
 def processes(device: str | None) -> Processes:
     """The launched run's processes (or one), joining the process group on first use."""
-    from ..train.distributed import process_state
+    from ..process_group import process_state
 
     state = process_state(device)
     return Processes(state.process_index, state.num_processes)

@@ -36,14 +36,14 @@ def cmd_train(args) -> int:
     if args.init and args.resume:
         raise SystemExit("--init and --resume exclude each other: --resume continues a checkpoint, --init starts anew")
     if isinstance(args.resume, str):  # a state file from elsewhere (another run, another machine)
-        from .distributed import process_state
+        from ..process_group import process_state
 
         state = process_state(config.device)  # a launched run's processes: the main one copies, the others wait
         if state.is_main_process:
             _seed_checkpoint(Path(args.resume), Path(config.output_dir))
         state.wait_for_everyone()
     out = train(config, resume=bool(args.resume), init=args.init)
-    from .distributed import process_state
+    from ..process_group import process_state
 
     if process_state(config.device).is_main_process:
         print(f"trained to step {config.max_steps}: {out} (pipeline: {out / 'pipeline'})")

@@ -14,39 +14,10 @@ What makes N processes train the same model as one (docs/distributed.md):
   average is the gradient of one process's loss over the whole batch.
 - The main process alone writes: log, evals, checkpoints, exports.
 
-Without a GPU, accelerate forms no process group unless told it runs on the CPU: :func:`use_cpu` says so whenever
-no accelerator is present, and the processes then meet over gloo.
+The process group itself: :mod:`streamgen.process_group`.
 """
 
 from __future__ import annotations
-
-from datetime import timedelta
-
-import torch
-
-# How long a process waits for the others at a collective: the main process evaluates and exports alone while the
-# others wait at a barrier (a full-size ShapeWorld eval takes minutes on a CPU; torch's default for NCCL is 10).
-PROCESS_GROUP_TIMEOUT = timedelta(hours=1)
-
-
-def accelerator_present() -> bool:
-    """Whether torch sees a GPU (or another accelerator accelerate can use)."""
-    accelerator = getattr(torch, "accelerator", None)
-    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
-
-
-def use_cpu(device: str | None) -> bool:
-    """accelerate's ``cpu`` flag for a config's ``device``: "cpu" forces it; so does a machine without an accelerator,
-    where accelerate would otherwise form no process group (every process would think itself the main one)."""
-    return device == "cpu" or not accelerator_present()
-
-
-def process_state(device: str | None):
-    """accelerate's process state (one per process, shared by every Accelerator built after it): the process group
-    of a launched run (gloo on CPUs, NCCL on GPUs), or a single process."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=use_cpu(device), timeout=PROCESS_GROUP_TIMEOUT)
 
 
 def rows(batch: int, rank: int, world: int) -> tuple[int, slice]:

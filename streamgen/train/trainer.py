@@ -43,7 +43,8 @@ from .config import TrainConfig
 from .data import CaptionEncoder, ClipSource
 from . import teacher_forcing
 from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, find_state, load_state, save_state
-from .distributed import process_state, rows, use_cpu
+from ..process_group import process_state, use_cpu
+from .distributed import rows
 from .positions import StreamPositions
 
 SIGMA_BINS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0001)
