@@ -50,8 +50,11 @@ class LatentHistory:
             self.latents[:, :, slot] = latents[:, :, i]
             self.frame_of_slot[slot] = first_frame + i
 
+    def holds(self, frame: int) -> bool:
+        return self.frame_of_slot[frame % self.capacity] == frame
+
     def get(self, frames: list[int]) -> torch.Tensor:
-        missing = [f for f in frames if self.frame_of_slot[f % self.capacity] != f]
+        missing = [f for f in frames if not self.holds(f)]
         if missing:
             raise KeyError(f"latent frames {missing} are no longer in the history (it keeps {self.capacity})")
         return self.latents[:, :, [f % self.capacity for f in frames]]
@@ -125,6 +128,10 @@ class StreamEngine:
         # On GPUs the time is only exact if every forward waits for its kernels, which costs overlap: benchmarks only.
         self.synchronize_timing = False
         self._first_pass = False  # the next forward is a chunk's first denoising pass
+        # While a chunk is denoised, the temporal RoPE positions it runs at: (attended key frames, their positions, the
+        # chunk's query positions), for whoever wraps the sampler (the erasure's rollout recorder); None between
+        # chunks, so it is never part of a stream's state.
+        self.chunk_positions: tuple[list[tuple[int, str]], torch.Tensor, torch.Tensor] | None = None
         for mechanism in self.context.mechanisms:
             mechanism.attach(self.context)
 
@@ -183,9 +190,12 @@ class StreamEngine:
         if self.prompt_kv is None:
             raise RuntimeError("set_prompt() must be called before generating")
         frames = list(range(self.frame, self.frame + noise.shape[2]))
-        rotary = self._begin(frames)
+        rotary = self._begin(frames, observed=True)
         self._first_pass = True
-        x0 = self.sampler.sample(lambda x, t: self._guided(x, t, rotary), noise, self.generator)
+        try:
+            x0 = self.sampler.sample(lambda x, t: self._guided(x, t, rotary), noise, self.generator)
+        finally:
+            self.chunk_positions = None
         self._forward(x0, self.sampler.context_timestep, rotary, observer=self._observe_query)
         self.history.push(self.frame, x0)
         self.context.frame += len(frames)
@@ -216,12 +226,15 @@ class StreamEngine:
             rotary = self._begin(run, in_place)
             self._forward(self.history.get(run), self.sampler.context_timestep, rotary)
 
-    def _begin(self, frames: list[int], in_place: bool = False) -> ChunkRotary:
+    def _begin(self, frames: list[int], in_place: bool = False, observed: bool = False) -> ChunkRotary:
         if in_place:
             self.cache.begin_rewrite(frames)
         else:
             self.cache.begin_chunk(frames)
-        key_pos, query_pos = self.context.positions(self.cache.attention_frames(), frames)
+        attended = self.cache.attention_frames()
+        key_pos, query_pos = self.context.positions(attended, frames)
+        if observed:
+            self.chunk_positions = (attended, key_pos, query_pos)
         return self.transformer.rotary(None if self.cache.keys_roped else key_pos, query_pos, *self.latent_hw)
 
     def _guided(self, x: torch.Tensor, t: float, rotary: ChunkRotary) -> torch.Tensor:

@@ -266,3 +266,22 @@ def test_the_ranks_shares_of_an_erasure_batch_are_the_whole_batch_in_rank_order(
     with pytest.raises(ValueError, match="--batch is 4: on 3 processes it must be a multiple of 3"):
         Processes(0, 3).rows(settings.batch, "--batch")
     assert [Processes(r, 2).mine(5) for r in range(2)] == [[0, 2, 4], [1, 3]]
+
+
+@pytest.mark.parametrize("cache, context, expected", [
+    ("longlive", 9, [0, 1, 2, *range(12, 21)]),  # the sink keeps its stream indices, far behind the window
+    ("block-relative", 9, list(range(12))),  # the window shifted to sit right after the pinned sink
+    ("self-forcing", 12, list(range(15))),  # a 21-frame window: the last max_context frames, contiguous
+])
+def test_recorded_states_carry_the_positions_the_stream_gave_its_context_and_chunk(pipe, cache, context, expected):
+    """The 7th chunk of a stream (frames 18-20): with a sink it attends to frames 0-2 and 12-17, whose clean latents
+    the engine's history no longer holds; the states keep them and reproduce the temporal RoPE positions of the
+    preset's policy (relative to the first), not 0..k+f-1 for every preset."""
+    rollout = Rollout((("a red circle drifting left over a blue backdrop", 7, "cut"),), 3,
+                      ("a red circle drifting left over a blue backdrop",), record_chunks=(3, 6))
+    early, record = play_rollout(pipe, rollout, cache=cache, max_context=12, num_inference_steps=2)
+    assert record.context_frames == context and record.start == 18
+    if cache != "self-forcing":  # frames 0-2: from the engine's history at chunk 3, from the recorder's own at 6
+        assert early.start == 9 and torch.equal(record.context[:, :, :3], early.context[:, :, :3])
+    assert record.positions.tolist() == expected
+    assert to_states([record]).positions.tolist() == expected

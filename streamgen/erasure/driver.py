@@ -41,7 +41,7 @@ from .lora import DEFAULT_TARGETS, LoraConfig, LoraLinear, LoraWeights, add_lora
 from .objective import ChunkCausalPredictor as ChunkCausalFlow
 from .objective import ErasurePrompts, ErasureStates, ObjectiveConfig, erasure_loss, preservation_loss
 from .processes import Processes
-from .rollout import ChunkRecord, Rollout, play_rollout
+from .rollout import ChunkRecord, Rollout, play_rollout, states_at
 from .saliency import SaliencyConfig, saliency_masks
 from .states import ANT_GUIDANCE_SCALE
 
@@ -134,9 +134,9 @@ class StatePool:
             raise ValueError("the rollouts recorded no chunk of the concept")
         self.entries, self.encode, self.anchors, self.settings = entries, encode, anchors, settings
         self.context_timestep = context_timestep
-        self.buckets: dict[int, list[int]] = {}
+        self.buckets: dict[tuple, list[int]] = {}  # one batch: one context length and one set of positions
         for i, entry in enumerate(entries):
-            self.buckets.setdefault(entry.record.context_frames, []).append(i)
+            self.buckets.setdefault((entry.record.context_frames, entry.record.position_key), []).append(i)
 
     @property
     def templates(self) -> list[int]:
@@ -160,20 +160,12 @@ class StatePool:
         chosen = [(entry, draws.integer(min(len(entry.record.states), int(self.settings.max_progress
                                                                           * len(entry.record.states)) + 1)))
                   for entry in chosen][rows]
-        latents, timesteps, progress, captions, neutrals = [], [], [], [], []
-        for entry, i in chosen:
-            record = entry.record
-            n = record.states.shape[0]
-            x = record.states[i]
-            latents.append(torch.cat((record.context.to(x.dtype), x), 2))
-            timesteps.append(torch.tensor([[self.context_timestep] * k + [record.timesteps[i]] * x.shape[2]]
-                                          * x.shape[0], dtype=torch.float32))
-            progress.append(torch.full((x.shape[0],), i / n, dtype=torch.float64))
-            captions += [entry.caption] * x.shape[0]
-            neutrals += [entry.neutral if self.settings.unconditional == "neutral" else ""] * x.shape[0]
-        frames = latents[0].shape[2]
-        states = ErasureStates(torch.cat(latents), torch.cat(timesteps), torch.cat(progress), context_frames=k,
-                               positions=torch.arange(frames))
+        states = states_at([(entry.record, i) for entry, i in chosen], self.context_timestep)
+        captions, neutrals = [], []
+        for entry, _ in chosen:
+            rows_of_entry = entry.record.states.shape[1]
+            captions += [entry.caption] * rows_of_entry
+            neutrals += [entry.neutral if self.settings.unconditional == "neutral" else ""] * rows_of_entry
         anchors = [draws.choice(self.anchors) for _ in range(self.settings.anchors_per_step)] if self.anchors else []
         like = self.encode(captions[0])
         prompts = ErasurePrompts(
@@ -242,9 +234,9 @@ class AnchorPool:
                  settings: EraseSettings, context_timestep: float):
         self.entries, self.encode, self.settings = entries, encode, settings
         self.context_timestep = context_timestep
-        self.buckets: dict[int, list[int]] = {}
+        self.buckets: dict[tuple, list[int]] = {}  # one batch: one context length and one set of positions
         for i, (record, _) in enumerate(entries):
-            self.buckets.setdefault(record.context_frames, []).append(i)
+            self.buckets.setdefault((record.context_frames, record.position_key), []).append(i)
 
     def batch(self, step: int, rows: slice = slice(None)) -> tuple[ErasureStates, torch.Tensor]:
         """The states and text of ``step``: ``rows`` of the batch, every draw made for the whole batch."""
@@ -255,18 +247,10 @@ class AnchorPool:
         for _ in range(self.settings.preserve_batch):
             record, caption = self.entries[draws.choice(self.buckets[k])]
             chosen.append((record, caption, draws.integer(record.states.shape[0])))
-        latents, timesteps, progress, text = [], [], [], []
-        for record, caption, i in chosen[rows]:
-            n = record.states.shape[0]
-            x = record.states[i]
-            latents.append(torch.cat((record.context.to(x.dtype), x), 2))
-            timesteps.append(torch.tensor([[self.context_timestep] * k + [record.timesteps[i]] * x.shape[2]]
-                                          * x.shape[0], dtype=torch.float32))
-            progress.append(torch.full((x.shape[0],), i / n, dtype=torch.float64))
-            text += [self.encode(caption)] * x.shape[0]
-        states = ErasureStates(torch.cat(latents), torch.cat(timesteps), torch.cat(progress), context_frames=k,
-                               positions=torch.arange(latents[0].shape[2]))
-        return states, torch.cat(text)
+        chosen = chosen[rows]
+        states = states_at([(record, i) for record, _, i in chosen], self.context_timestep)
+        return states, torch.cat([self.encode(caption).expand(record.states.shape[1], -1, -1)
+                                  for record, caption, _ in chosen])
 
 
 def build_anchor_pool(pipe, anchors: list[str], settings: EraseSettings, encode: Callable[[str], torch.Tensor],
