@@ -178,7 +178,10 @@ def test_truncated_file_still_readable(tmp_path):
 # The writing process: writes chunk after chunk forever, announcing ffmpeg's pid and every returned write().
 CHILD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # Ctrl-C raises KeyboardInterrupt, as in a program started from a terminal, even when pytest itself runs with
+    # SIGINT ignored (a background job of a script, nohup ... &), which this child would inherit and so never stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {repo!r})
     from tests.test_video_writer import CHUNK, make_frames
     from streamgen.video_io import Mp4StreamWriter
