@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from streamgen.bench.quality.cli import erasure_options
+from streamgen.bench.quality.erase_command import default_fuse
 from streamgen.bench.quality.erase_command import main as erase_main
 from streamgen.erasure.concepts import DEFAULT_PARAPHRASES, parse_concept
 from streamgen.erasure.fusion import (FusionConfig, closed_form_delta, closed_form_weight, fuse_closed_form,
@@ -284,6 +285,13 @@ def test_erase_fuses_given_loras_into_one_folder_by_the_closed_form(pipe, tmp_pa
     assert erase_main(["erase", "--pipeline", "tiny-random", "--loras", str(red), "--concept", "red", "--out",
                        str(out)]) == 2
     assert "not both" in capsys.readouterr().err
+    # Without --fuse: the closed form for cross-attention K/V LoRAs, the sum as soon as one adapts another layer.
+    blue = write_concept_lora(pipe, tmp_path / "blue", "background:blue", 16,
+                              targets=("blocks.*.attn1.to_q", "blocks.*.attn2.to_k"), masked=False)
+    assert default_fuse([red, white]) == "closed-form" and default_fuse([red, blue]) == "sum"
+    assert erase_main(["--threads", "1", "erase", "--pipeline", "tiny-random", "--loras", str(red), str(blue),
+                       "--out", str(out), "--eval", "none", "--no-progress"]) == 0
+    assert json.loads((out / "report.json").read_text())["fusion"]["method"] == "sum"
 
 
 def test_the_erasure_suite_fuses_comma_joined_loras_by_the_closed_form_and_takes_them_out(pipe, tmp_path):

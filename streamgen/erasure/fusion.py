@@ -359,6 +359,21 @@ def read_concepts(folder: str | Path) -> list[Concept]:
     return concepts
 
 
+def lora_modules(folder: str | Path) -> list[str]:
+    """The module names a LoRA file or folder adapts, from its safetensors header (no tensor is read)."""
+    from safetensors import safe_open
+
+    from ..weights import safetensors_problem
+    from .lora import DOWN, PREFIX
+
+    path = _weight_file(Path(folder))
+    problem = safetensors_problem(path) if path.is_file() else "no such LoRA file"
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    with safe_open(str(path), framework="pt") as f:
+        return sorted(k[len(PREFIX): -len(DOWN) - 1] for k in f.keys() if k.startswith(PREFIX) and k.endswith(DOWN))
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

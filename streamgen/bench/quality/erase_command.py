@@ -11,6 +11,7 @@ pipeline.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 import time
@@ -34,11 +35,12 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                         "color:blue); repeat for several (one LoRA each, fused for the report)")
     p.add_argument("--loras", nargs="+", metavar="DIR", help="instead of --concept: fuse these LoRA folders written "
                    "by 'streamgen erase' (one concept each) into OUT/<a>+<b>/ by --fuse, then the report")
-    p.add_argument("--fuse", choices=["sum", "closed-form"], default="sum",
-                   help="how several concepts' LoRAs are fused: their deltas added (default; the report loads them "
-                        "one after another) or MACE's closed-form refinement of the cross-attention K/V, written as "
-                        "one LoRA folder OUT/<a>+<b>/ (each concept's training captions keep their own LoRA's K/V, "
-                        "anchor captions the original's)")
+    p.add_argument("--fuse", choices=["sum", "closed-form"],
+                   help="how several concepts' LoRAs are fused: MACE's closed-form refinement of the cross-attention "
+                        "K/V, written as one LoRA folder OUT/<a>+<b>/ (each concept's training captions keep their own "
+                        "LoRA's K/V, anchor captions the original's; the default for cross-attention K/V LoRAs), or "
+                        "their deltas added (the default for LoRAs on other layers too: the report loads them one "
+                        "after another)")
     p.add_argument("--fuse-preserve", type=float, help="closed form: weight of the anchors against one concept "
                    "(default 1)")
     p.add_argument("--fuse-ridge", type=float, help="closed form: ridge toward the original weights, relative to the "
@@ -135,6 +137,18 @@ def fusion_config(args, seed: int):
     return FusionConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})
 
 
+def default_fuse(folders) -> str:
+    """``closed-form`` when every LoRA adapts only the cross-attention K/V (the projections of the text it refines),
+    else ``sum``."""
+    from ...erasure.driver import TARGET_SETS
+    from ...erasure.fusion import lora_modules
+
+    patterns = TARGET_SETS["cross-kv"]
+    modules = [m for folder in folders for m in lora_modules(folder)]
+    return "closed-form" if modules and all(any(fnmatch.fnmatchcase(m, p) for p in patterns) for m in modules) \
+        else "sum"
+
+
 def cmd_erase(args) -> int:
     from ...erasure.concepts import load_anchors, load_paraphrases, parse_concept
     from ...erasure.driver import default_anchors, erase_concept
@@ -190,22 +204,22 @@ def cmd_erase(args) -> int:
               "paraphrases": paraphrases.as_dict(), "anchors": anchors,
               "training": {k: {key: v[key] for key in v if key != "losses"} | {"losses_every_10": v["losses"][::10]}
                            for k, v in runs.items()},
-              "training_seconds": round(time.perf_counter() - start, 1), "fuse": args.fuse}
+              "training_seconds": round(time.perf_counter() - start, 1)}
+    fuse = args.fuse or default_fuse(folders)
+    report["fuse"] = fuse
     fused_folder = None
-    if len(concepts) > 1 and (args.fuse != "sum" or args.loras):
-        fused = fuse_folders(pipe, folders, args.fuse, paraphrases, fuse_config,
-                             anchors=load_anchors(args.anchors))
+    if len(concepts) > 1 and (fuse != "sum" or args.loras):
+        fused = fuse_folders(pipe, folders, fuse, paraphrases, fuse_config, anchors=load_anchors(args.anchors))
         fused_folder = save_fused(fused, out / fused.name)
         report["fusion"] = {"folder": str(fused_folder), **fused.record}
-        log(f"{fused.name}: fused LoRA ({args.fuse}) {fused_folder}")
+        log(f"{fused.name}: fused LoRA ({fuse}) {fused_folder}")
     if args.eval != "none":
         from .run import run_quality
 
         configs = [] if args.loras else [{"name": c.name, "loras": [str(out / c.name)], "concepts": [c.as_dict()]}
                                          for c in concepts]
         if len(concepts) > 1:
-            configs.append({"name": "+".join(c.name for c in concepts) + ("" if args.fuse == "sum" else
-                                                                          f" ({args.fuse})"),
+            configs.append({"name": "+".join(c.name for c in concepts) + ("" if fuse == "sum" else f" ({fuse})"),
                             "loras": [str(fused_folder)] if fused_folder else [str(f) for f in folders],
                             "concepts": [c.as_dict() for c in concepts]})
         eval_start = time.perf_counter()
