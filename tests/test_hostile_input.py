@@ -286,6 +286,17 @@ def test_the_demo_refuses_a_long_prompt_and_shows_prompts_shortened(pipe):
         session.close()
 
 
+def test_a_refused_demo_request_is_one_escaped_popup_and_one_log_line_not_a_traceback(capsys):
+    """A user who sends a refused prompt every second must not fill the server's log with gradio tracebacks (100 KB
+    a minute in the soak), and what the popup shows (rendered as HTML by gradio) is the message, escaped."""
+    app = pytest.importorskip("streamgen.demo.app")
+    error = app._refused(ValueError("preset '<img src=x onerror=alert(1)>' is unknown"))
+    assert error.print_exception is False
+    assert "<img" not in error.message and "&lt;img src=x" in error.message
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("demo: refused: preset '<img")
+
+
 def test_a_prompt_being_encoded_for_one_stream_holds_up_no_other_stream(pipe, monkeypatch):
     """One demo session's new prompt (here: its encoding never ends) does not stop another session's stream from
     generating, nor from switching to a prompt of its own."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import ipaddress
 import os
+import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a local demo
 
@@ -78,6 +79,15 @@ def _latency_frame(session: DemoSession | None) -> pd.DataFrame:
     return pd.DataFrame(data, columns=PLOT_COLUMNS)
 
 
+def _refused(err: Exception | str) -> gr.Error:
+    """A user's request the demo refuses (a too-long prompt, a full server, a bad session file) as gradio's error
+    popup: its text escaped (gradio renders it as HTML), and one line in the server's log instead of gradio's
+    traceback per refusal (a user sending a refused prompt every second wrote ~100 KB of tracebacks a minute)."""
+    message = str(err)
+    print(f"demo: refused: {shorten(message, 300)}", file=sys.stderr, flush=True)
+    return gr.Error(html.escape(message), print_exception=False)
+
+
 def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | None = None, queue_size: int = 16):
     """The Blocks app and its session registry. ``concurrency`` streams generate at once (default: one worker per
     session, ``limits.max_sessions``, so a session never waits for another's run to end; the rest wait in a queue of
@@ -98,7 +108,7 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
                     plot, last_plot_chunk = _latency_frame(session), update.chunk_index
                 yield _frame_html(uri, update.chunk_index, update.frame_index), _stats_html(session), plot
         except ValueError as err:
-            raise gr.Error(str(err)) from None
+            raise _refused(err) from None
         yield gr.skip(), _stats_html(session), _latency_frame(session)
 
     def start(prompt, preset, seed, request: gr.Request):
@@ -106,13 +116,13 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
             session = registry.get_or_create(request.session_hash)
             session.start(prompt, preset, int(seed or 0))
         except (SessionsFull, ValueError) as err:
-            raise gr.Error(str(err)) from None
+            raise _refused(err) from None
         yield from play(session)
 
     def resume(request: gr.Request):
         session = registry.get(request.session_hash)
         if session is None or session.stream is None:
-            raise gr.Error("no stream to resume: press Start")
+            raise _refused("no stream to resume: press Start")
         yield from play(session)
 
     def stop(request: gr.Request):
@@ -129,7 +139,7 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
                 raise ValueError("no stream yet: press Start first")
             session.switch(prompt, mode)
         except (ValueError, RuntimeError) as err:  # a bad prompt, or a stream that has ended
-            raise gr.Error(str(err)) from None
+            raise _refused(err) from None
         return _stats_html(session)
 
     def save(request: gr.Request):
@@ -147,7 +157,7 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
                 raise ValueError("no stream yet: press Start first")
             return str(session.save_session())
         except ValueError as err:
-            raise gr.Error(str(err)) from None
+            raise _refused(err) from None
 
     def restore_session(file, request: gr.Request):
         if file is None:
@@ -156,7 +166,7 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
             session = registry.get_or_create(request.session_hash)
             session.restore_session(file)
         except (SessionsFull, ValueError, OSError) as err:
-            raise gr.Error(str(err)) from None
+            raise _refused(err) from None
         return _stats_html(session)
 
     def unload(request: gr.Request):
