@@ -24,6 +24,7 @@ import socket
 import string
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -138,12 +139,14 @@ class OverHttp:
                    "--max-stream-frames", str(10**7), "--idle-timeout", str(args.idle_timeout)]
         if args.pipeline:
             command += ["--pipeline", args.pipeline]
-        self.server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The server's log goes to a file: a pipe nobody reads would fill and block the server mid-soak.
+        self.log = tempfile.TemporaryFile()
+        self.server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log)
         self.process = psutil.Process(self.server.pid)
         deadline = time.monotonic() + 300
         while True:
             if self.server.poll() is not None:
-                raise RuntimeError(f"the demo server exited: {self.server.stderr.read()[-2000:]}")
+                raise RuntimeError(f"the demo server exited: {self.server_log()[-2000:]}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
@@ -162,6 +165,10 @@ class OverHttp:
     @property
     def chunk_s(self) -> float:
         return self._chunk_s
+
+    def server_log(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def client(self):
         return self.Client(self.url, verbose=False)
@@ -218,6 +225,9 @@ class OverHttp:
     def close(self) -> None:
         self.server.terminate()
         self.server.wait(timeout=60)
+        log = self.server_log()
+        self.log_tail = log[-1000:]  # what the server said (tracebacks would show here)
+        self.log_bytes = len(log)
 
 
 # ---- the soak -----------------------------------------------------------------------------------------------------
@@ -279,6 +289,8 @@ def main() -> int:
         "memory_loaded": loaded, "memory_before": before, "rss_peak": peak, "memory_after": after,
         "rss_after_vs_before": after["rss"] / before["rss"] - 1,
     }
+    if args.http:
+        report.update(server_log_bytes=driver.log_bytes, server_log_tail=driver.log_tail)
     print(json.dumps(report, indent=1))
     return 0
 
