@@ -50,6 +50,14 @@ def torchrun(audit: Path, *argv: str, processes: int = 2) -> subprocess.Complete
     return result
 
 
+def one_process(*argv: str) -> subprocess.CompletedProcess:
+    """``streamgen --threads 1 ARGV`` in one plain process, which must succeed."""
+    result = subprocess.run([sys.executable, "-m", "streamgen.cli", "--threads", "1", *argv], capture_output=True,
+                            text=True, timeout=LAUNCH_TIMEOUT_S, env=one_thread_env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def writes(audit: Path, out: Path) -> dict[int, list[str]]:
     """What each rank wrote under ``out`` (paths relative to it), from the workers' audit files."""
     found = {}
@@ -239,10 +247,7 @@ def test_bench_quality_on_two_cpu_processes_merges_to_what_one_process_scores(tm
     equals one process's but for timing."""
     bench = ["bench", "quality", "--compare", "rolling,self-forcing", "--suites", "single,switch", "--quick",
              "--pipeline", "tiny-random"]
-    one = subprocess.run([sys.executable, "-m", "streamgen.cli", "--threads", "1", *bench, "--json",
-                          str(tmp_path / "one.json")], capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
-                         env=one_thread_env(), cwd=REPO)
-    assert one.returncode == 0, one.stderr[-3000:]
+    one = one_process(*bench, "--json", str(tmp_path / "one.json"))
     audit, out = tmp_path / "audit", tmp_path / "two"
     two = torchrun(audit, *bench, "--json", str(out / "two.json"))
     assert two.stdout == one.stdout  # the same table, printed once
@@ -266,10 +271,7 @@ def test_erase_on_two_cpu_processes_gives_the_one_process_lora_and_only_the_main
              "--rollouts", "1", "--chunks", "1", "--switch-after", "1", "--long-chunks", "2",
              "--saliency-iterations", "1", "--no-progress", "--lr", "1e-2", "--anchor-rollouts", "2",
              "--max-progress", "0.5"]
-    one = subprocess.run([sys.executable, "-m", "streamgen.cli", "--threads", "1", *erase, "--out",
-                          str(tmp_path / "one")], capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
-                         env=one_thread_env(), cwd=REPO)
-    assert one.returncode == 0, one.stderr[-3000:]
+    one_process(*erase, "--out", str(tmp_path / "one"))
     audit, two = tmp_path / "audit", tmp_path / "two"
     torchrun(audit, *erase, "--out", str(two))
     lora = "color-red/pytorch_lora_weights.safetensors"
