@@ -45,6 +45,7 @@ from .lora import LORA_WEIGHT_NAME, LoraWeights, load_lora, save_lora, target_li
 FUSE_METHODS = ("sum", "closed-form")
 TOKENS = ("all", "prompt")
 CONCEPT_FILE = "concept.json"
+SINGULAR = 1e-12  # smallest eigenvalue of the solve's Gram relative to its largest
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,12 @@ def closed_form_delta(grams: Sequence[torch.Tensor], deltas: Sequence[torch.Tens
     if not (math.isfinite(ridge) and ridge >= 0):
         raise ValueError(f"closed form: ridge must be a finite number >= 0, got {ridge}")
     gram = gram + ridge * torch.eye(d, dtype=torch.float64, device=gram.device)
+    eigenvalues = torch.linalg.eigvalsh(gram)  # symmetric, positive semi-definite
+    if not float(eigenvalues[0]) > SINGULAR * float(eigenvalues[-1]):
+        raise ValueError("closed form: the Gram of the prompts' inputs is singular (they do not span the input "
+                         "space); give a ridge > 0")
     # D M = R with M symmetric: M D^T = R^T.
-    try:
-        return torch.linalg.solve(gram, rhs.T).T
-    except RuntimeError:
-        raise ValueError("closed form: the Gram of the prompts' inputs is singular; give a ridge > 0") from None
+    return torch.linalg.solve(gram, rhs.T).T
 
 
 def closed_form_weight(w0: torch.Tensor, concept_inputs: Sequence[torch.Tensor],
