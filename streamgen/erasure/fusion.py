@@ -283,11 +283,10 @@ def fuse_sum(loras: Sequence[tuple[Concept, LoraWeights]], rank: int | None = No
                                                       "svd_residual_max": max(residual.values())})
 
 
-def _relative(delta: torch.Tensor, target: torch.Tensor, gram: torch.Tensor) -> float:
-    """||(delta - target) E|| / ||target E|| from the Gram E E^T."""
-    diff = delta - target
-    num = float(torch.einsum("oi,ij,oj->", diff, gram, diff).clamp_min(0)) ** 0.5
-    den = float(torch.einsum("oi,ij,oj->", target, gram, target).clamp_min(0)) ** 0.5
+def _ratio(a: torch.Tensor, b: torch.Tensor, gram: torch.Tensor) -> float:
+    """||a E|| / ||b E|| from the Gram E E^T."""
+    num = float(torch.einsum("oi,ij,oj->", a, gram, a).clamp_min(0)) ** 0.5
+    den = float(torch.einsum("oi,ij,oj->", b, gram, b).clamp_min(0)) ** 0.5
     return num / den if den > 0 else (0.0 if num == 0 else math.inf)
 
 
@@ -325,23 +324,17 @@ def fuse_closed_form(pipe, loras: Sequence[tuple[Concept, LoraWeights]],
         summed = sum(ds[: len(loras)])
         fit[module] = {}
         for (c, _), d, g in zip(loras, ds, gs):
-            fit[module][f"{c.name}: own delta, relative error"] = round(_relative(delta, d, g), 5)
-            fit[module][f"{c.name}: summed deltas, relative error"] = round(_relative(summed, d, g), 5)
+            fit[module][f"{c.name}: own delta, relative error"] = round(_ratio(delta - d, d, g), 5)
+            fit[module][f"{c.name}: summed deltas, relative error"] = round(_ratio(summed - d, d, g), 5)
         if anchors:
-            fit[module]["anchors: change / original"] = round(_anchor_change(delta, w0, gs[-1]), 5)
-            fit[module]["anchors: summed change / original"] = round(_anchor_change(summed, w0, gs[-1]), 5)
+            # ||D E_p|| / ||W0 E_p||: how far the anchors' K/V move (the bias is the same before and after)
+            fit[module]["anchors: change / original"] = round(_ratio(delta, w0, gs[-1]), 5)
+            fit[module]["anchors: summed change / original"] = round(_ratio(summed, w0, gs[-1]), 5)
     weights, residual = _factor(deltas, config.rank)
     record = {"method": "closed-form", "config": asdict(config), "rank": weights.rank,
               "svd_residual_max": max(residual.values()), "paraphrases": paraphrases.as_dict(),
               "prompts": {name: len(texts) for name, texts in groups}, "fit": fit}
     return FusedLora(weights, concepts, record)
-
-
-def _anchor_change(delta: torch.Tensor, w0: torch.Tensor, gram: torch.Tensor) -> float:
-    """||D E_p|| / ||W0 E_p|| (the bias left out: it is the same before and after)."""
-    num = float(torch.einsum("oi,ij,oj->", delta, gram, delta).clamp_min(0)) ** 0.5
-    den = float(torch.einsum("oi,ij,oj->", w0, gram, w0).clamp_min(0)) ** 0.5
-    return num / den if den > 0 else (0.0 if num == 0 else math.inf)
 
 
 # ---- folders -----------------------------------------------------------------------------------------------------
