@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from ..world.scenes import Draws
 from .concepts import Concept, Paraphrases, attributes_with, concept_caption
 from .finetune import EraseConfig, erase
-from .lora import DEFAULT_TARGETS, LoraConfig, LoraLinear, LoraWeights, add_lora, save_lora, target_weights
+from .lora import (CONCEPT_FILE, DEFAULT_TARGETS, LORA_WEIGHT_NAME, LoraConfig, LoraLinear, LoraWeights, add_lora,
+                   save_lora, target_weights)
 from .objective import ChunkCausalPredictor as ChunkCausalFlow
 from .objective import ErasurePrompts, ErasureStates, ObjectiveConfig, erasure_loss, preservation_loss
 from .processes import Processes
@@ -46,7 +47,6 @@ from .saliency import SaliencyConfig, saliency_masks
 from .states import ANT_GUIDANCE_SCALE
 
 STATE_FILE = "state.safetensors"
-CONCEPT_FILE = "concept.json"
 UNCONDITIONAL = ("neutral", "empty")
 # Which Linear layers a concept's LoRA adapts: every attention and feed-forward one, the cross-attention, or only the
 # cross-attention's key / value projections of the text (what MACE and UCE edit; a change there acts through the
@@ -156,10 +156,12 @@ class StatePool:
             if pick < len(buckets[k]):
                 break
             pick -= len(buckets[k])
-        chosen = [self.entries[draws.choice(buckets[k])] for _ in range(self.settings.batch)]
-        chosen = [(entry, draws.integer(min(len(entry.record.states), int(self.settings.max_progress
-                                                                          * len(entry.record.states)) + 1)))
-                  for entry in chosen][rows]
+        entries = [self.entries[draws.choice(buckets[k])] for _ in range(self.settings.batch)]
+        chosen = []
+        for entry in entries:  # each entry's sampler step, drawn for the whole batch before its rows are kept
+            n = len(entry.record.states)
+            chosen.append((entry, draws.integer(min(n, int(self.settings.max_progress * n) + 1))))
+        chosen = chosen[rows]
         states = states_at([(entry.record, i) for entry, i in chosen], self.context_timestep)
         captions, neutrals = [], []
         for entry, _ in chosen:
@@ -253,11 +255,16 @@ class AnchorPool:
                                   for record, caption, _ in chosen])
 
 
+def plays_anchor_rollouts(settings: EraseSettings, anchors: list[str]) -> bool:
+    """Whether the anchors are preserved along their own rollouts too (:func:`build_anchor_pool`)."""
+    return settings.anchor_rollouts >= 1 and bool(anchors)
+
+
 def build_anchor_pool(pipe, anchors: list[str], settings: EraseSettings, encode: Callable[[str], torch.Tensor],
                       progress: bool = True, procs: Processes = Processes()) -> AnchorPool | None:
     """Play ``anchor_rollouts`` streams of anchor captions (in turn; split between ``procs``) and keep every
     chunk's states."""
-    if settings.anchor_rollouts < 1 or not anchors:
+    if not plays_anchor_rollouts(settings, anchors):
         return None
     done = {}
     for i in tqdm(procs.mine(settings.anchor_rollouts), desc="anchor rollouts", disable=not progress):
@@ -353,7 +360,7 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
     (:mod:`.processes`); the main one writes."""
     folder = out / concept.name
     state_path = folder / STATE_FILE
-    lora_path = folder / "pytorch_lora_weights.safetensors"
+    lora_path = folder / LORA_WEIGHT_NAME
     meta = {"concept": concept.as_dict(), "settings": asdict(settings), "fingerprint": settings.fingerprint(),
             "paraphrases": paraphrases.as_dict(), "anchors": anchors}
     saved = None
@@ -366,7 +373,7 @@ def erase_concept(pipe, concept: Concept, others: list[Concept], paraphrases: Pa
                 raise ValueError(f"{state_path}: was started with other {'settings' if key == 'fingerprint' else key}"
                                  " (use the same options and files: only --steps may change; or another --out)")
     rows = procs.rows(settings.batch, "--batch")
-    preserve_rows = (procs.rows(settings.preserve_batch, "--preserve-batch") if settings.anchor_rollouts >= 1 and anchors
+    preserve_rows = (procs.rows(settings.preserve_batch, "--preserve-batch") if plays_anchor_rollouts(settings, anchors)
                      else None)
     procs.barrier()  # every process has read the state file before the main one writes it again
     start = time.perf_counter()

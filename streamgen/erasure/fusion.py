@@ -40,11 +40,10 @@ from typing import Mapping, Sequence
 import torch
 
 from .concepts import DEFAULT_PARAPHRASES, Concept, Paraphrases, attributes_with, concept_caption
-from .lora import LORA_WEIGHT_NAME, LoraWeights, load_lora, save_lora, target_linears
+from .lora import CONCEPT_FILE, LORA_WEIGHT_NAME, LoraWeights, load_lora, save_lora, target_linears
 
 FUSE_METHODS = ("sum", "closed-form")
 TOKENS = ("all", "prompt")
-CONCEPT_FILE = "concept.json"
 SINGULAR = 1e-12  # smallest eigenvalue of the solve's Gram relative to its largest
 
 

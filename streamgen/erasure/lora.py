@@ -38,6 +38,7 @@ from ..weights import MAX_ABS_WEIGHT, safetensors_problem
 PREFIX = "transformer."
 DOWN, UP, MASK = "lora_A.weight", "lora_B.weight", "lora_mask"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' file name inside a LoRA folder
+CONCEPT_FILE = "concept.json"  # beside it in a folder written by `streamgen erase`: the concept(s) it erases
 METADATA_KEY = "lora_adapter_metadata"
 # Every Linear of Wan's self-attention, cross-attention and feed-forward, in diffusers' module names.
 DEFAULT_TARGETS = (
