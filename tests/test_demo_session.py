@@ -6,6 +6,7 @@ import argparse
 import base64
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,15 +77,14 @@ def test_cli_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     assert 'pip install -e ".[demo]"' in err and INSTALL_HINT in err
 
 
-def test_frame_data_uri_upscales_with_nearest_neighbour():
+def test_frame_data_uri_holds_the_frame_exactly_at_its_own_size():
     import cv2
 
-    frame = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    uri = frame_data_uri(frame, display_size=256)
+    frame = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    uri = frame_data_uri(frame)
     assert uri.startswith("data:image/png;base64,")
     png = np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), dtype=np.uint8)
-    shown = cv2.imdecode(png, cv2.IMREAD_COLOR)[..., ::-1]
-    np.testing.assert_array_equal(shown, frame.repeat(8, axis=0).repeat(8, axis=1))
+    np.testing.assert_array_equal(cv2.imdecode(png, cv2.IMREAD_COLOR)[..., ::-1], frame)  # the page scales it up
 
 
 def test_mp4_prefix_cuts_a_file_being_written_after_a_whole_fragment(tmp_path):
@@ -116,6 +116,27 @@ def test_session_streams_exactly_what_pipe_stream_gives(pipe):
     registry.close_all()
 
 
+def test_sessions_share_one_pool_of_generation_workers(pipe):
+    registry = SessionRegistry(pipe, DemoLimits(generation_workers=1, **FAST))
+    a, b = registry.get_or_create("a"), registry.get_or_create("b")
+    assert a.workers is b.workers is registry.workers and registry.workers._max_workers == 1
+    a.start("a red circle", "rolling", 0)
+    b.start("a blue square", "rolling", 0)
+    runs = [a.run(), b.run()]
+    shown = [[], []]
+    for _ in range(6):  # the two runs interleaved, their chunks made in turn by the one worker
+        for run, frames in zip(runs, shown):
+            frames.append(next(run).frame)
+    for run in runs:
+        run.close()
+    for prompt, frames in zip(("a red circle", "a blue square"), shown):
+        reference = pipe.stream(prompt, cache="rolling", generator=torch.Generator().manual_seed(0))
+        np.testing.assert_array_equal(np.stack(frames), np.concatenate([next(reference).frames[0] for _ in range(2)]))
+    registry.close_all()
+    with pytest.raises(ValueError, match="generation_workers must be at least 1"):
+        SessionRegistry(pipe, DemoLimits(generation_workers=0))
+
+
 def test_run_cap_resume_switch_stop_snapshot_and_close(pipe):
     registry = SessionRegistry(pipe, DemoLimits(max_frames_per_run=9, **FAST))
     session = registry.get_or_create("a")
@@ -131,6 +152,8 @@ def test_run_cap_resume_switch_stop_snapshot_and_close(pipe):
 
     for i, _ in enumerate(session.run()):
         if i == 1:
+            while session.stats.chunks < 8:  # chunk 7, asked for when chunk 6 began to play, is generated
+                time.sleep(0.01)
             session.stop()
     # Stopped after 2 frames of chunk 6; chunk 7 was generated ahead meanwhile: both wait for the next run.
     assert session.stats.state == "stopped" and session.stats.chunks == 8

@@ -38,6 +38,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                    help="streams generating at once (default: --max-sessions, a worker per session, so that no "
                         "session waits for another's run to end; on a CPU each uses one torch thread unless "
                         "'streamgen --threads N demo' says otherwise)")
+    p.add_argument("--generation-workers", type=int,
+                   help="chunks generated at once, across all sessions, first come first served (default: the "
+                        "physical cores: on a CPU, more only slow every session down)")
     p.add_argument("--queue-size", type=int, default=16, help="events waiting for a worker, at most (default 16)")
     p.add_argument("--max-sessions", type=int, default=8, help="browser sessions holding a stream (default 8)")
     p.add_argument("--max-frames-per-run", type=int, default=960,
@@ -109,7 +112,7 @@ def cmd_demo(args) -> int:
         use_default_threads(pipe)
     limits = DemoLimits(
         max_frames_per_run=args.max_frames_per_run, max_stream_frames=args.max_stream_frames,
-        max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
+        max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout, generation_workers=args.generation_workers,
     )
     demo, registry = build_demo(pipe, limits, concurrency=args.concurrency, queue_size=args.queue_size)
 

@@ -9,6 +9,7 @@ idle sessions are reaped.
 
 from __future__ import annotations
 
+import gc
 import html
 import ipaddress
 import os
@@ -17,7 +18,6 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a local demo
 
 import gradio as gr  # noqa: E402
-import pandas as pd  # noqa: E402  (a gradio dependency; gr.LinePlot takes a DataFrame)
 
 from ..cache.presets import available_presets  # noqa: E402
 from ..prompts import shorten  # noqa: E402
@@ -35,8 +35,9 @@ CSS = """
 #sg-stats table {width: 100%; font-size: 13px; border-collapse: collapse;}
 #sg-stats th {text-align: left; font-weight: 600; padding: 2px 8px 2px 0; white-space: nowrap;}
 #sg-stats td {padding: 2px 0; font-variant-numeric: tabular-nums; word-break: break-word;}
+#sg-plot svg {width: 100%; height: auto; background: #fafafa; border-radius: 6px; font: 11px sans-serif;}
 """
-PLOT_COLUMNS = ["chunk", "latency_ms"]
+PLOT_CHUNKS = 120  # the latency chart shows this many recent chunks
 
 
 def _placeholder(text: str = "press Start to stream") -> str:
@@ -72,11 +73,29 @@ def _stats_html(session: DemoSession | None) -> str:
     return f"<table>{body}</table>"
 
 
-def _latency_frame(session: DemoSession | None) -> pd.DataFrame:
-    if session is None or not session.stats.latencies_ms:
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in PLOT_COLUMNS})
-    data = list(session.stats.latencies_ms)
-    return pd.DataFrame(data, columns=PLOT_COLUMNS)
+def _latency_svg(session: DemoSession | None) -> str:
+    """The recent chunks' generation latency as an inline SVG line, with the real-time budget (one chunk's playing
+    time) dashed: above it, a stream falls behind. A string, so that it costs nothing to send again unchanged."""
+    width, height, pad = 480, 200, 28
+    points = list(session.stats.latencies_ms)[-PLOT_CHUNKS:] if session is not None else []
+    budget = session.pipe.config.chunk_frames / session.pipe.config.fps * 1000.0 if session is not None else 0.0
+    top = max([budget, *(ms for _, ms in points)], default=1.0) * 1.1 or 1.0
+
+    def y(ms: float) -> float:
+        return height - pad - (height - 2 * pad) * ms / top
+
+    parts = [f'<text x="{pad}" y="16">per-chunk latency, ms (max {top / 1.1:.0f})</text>']
+    if budget:
+        parts.append(f'<line x1="{pad}" x2="{width - 4}" y1="{y(budget):.1f}" y2="{y(budget):.1f}" stroke="#c33" '
+                     f'stroke-dasharray="4 3"/><text x="{width - 4}" y="{y(budget) - 4:.1f}" text-anchor="end" '
+                     f'fill="#c33">real time: {budget:.0f} ms</text>')
+    if points:
+        step = (width - pad - 4) / max(len(points) - 1, 1)
+        line = " ".join(f"{pad + i * step:.1f},{y(ms):.1f}" for i, (_, ms) in enumerate(points))
+        parts.append(f'<polyline points="{line}" fill="none" stroke="#2a6fdb" stroke-width="1.5"/>'
+                     f'<text x="{pad}" y="{height - 8}">chunk {points[0][0]}</text>'
+                     f'<text x="{width - 4}" y="{height - 8}" text-anchor="end">chunk {points[-1][0]}</text>')
+    return f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="per-chunk latency">{"".join(parts)}</svg>'
 
 
 def _refused(err: Exception | str) -> gr.Error:
@@ -99,17 +118,19 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
     default_preset = pipe.config.default_cache if pipe.config.default_cache in presets else presets[0]
 
     def play(session: DemoSession):
-        last_plot_chunk = -1
+        # Every frame's update sends all three outputs as strings. The stats and the chart change once per chunk and
+        # are sent again unchanged in between (gradio sends an unchanged output as an empty diff). Not gr.skip(): for
+        # every skip gradio builds a new component into the session's state, and it kept ~2 of them per chunk.
+        chunk, frame, stats, plot = None, None, _stats_html(session), _latency_svg(session)
         try:
             for update in session.run():
-                uri = frame_data_uri(update.frame, limits.display_size)
-                plot = gr.skip()
-                if update.chunk_done and update.chunk_index != last_plot_chunk:
-                    plot, last_plot_chunk = _latency_frame(session), update.chunk_index
-                yield _frame_html(uri, update.chunk_index, update.frame_index), _stats_html(session), plot
+                if update.chunk_index != chunk:
+                    chunk, stats, plot = update.chunk_index, _stats_html(session), _latency_svg(session)
+                frame = _frame_html(frame_data_uri(update.frame), update.chunk_index, update.frame_index)
+                yield frame, stats, plot
         except ValueError as err:
             raise _refused(err) from None
-        yield gr.skip(), _stats_html(session), _latency_frame(session)
+        yield gr.skip() if frame is None else frame, _stats_html(session), _latency_svg(session)
 
     def start(prompt, preset, seed, request: gr.Request):
         try:
@@ -186,10 +207,7 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
         with gr.Row():
             with gr.Column(scale=3):
                 frame = gr.HTML(_placeholder(), elem_id="sg-frame-box", js_on_load=None)
-                plot = gr.LinePlot(
-                    _latency_frame(None), x="chunk", y="latency_ms", title="per-chunk latency",
-                    x_title="chunk", y_title="ms", height=220, elem_id="sg-plot",
-                )
+                plot = gr.HTML(_latency_svg(None), elem_id="sg-plot", js_on_load=None)
             with gr.Column(scale=2):
                 prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", lines=2, elem_id="sg-prompt",
                                     max_length=pipe.config.max_prompt_chars)
@@ -214,11 +232,13 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
         outputs = [frame, stats, plot]
         # Start while streaming restarts: a quick, unqueued stop frees this session's worker first (a click on a
         # button whose generator is still running would otherwise be dropped, trigger_mode "once").
+        # postprocess=False: every output is a finished HTML string, and gradio would otherwise hand each of a frame's
+        # 3 outputs to a worker thread of its own to pass it through unchanged.
         start_btn.click(stop, None, stats, queue=False, show_progress="hidden", trigger_mode="multiple").then(
             start, [prompt, preset, seed], outputs, concurrency_id="stream", show_progress="hidden",
-            trigger_mode="multiple",
+            trigger_mode="multiple", postprocess=False,
         )
-        resume_btn.click(resume, None, outputs, concurrency_id="stream", show_progress="hidden")
+        resume_btn.click(resume, None, outputs, concurrency_id="stream", show_progress="hidden", postprocess=False)
         stop_btn.click(stop, None, stats, queue=False, show_progress="hidden")
         switch_btn.click(switch, [prompt, mode], stats, queue=False, show_progress="hidden")
         save_btn.click(save, None, mp4, queue=False)
@@ -244,8 +264,22 @@ def launch_demo(demo, host: str = "127.0.0.1", port: int = 7860, *, block: bool 
     """Serve ``demo`` on ``host:port`` (never shared through a tunnel). ``block=False`` returns once it serves."""
     if not is_loopback(host):
         print(f"warning: serving the demo on {host}: anyone who can reach this address can use it", flush=True)
-    return demo.launch(
-        server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=quiet,
+    served = demo.launch(
+        server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=quiet,
         show_error=True, theme=getattr(demo, "streamgen_theme", None), css=CSS, footer_links=[], ssr_mode=False,
         enable_monitoring=False, mcp_server=False, pwa=False,
     )
+    if block:  # this call serves until Ctrl-C: it owns the process (an embedding caller's garbage collector is theirs)
+        freeze_startup_objects()
+        demo.block_thread()
+    return served
+
+
+def freeze_startup_objects() -> None:
+    """Exempt everything alive now (torch, gradio, the model, the app) from Python's cyclic garbage collector.
+
+    A full collection scans every tracked object while holding the GIL, so it stops every session's stream at once:
+    in the served demo it came every ~37 s and took 430-520 ms (2.3-2.8 chunk times), the worst frame gaps of 4
+    sessions over HTTP. Objects made while serving are still collected as before."""
+    gc.collect()
+    gc.freeze()
