@@ -275,3 +275,23 @@ def test_restore_refuses_large_foreign_or_broken_files_in_one_line(pipe, tmp_pat
         session.restore_session(junk)
     assert session.stream is None
     registry.close_all()
+
+
+def test_latency_chart_draws_every_recent_chunk_against_the_real_time_budget(pipe):
+    pytest.importorskip("gradio", reason="the demo extra is not installed (pip install -e '.[demo]')")
+    import re
+
+    from streamgen.demo.app import PLOT_CHUNKS, _latency_svg
+
+    registry = SessionRegistry(pipe, DemoLimits(**FAST))
+    session = registry.get_or_create("a")
+    assert "<polyline" not in _latency_svg(session)  # nothing generated yet: the budget line alone
+    session.stats.latencies_ms.extend((i, 100.0 + i) for i in range(PLOT_CHUNKS + 5))
+    svg = _latency_svg(session)
+    points = re.search(r'<polyline points="([^"]+)"', svg).group(1).split()
+    assert len(points) == PLOT_CHUNKS and f"chunk {PLOT_CHUNKS + 4}<" in svg and "chunk 5<" in svg
+    budget_ms = pipe.config.chunk_frames / pipe.config.fps * 1000
+    assert f"real time: {budget_ms:.0f} ms" in svg
+    ys = [float(p.split(",")[1]) for p in points]
+    assert ys == sorted(ys, reverse=True)  # latency rises chunk by chunk: the line climbs (SVG y grows downwards)
+    registry.close_all()

@@ -84,7 +84,8 @@ def _latency_svg(session: DemoSession | None) -> str:
     def y(ms: float) -> float:
         return height - pad - (height - 2 * pad) * ms / top
 
-    parts = [f'<text x="{pad}" y="16">per-chunk latency, ms (max {top / 1.1:.0f})</text>']
+    peak = f" (max {max(ms for _, ms in points):.0f})" if points else ""
+    parts = [f'<text x="{pad}" y="16">per-chunk latency, ms{peak}</text>']
     if budget:
         parts.append(f'<line x1="{pad}" x2="{width - 4}" y1="{y(budget):.1f}" y2="{y(budget):.1f}" stroke="#c33" '
                      f'stroke-dasharray="4 3"/><text x="{width - 4}" y="{y(budget) - 4:.1f}" text-anchor="end" '
