@@ -58,7 +58,8 @@ def memory(process: psutil.Process) -> dict:
 
 # ---- the two ways to drive sessions ------------------------------------------------------------------------------
 class InProcess:
-    """Sessions of a SessionRegistry in this process; every frame becomes the data URI and stats panel the app sends."""
+    """Sessions of a SessionRegistry in this process, sent as the app sends them: each frame as a data URI, and each
+    chunk's stats panel and latency chart."""
 
     def __init__(self, args):
         import torch
@@ -77,14 +78,17 @@ class InProcess:
         return self.pipe.config.chunk_frames / self.pipe.config.fps
 
     def play(self, sid: str, prompt: str, stop: threading.Event, arrivals: list) -> None:
-        from streamgen.demo.app import _stats_html
+        from streamgen.demo.app import _latency_svg, _stats_html
         from streamgen.demo.session import frame_data_uri
 
         session = self.registry.get_or_create(sid)
         session.start(prompt, self.pipe.config.default_cache, random.Random(sid).randrange(1000))
+        chunk = None
         for update in session.run():
+            if update.chunk_index != chunk:  # the app's stats and chart, once per chunk
+                chunk = update.chunk_index
+                _stats_html(session), _latency_svg(session)
             frame_data_uri(update.frame)
-            _stats_html(session)
             arrivals.append(time.perf_counter())
             if stop.is_set():
                 session.stop()
