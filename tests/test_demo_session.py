@@ -57,14 +57,17 @@ def test_cli_defaults_bind_loopback():
     assert (args.host, args.port, args.pipeline) == ("0.0.0.0", 8000, "p")
 
 
-def test_on_a_cpu_several_sessions_get_one_torch_thread_each_unless_threads_says_otherwise():
+def test_on_a_cpu_several_generation_workers_get_one_torch_thread_each_unless_threads_says_otherwise():
     from streamgen.demo import torch_threads
+    from streamgen.threads import physical_cores
 
     parse = _parser().parse_args
-    assert torch_threads(parse(["demo"])) == 1  # 8 sessions, a worker each
-    assert torch_threads(parse(["demo", "--max-sessions", "1"])) is None
-    assert torch_threads(parse(["demo", "--concurrency", "1"])) is None
+    assert torch_threads(parse(["demo"])) == (1 if physical_cores() > 1 else None)  # a worker per core
+    assert torch_threads(parse(["demo", "--generation-workers", "4"])) == 1
+    assert torch_threads(parse(["demo", "--generation-workers", "1"])) is None  # one worker: torch's own default
     assert torch_threads(parse(["demo", "--device", "cuda:0"])) is None
+    with pytest.raises(ValueError, match="--generation-workers must be at least 1, got 0"):
+        cmd_demo(parse(["demo", "--generation-workers", "0"]))  # before the port is tried
     args = parse(["demo"])
     args.threads = 2  # streamgen --threads 2 demo
     assert torch_threads(args) is None

@@ -35,12 +35,12 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="cpu")
     p.add_argument("--concurrency", type=int,
-                   help="streams generating at once (default: --max-sessions, a worker per session, so that no "
-                        "session waits for another's run to end; on a CPU each uses one torch thread unless "
-                        "'streamgen --threads N demo' says otherwise)")
+                   help="streams playing at once (default: --max-sessions, a worker per session, so that no "
+                        "session waits for another's run to end; their chunks come from --generation-workers)")
     p.add_argument("--generation-workers", type=int,
                    help="chunks generated at once, across all sessions, first come first served (default: the "
-                        "physical cores: on a CPU, more only slow every session down)")
+                        "physical cores: on a CPU, more only slow every session down; with more than one, each uses "
+                        "one torch thread unless 'streamgen --threads N demo' says otherwise)")
     p.add_argument("--queue-size", type=int, default=16, help="events waiting for a worker, at most (default 16)")
     p.add_argument("--max-sessions", type=int, default=8, help="browser sessions holding a stream (default 8)")
     p.add_argument("--max-frames-per-run", type=int, default=960,
@@ -77,19 +77,24 @@ def check_port(host: str, port: int) -> None:
 
 
 def torch_threads(args) -> int | None:
-    """Torch CPU threads for the demo: 1 when several sessions may generate at once on the CPU and ``--threads`` does
-    not say otherwise, else None (torch's default, one per core).
+    """Torch CPU threads for the demo: 1 when several generation workers run at once on the CPU and ``--threads``
+    does not say otherwise, else None (torch's default, one per core).
 
-    Every session generates in its own worker thread, and each thread's torch ops start their own OpenMP team: with
-    one thread per core, N sessions keep N x cores threads spinning for the cores. On 2 busy cores with 4 sessions
-    (one sending 1 MB prompts and switching every second) one thread each took the others' worst frame gap from
-    3.3-3.8 to 2.0-2.1 chunk times, and a prompt's encoding from 530 to 14 ms."""
+    Each worker thread's torch ops start their own OpenMP team: with one thread per core, N workers keep N x cores
+    threads spinning for the cores. On 2 busy cores with 4 sessions generating at once (one sending 1 MB prompts and
+    switching every second) one thread each took the others' worst frame gap from 3.3-3.8 to 2.0-2.1 chunk times,
+    and a prompt's encoding from 530 to 14 ms."""
+    from ..threads import physical_cores
+
     if getattr(args, "threads", None) is not None or args.device.split(":")[0] != "cpu":
         return None
-    return 1 if (args.concurrency or args.max_sessions) > 1 else None
+    workers = args.generation_workers if args.generation_workers is not None else physical_cores()
+    return 1 if workers > 1 else None
 
 
 def cmd_demo(args) -> int:
+    if args.generation_workers is not None and args.generation_workers < 1:
+        raise ValueError(f"--generation-workers must be at least 1, got {args.generation_workers}")
     check_port(args.host, args.port)  # before loading anything: a busy port is the commonest first-run failure
     try:
         import gradio  # noqa: F401
@@ -106,7 +111,7 @@ def cmd_demo(args) -> int:
 
         torch.set_num_threads(threads)
     pipe = open_pipeline(args.pipeline, args.device)
-    if threads is None and args.threads is None:  # one session at a time: the model's own default
+    if threads is None and args.threads is None:  # one generation worker: the model's own default
         from ..threads import use_default_threads
 
         use_default_threads(pipe)
