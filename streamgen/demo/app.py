@@ -1,8 +1,8 @@
 """The Gradio app: live streaming with prompt switches. Needs the ``demo`` extra (``pip install -e ".[demo]"``).
 
 Streaming: "Start" / "Resume" are generator callbacks; every frame of every chunk is yielded as it is ready (an
-``<img>`` with a PNG data URI, upscaled with nearest neighbour), paced at the pipeline's fps. Nothing is written to
-gradio's file cache per frame. Per-session state lives in a :class:`~streamgen.demo.session.SessionRegistry` keyed
+``<img>`` with a PNG data URI at the frame's own size, scaled up by the page with nearest neighbour), paced at the
+pipeline's fps. Nothing is written to gradio's file cache per frame. Per-session state lives in a :class:`~streamgen.demo.session.SessionRegistry` keyed
 by gradio's session hash; the page's ``unload`` event (fired when the tab closes or reloads) frees it at once, and
 idle sessions are reaped.
 """
