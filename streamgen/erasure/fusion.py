@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 import torch
 
 from .concepts import DEFAULT_PARAPHRASES, Concept, Paraphrases, attributes_with, concept_caption
-from .lora import CONCEPT_FILE, LORA_WEIGHT_NAME, LoraWeights, load_lora, save_lora, target_linears
+from .lora import CONCEPT_FILE, LoraWeights, load_lora, lora_file, save_lora, target_linears
 
 FUSE_METHODS = ("sum", "closed-form")
 TOKENS = ("all", "prompt")
@@ -353,21 +353,6 @@ def read_concepts(folder: str | Path) -> list[Concept]:
     return concepts
 
 
-def lora_modules(folder: str | Path) -> list[str]:
-    """The module names a LoRA file or folder adapts, from its safetensors header (no tensor is read)."""
-    from safetensors import safe_open
-
-    from ..weights import safetensors_problem
-    from .lora import DOWN, PREFIX
-
-    path = _weight_file(Path(folder))
-    problem = safetensors_problem(path) if path.is_file() else "no such LoRA file"
-    if problem:
-        raise ValueError(f"{path}: {problem}")
-    with safe_open(str(path), framework="pt") as f:
-        return sorted(k[len(PREFIX): -len(DOWN) - 1] for k in f.keys() if k.startswith(PREFIX) and k.endswith(DOWN))
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -395,12 +380,8 @@ def fuse_folders(pipe, folders: Sequence[str | Path], method: str = "closed-form
     fused = (fuse_closed_form(pipe, loras, paraphrases, config, anchors=anchors) if method == "closed-form"
              else fuse_sum(loras, config.rank))
     fused.record["sources"] = [{"concept": c.name, "lora": str(Path(f)),
-                                "sha256": _sha256(_weight_file(Path(f)))} for (c, _), f in zip(loras, folders)]
+                                "sha256": _sha256(lora_file(f))} for (c, _), f in zip(loras, folders)]
     return fused
-
-
-def _weight_file(folder: Path) -> Path:
-    return folder if folder.suffix == ".safetensors" else folder / LORA_WEIGHT_NAME
 
 
 def save_fused(fused: FusedLora, folder: str | Path) -> Path:

@@ -259,11 +259,9 @@ def _expected_shape(part: str, linear: nn.Linear, rank: int) -> tuple[int, ...]:
     return (math.ceil(linear.out_features * linear.in_features / 8),)
 
 
-def load_lora(path: str | Path, transformer: nn.Module) -> LoraWeights:
-    """Read and validate a LoRA file (or folder holding ``pytorch_lora_weights.safetensors``) for ``transformer``.
-    Framing, key names, ranks and shapes are checked before any tensor is read; values after."""
-    from safetensors import safe_open
-
+def lora_file(path: str | Path) -> Path:
+    """The LoRA file at ``path`` (a folder: its ``pytorch_lora_weights.safetensors``), checked to be a well-framed
+    safetensors file before anything reads it; ValueError naming the file otherwise."""
     path = Path(path)
     if path.is_dir():
         path = path / LORA_WEIGHT_NAME
@@ -274,6 +272,23 @@ def load_lora(path: str | Path, transformer: nn.Module) -> LoraWeights:
     problem = safetensors_problem(path)
     if problem:
         raise ValueError(f"{path}: {problem}")
+    return path
+
+
+def lora_modules(path: str | Path) -> list[str]:
+    """The module names a LoRA file or folder adapts, from its safetensors header (no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(lora_file(path)), framework="pt") as f:
+        return sorted(k[len(PREFIX): -len(DOWN) - 1] for k in f.keys() if k.startswith(PREFIX) and k.endswith(DOWN))
+
+
+def load_lora(path: str | Path, transformer: nn.Module) -> LoraWeights:
+    """Read and validate a LoRA file (or folder holding ``pytorch_lora_weights.safetensors``) for ``transformer``.
+    Framing, key names, ranks and shapes are checked before any tensor is read; values after."""
+    from safetensors import safe_open
+
+    path = lora_file(path)
     linears = target_linears(transformer, ("*",))
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())

@@ -141,7 +141,7 @@ def default_fuse(folders) -> str:
     """``closed-form`` when every LoRA adapts only the cross-attention K/V (the projections of the text it refines),
     else ``sum``."""
     from ...erasure.driver import TARGET_SETS
-    from ...erasure.fusion import lora_modules
+    from ...erasure.lora import lora_modules
 
     patterns = TARGET_SETS["cross-kv"]
     modules = [m for folder in folders for m in lora_modules(folder)]
