@@ -122,7 +122,7 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
         # Every frame's update sends all three outputs as strings. The stats and the chart change once per chunk and
         # are sent again unchanged in between (gradio sends an unchanged output as an empty diff). Not gr.skip(): for
         # every skip gradio builds a new component into the session's state, and it kept ~2 of them per chunk.
-        chunk, frame, stats, plot = None, None, _stats_html(session), _latency_svg(session)
+        chunk = frame = stats = plot = None
         try:
             for update in session.run():
                 if update.chunk_index != chunk:
