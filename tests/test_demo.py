@@ -3,7 +3,7 @@
 Needs the ``demo`` and ``test-browser`` extras (gradio, playwright) and a Chromium binary (Debian's ``chromium``
 package); skips with the reason otherwise. Playwright drives the system Chromium (``executable_path``): no browser is
 ever downloaded. The server binds 127.0.0.1 on a free port, in this process (so the test can also check the
-server-side sessions).
+server-side sessions), and generates in worker processes, as ``streamgen demo`` does.
 
 A screenshot is written to ``test-artifacts/demo.png`` (or ``$STREAMGEN_TEST_ARTIFACTS/demo.png``).
 """
@@ -56,20 +56,23 @@ def server():
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test-browser]')")
     if _chromium() is None:
         pytest.skip("no chromium binary (apt-get install chromium)")
-    from streamgen import StreamingVideoPipeline
     from streamgen.demo.app import build_demo, launch_demo
+    from streamgen.demo.generation import ProcessGeneration
     from streamgen.demo.session import DemoLimits
 
-    pipe = StreamingVideoPipeline.from_pretrained(TINY)
-    pipe.set_progress_bar_config(disable=True)
-    demo, registry = build_demo(pipe, DemoLimits(max_frames_per_run=2000), concurrency=2, queue_size=8)
-    port = _free_port()
-    launch_demo(demo, "127.0.0.1", port, block=False, quiet=True)
+    # As `streamgen demo` serves: the model in worker processes, the web server in this one.
+    generation = ProcessGeneration(TINY, workers=2, threads=1)
     try:
-        yield f"http://127.0.0.1:{port}/", registry
+        demo, registry = build_demo(generation, DemoLimits(max_frames_per_run=2000), concurrency=2, queue_size=8)
+        port = _free_port()
+        launch_demo(demo, "127.0.0.1", port, block=False, quiet=True)
+        try:
+            yield f"http://127.0.0.1:{port}/", registry
+        finally:
+            demo.close(verbose=False)
+            registry.close_all()
     finally:
-        demo.close(verbose=False)
-        registry.close_all()
+        generation.close()
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +236,14 @@ def _decode(src: str) -> np.ndarray:
     return cv2.imdecode(png, cv2.IMREAD_COLOR)[..., ::-1]  # the frame at its own size: the page scales it up
 
 
+def _pipe():
+    from streamgen import StreamingVideoPipeline
+
+    pipe = StreamingVideoPipeline.from_pretrained(TINY)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _reference(pipe, prompt: str, seed: int, frames: int) -> np.ndarray:
     import torch
 
@@ -261,8 +272,8 @@ def test_two_browser_sessions_get_independent_streams(server, browser):
         assert not {s for _, s in shown_a} & {s for _, s in shown_b}, "a session was shown another's frames"
 
         # Each page shows exactly its own stream: what pipe.stream() gives for its prompt and seed, even though
-        # both streams were generated at the same time on one shared pipeline.
-        pipe = registry.pipe
+        # both streams were generated at the same time by the same worker processes.
+        pipe = _pipe()
         for shown, prompt in ((shown_a, PROMPT_A), (shown_b, PROMPT_B)):
             reference = _reference(pipe, prompt, 0, max(i for i, _ in shown))
             for index, src in shown:
@@ -273,7 +284,6 @@ def test_two_browser_sessions_get_independent_streams(server, browser):
         assert len(ids) == 2
         sessions = [registry.get(i) for i in ids]
         assert sessions[0].stream is not sessions[1].stream
-        assert sessions[0].stream.engine.cache is not sessions[1].stream.engine.cache
         assert {s.stats.prompt for s in sessions} == {PROMPT_A, PROMPT_B}
         assert any(s.running for s in sessions)  # B still streams when its tab closes
     except BaseException:

@@ -69,8 +69,8 @@ def test_on_a_cpu_several_generation_workers_get_one_torch_thread_each_unless_th
     with pytest.raises(ValueError, match="--generation-workers must be at least 1, got 0"):
         cmd_demo(parse(["demo", "--generation-workers", "0"]))  # before the port is tried
     args = parse(["demo"])
-    args.threads = 2  # streamgen --threads 2 demo
-    assert torch_threads(args) is None
+    args.threads = 2  # streamgen --threads 2 demo: each worker process takes it
+    assert torch_threads(args) == 2
 
 
 def test_cli_without_gradio_says_how_to_install_it(monkeypatch, capsys):
@@ -122,7 +122,8 @@ def test_session_streams_exactly_what_pipe_stream_gives(pipe):
 def test_sessions_share_one_pool_of_generation_workers(pipe):
     registry = SessionRegistry(pipe, DemoLimits(generation_workers=1, **FAST))
     a, b = registry.get_or_create("a"), registry.get_or_create("b")
-    assert a.workers is b.workers is registry.workers and registry.workers._max_workers == 1
+    assert a.generation is b.generation is registry.generation
+    assert registry.generation.executor._max_workers == 1
     a.start("a red circle", "rolling", 0)
     b.start("a blue square", "rolling", 0)
     runs = [a.run(), b.run()]

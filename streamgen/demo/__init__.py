@@ -38,9 +38,13 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                    help="streams playing at once (default: --max-sessions, a worker per session, so that no "
                         "session waits for another's run to end; their chunks come from --generation-workers)")
     p.add_argument("--generation-workers", type=int,
-                   help="chunks generated at once, across all sessions, first come first served (default: the "
-                        "physical cores: on a CPU, more only slow every session down; with more than one, each uses "
-                        "one torch thread unless 'streamgen --threads N demo' says otherwise)")
+                   help="chunks generated at once, across all sessions, first come first served: worker processes, "
+                        "each with its own copy of the model (default: the physical cores on a CPU, where more only "
+                        "slow every session down, one on an accelerator; with more than one, each uses one torch "
+                        "thread unless 'streamgen --threads N demo' says otherwise)")
+    p.add_argument("--in-process", action="store_true",
+                   help="generate in threads of the web server's own process (one copy of the model) instead of "
+                        "worker processes; frames then wait for the model's turns at the interpreter lock")
     p.add_argument("--queue-size", type=int, default=16, help="events waiting for a worker, at most (default 16)")
     p.add_argument("--max-sessions", type=int, default=8, help="browser sessions holding a stream (default 8)")
     p.add_argument("--max-frames-per-run", type=int, default=960,
@@ -77,19 +81,20 @@ def check_port(host: str, port: int) -> None:
 
 
 def torch_threads(args) -> int | None:
-    """Torch CPU threads for the demo: 1 when several generation workers run at once on the CPU and ``--threads``
-    does not say otherwise, else None (torch's default, one per core).
+    """Torch CPU threads of each generation worker: ``--threads`` if given; else 1 when several workers run at once
+    on the CPU; else None (the pipeline's own default).
 
-    Each worker thread's torch ops start their own OpenMP team: with one thread per core, N workers keep N x cores
-    threads spinning for the cores. On 2 busy cores with 4 sessions generating at once (one sending 1 MB prompts and
+    Each worker's torch ops start their own OpenMP team: with one thread per core, N workers keep N x cores threads
+    spinning for the cores. On 2 busy cores with 4 sessions generating at once (one sending 1 MB prompts and
     switching every second) one thread each took the others' worst frame gap from 3.3-3.8 to 2.0-2.1 chunk times,
     and a prompt's encoding from 530 to 14 ms."""
-    from ..threads import physical_cores
+    from .session import default_workers
 
-    if getattr(args, "threads", None) is not None or args.device.split(":")[0] != "cpu":
+    if getattr(args, "threads", None) is not None:
+        return args.threads
+    if args.device.split(":")[0] != "cpu":
         return None
-    workers = args.generation_workers if args.generation_workers is not None else physical_cores()
-    return 1 if workers > 1 else None
+    return 1 if default_workers(args.generation_workers, "cpu") > 1 else None
 
 
 def cmd_demo(args) -> int:
@@ -101,35 +106,52 @@ def cmd_demo(args) -> int:
     except ImportError:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    from ..loading import open_pipeline
+    from ..loading import check_device
+    from ..resources import find_pipeline
     from .app import build_demo, launch_demo
-    from .session import DemoLimits
+    from .generation import ProcessGeneration, ThreadGeneration
+    from .session import DemoLimits, default_workers
 
+    folder = find_pipeline(args.pipeline)  # a wrong name fails here, in one line, not in every worker
+    check_device(args.device)
+    workers = default_workers(args.generation_workers, args.device.split(":")[0])
     threads = torch_threads(args)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    pipe = open_pipeline(args.pipeline, args.device)
-    if threads is None and args.threads is None:  # one generation worker: the model's own default
-        from ..threads import use_default_threads
-
-        use_default_threads(pipe)
     limits = DemoLimits(
         max_frames_per_run=args.max_frames_per_run, max_stream_frames=args.max_stream_frames,
-        max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout, generation_workers=args.generation_workers,
+        max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout, generation_workers=workers,
     )
-    demo, registry = build_demo(pipe, limits, concurrency=args.concurrency, queue_size=args.queue_size)
-
-    def terminate(signum, frame):  # `kill` / a service manager: shut down as on Ctrl-C
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, terminate)
+    if args.in_process:
+        generation = ThreadGeneration(_load_in_process(folder, args.device, threads), workers)
+    else:
+        generation = ProcessGeneration(folder, args.device, workers, threads=threads, max_streams=args.max_sessions)
     try:
-        launch_demo(demo, args.host, args.port)  # blocks until Ctrl-C
-    except OSError as err:  # the port was taken between the check and gradio's bind
-        raise ValueError(f"{_port_busy(args.host, args.port)} ({err.strerror or 'gradio could not bind it'})") from None
+        demo, registry = build_demo(generation, limits, concurrency=args.concurrency, queue_size=args.queue_size)
+
+        def terminate(signum, frame):  # `kill` / a service manager: shut down as on Ctrl-C
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            launch_demo(demo, args.host, args.port)  # blocks until Ctrl-C
+        except OSError as err:  # the port was taken between the check and gradio's bind
+            raise ValueError(f"{_port_busy(args.host, args.port)} ({err.strerror or 'gradio could not bind it'})") from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            registry.close_all()  # finish every session's mp4 and remove its temp folder
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        registry.close_all()  # finish every session's mp4 and remove its temp folder
+        generation.close()
     return 0
+
+
+def _load_in_process(folder, device: str, threads: int | None):
+    import torch
+
+    from ..loading import open_pipeline
+    from ..threads import use_default_threads
+
+    pipe = open_pipeline(folder, device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    else:
+        use_default_threads(pipe)
+    return pipe

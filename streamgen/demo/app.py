@@ -78,7 +78,7 @@ def _latency_svg(session: DemoSession | None) -> str:
     time) dashed: above it, a stream falls behind. A string, so that it costs nothing to send again unchanged."""
     width, height, pad = 480, 200, 28
     points = list(session.stats.latencies_ms)[-PLOT_CHUNKS:] if session is not None else []
-    budget = session.pipe.config.chunk_frames / session.pipe.config.fps * 1000.0 if session is not None else 0.0
+    budget = session.config.chunk_frames / session.config.fps * 1000.0 if session is not None else 0.0
     top = max([budget, *(ms for _, ms in points)], default=1.0) * 1.1 or 1.0
 
     def y(ms: float) -> float:
@@ -108,15 +108,19 @@ def _refused(err: Exception | str) -> gr.Error:
     return gr.Error(html.escape(message), print_exception=False)
 
 
-def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | None = None, queue_size: int = 16):
-    """The Blocks app and its session registry. ``concurrency`` streams generate at once (default: one worker per
-    session, ``limits.max_sessions``, so a session never waits for another's run to end; the rest wait in a queue of
-    at most ``queue_size`` events); quick controls (stop, switch, save) bypass the queue."""
+def build_demo(generation, limits: DemoLimits | None = None, *, concurrency: int | None = None,
+               queue_size: int = 16):
+    """The Blocks app and its session registry. ``generation``: a pipeline (chunks generated in threads of this
+    process) or a :mod:`~streamgen.demo.generation` host such as worker processes. ``concurrency`` streams play at
+    once (default: one worker per session, ``limits.max_sessions``, so a session never waits for another's run to
+    end; the rest wait in a queue of at most ``queue_size`` events); quick controls (stop, switch, save) bypass the
+    queue."""
     limits = limits or DemoLimits()
     concurrency = concurrency or limits.max_sessions
-    registry = SessionRegistry(pipe, limits)
+    registry = SessionRegistry(generation, limits)
+    config = registry.generation.config
     presets = available_presets()
-    default_preset = pipe.config.default_cache if pipe.config.default_cache in presets else presets[0]
+    default_preset = config.default_cache if config.default_cache in presets else presets[0]
 
     def play(session: DemoSession):
         # Every frame's update sends all three outputs as strings. The stats and the chart change once per chunk and
@@ -202,8 +206,8 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
         gr.Markdown(
             "## streamgen: live video with prompt switches\n"
             "Start a stream, then type a new prompt and press **Switch now**: it takes effect at the next chunk. "
-            f"Pipeline: {pipe.config.height}x{pipe.config.width} at {pipe.config.fps:g} fps, "
-            f"{pipe.config.chunk_frames} latent frames per chunk."
+            f"Pipeline: {config.height}x{config.width} at {config.fps:g} fps, "
+            f"{config.chunk_frames} latent frames per chunk."
         )
         with gr.Row():
             with gr.Column(scale=3):
@@ -211,7 +215,7 @@ def build_demo(pipe, limits: DemoLimits | None = None, *, concurrency: int | Non
                 plot = gr.HTML(_latency_svg(None), elem_id="sg-plot", js_on_load=None)
             with gr.Column(scale=2):
                 prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", lines=2, elem_id="sg-prompt",
-                                    max_length=pipe.config.max_prompt_chars)
+                                    max_length=config.max_prompt_chars)
                 with gr.Row():
                     preset = gr.Dropdown(presets, value=default_preset, label="cache preset", elem_id="sg-preset")
                     seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="sg-seed")
