@@ -14,8 +14,8 @@ subprocess (generating in its worker processes, or with ``--in-process-generatio
 HTTP: each ordinary session is a process of its own reading gradio's event stream as a page does, and frames are
 timed as they arrive there (the hostile session uses gradio_client); the RSS is the server's and its workers', and
 abandoned sessions are closed by the server's idle reaper (``--idle-timeout``), as tabs that vanished. It needs the
-``demo`` extra. The JSON report goes to stdout; ``worst_gaps`` says when the worst gaps came (s from the first frame), and
-``--timeline`` adds when the hostile session opened, switched and left.
+``demo`` extra. The JSON report goes to stdout; ``worst_gaps`` says when the worst gaps came (s from the first
+frame), and ``--timeline`` adds when the hostile session opened, switched and left.
 """
 
 from __future__ import annotations

@@ -134,7 +134,8 @@ def cmd_demo(args) -> int:
         try:
             launch_demo(demo, args.host, args.port)  # blocks until Ctrl-C
         except OSError as err:  # the port was taken between the check and gradio's bind
-            raise ValueError(f"{_port_busy(args.host, args.port)} ({err.strerror or 'gradio could not bind it'})") from None
+            reason = err.strerror or "gradio could not bind it"
+            raise ValueError(f"{_port_busy(args.host, args.port)} ({reason})") from None
         finally:
             signal.signal(signal.SIGTERM, previous)
             registry.close_all()  # finish every session's mp4 and remove its temp folder

@@ -1,10 +1,11 @@
 """Where the demo's chunks are generated: in threads of the web server's own process, or in worker processes.
 
-The web server moves every frame through gradio's event loop. When the model runs in the same interpreter, each of
-those steps waits for the GIL between the model's ops: over HTTP a frame took 40 ms median and up to 0.6 s from the
-server's generator to the client, while the server itself yielded frames evenly. :class:`ProcessGeneration` gives
-the model interpreters of its own (one per worker, at a lower CPU priority than the web server), and a chunk's frames
-come back over a pipe; :class:`ThreadGeneration` keeps everything in one process (for a pipeline built in Python).
+The web server moves every frame through gradio's event loop; in the model's interpreter it shares the GIL with the
+model's Python between ops. :class:`ProcessGeneration` gives the model interpreters of its own (one per worker, at a
+lower CPU priority than the web server), and a chunk's frames come back over a pipe: over HTTP on 2 cores, with 3
+users and a hostile one, 14.7-16.0 frames/s per session instead of 14.7 and worst gaps of 0.54-1.65 chunk times
+instead of 1.54-1.68 (docs/benchmarks.md). :class:`ThreadGeneration` keeps everything in one process (for a pipeline
+built in Python).
 
 Both give :class:`~streamgen.demo.session.DemoSession` the same small surface: ``config``, ``open()``, ``resume()``
 and an ``executor`` to wait for chunks in, and streams with ``next()``, ``switch()``, ``snapshot()``, ``chunks``,
@@ -48,8 +49,8 @@ def open_stream(pipe, prompt: str, preset: str, seed: int, stream_frames: int):
 
 
 def release_freed_memory() -> None:
-    """Hand memory freed by a closed stream back to the system (~1 ms). glibc keeps freed blocks in per-thread arenas for
-    reuse, so without this a server's RSS stays at the high-water mark of its busiest moment (a session's KV cache,
+    """Hand memory freed by a closed stream back to the system (~1 ms). glibc keeps freed blocks in per-thread arenas
+    for reuse, so without this a server's RSS stays at the high-water mark of its busiest moment (a session's KV cache,
     its worker's arena) long after the session is gone. A no-op where the C library is not glibc."""
     try:
         trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: glibc's, on Linux
@@ -265,9 +266,10 @@ class ProcessGeneration:
     a shipped name, as ``open_pipeline`` takes). A stream stays in the worker it starts in (its KV cache is there); a
     new one goes to the worker with the fewest streams playing, then the fewest held (placing by streams held put a
     third playing stream on one worker while the other held a stopped one: 3 chunks per round on one core, late
-    frames for all three). A worker that has died is started afresh for the next stream. ``threads``: torch threads per worker (None: torch's default);
-    ``nice``: how much lower than the web server the workers run, so that the server's event loop, which moves every
-    frame, gets a core the moment it has work."""
+    frames for all three). A worker that has died is started afresh for the next stream. ``threads``: torch threads
+    per worker (None: the pipeline's default); ``nice``: how much lower than the web server the workers run, so
+    that the server's event loop, which moves every frame, gets a core the moment it has work (POSIX).
+    ``max_streams``: sessions that may wait for a chunk at once (threads that only wait)."""
 
     def __init__(self, pipeline, device: str = "cpu", workers: int = 1, threads: int | None = None, nice: int = 5,
                  max_streams: int = 8):
