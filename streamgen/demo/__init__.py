@@ -43,8 +43,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                         "slow every session down, one on an accelerator; with more than one, each uses one torch "
                         "thread unless 'streamgen --threads N demo' says otherwise)")
     p.add_argument("--in-process", action="store_true",
-                   help="generate in threads of the web server's own process (one copy of the model) instead of "
-                        "worker processes; frames then wait for the model's turns at the interpreter lock")
+                   help="generate in threads of the web server's own process (one copy of the model, which then "
+                        "shares the server's interpreter) instead of worker processes")
     p.add_argument("--queue-size", type=int, default=16, help="events waiting for a worker, at most (default 16)")
     p.add_argument("--max-sessions", type=int, default=8, help="browser sessions holding a stream (default 8)")
     p.add_argument("--max-frames-per-run", type=int, default=960,

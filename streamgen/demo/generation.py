@@ -155,11 +155,16 @@ class WorkerProcess:
         self._asked: dict[int, tuple[float, float]] = {}  # stream id -> (when it last asked for a chunk, its window)
         self._asked_lock = threading.Lock()
         self.closed = False
+        self.config = None
+
+    def wait_ready(self) -> "WorkerProcess":
+        """Wait for the worker to load its pipeline (it sends the config, or why it failed); return it."""
         try:
-            self.config = self._answer()  # the worker sends its pipeline's config once loaded (or why it failed)
+            self.config = self._answer()
         except BaseException:
             self.close()
             raise
+        return self
 
     @property
     def alive(self) -> bool:
@@ -279,7 +284,13 @@ class ProcessGeneration:
         self._numbers = itertools.count()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.workers = [WorkerProcess(next(self._numbers), *self._spec) for _ in range(workers)]
+        started = [WorkerProcess(next(self._numbers), *self._spec) for _ in range(workers)]  # they load at once
+        try:
+            self.workers = [worker.wait_ready() for worker in started]
+        except BaseException:
+            for worker in started:
+                worker.close()
+            raise
         self.config = self.workers[0].config
         # A session waits for its chunk in a thread of its own: the workers' lanes, not this pool, take turns.
         self.executor = ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="streamgen-demo-wait")
@@ -288,7 +299,7 @@ class ProcessGeneration:
         for i, worker in enumerate(self.workers):
             if not worker.alive:
                 worker.close()
-                self.workers[i] = WorkerProcess(next(self._numbers), *self._spec)
+                self.workers[i] = WorkerProcess(next(self._numbers), *self._spec).wait_ready()
         worker = min(self.workers, key=lambda w: (w.playing, w.streams))
         return worker
 
