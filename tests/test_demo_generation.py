@@ -50,7 +50,7 @@ def test_a_worker_stream_is_the_pipelines_stream_bit_for_bit(generation, pipe):
     want = _reference(pipe, "a red circle", 7, 3)
     for g, w in zip(got, want):
         assert g.index == w.index and g.prompt == w.prompt
-        np.testing.assert_array_equal(g.frames, w.frames)
+        np.testing.assert_array_equal(g.frames, w.frames[0])  # the one video of the batch
     assert stream.chunks == 3 and stream.prompt == "a red circle"
     assert stream.cache_bytes > 0 and stream.transformer_seconds > 0
     stream.close()

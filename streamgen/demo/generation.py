@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ProcessGeneration", "ThreadGeneration", "WorkerStopped", "is_generation", "open_stream",
-           "release_freed_memory"]
+           "release_freed_memory", "stream_info"]
 
 
 def open_stream(pipe, prompt: str, preset: str, seed: int, stream_frames: int):
@@ -64,8 +64,36 @@ class Chunk:
     """What the demo needs of a :class:`~streamgen.pipeline.StreamChunk`."""
 
     index: int
-    frames: np.ndarray  # uint8 [1, F, H, W, 3], as StreamChunk.frames
+    frames: np.ndarray  # uint8 [F, H, W, 3]: the one video of StreamChunk.frames
     prompt: str
+
+
+def stream_info(stream) -> dict:
+    """What the demo reads of a :class:`~streamgen.pipeline.VideoStream` besides its chunks."""
+    return {"chunks": stream.chunks, "prompt": stream.prompt, "cache_bytes": stream.cache_bytes,
+            "transformer_seconds": stream.engine.transformer_seconds}
+
+
+class DemoStream:
+    """The readouts of a stream as the demo sees it, from ``info`` (a :func:`stream_info` dict)."""
+
+    info: dict
+
+    @property
+    def chunks(self) -> int:
+        return self.info["chunks"]
+
+    @property
+    def prompt(self) -> str | None:
+        return self.info["prompt"]
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.info["cache_bytes"]
+
+    @property
+    def transformer_seconds(self) -> float:
+        return self.info["transformer_seconds"]
 
 
 # ---- in this process ----------------------------------------------------------------------------------------------
@@ -89,15 +117,19 @@ class ThreadGeneration:
         self.executor.shutdown(wait=False)
 
 
-class LocalStream:
+class LocalStream(DemoStream):
     """A :class:`~streamgen.pipeline.VideoStream` of this process, seen as the demo sees a stream."""
 
     def __init__(self, stream):
         self.stream = stream
 
+    @property
+    def info(self) -> dict:
+        return stream_info(self.stream)
+
     def __next__(self) -> Chunk:
         chunk = next(self.stream)
-        return Chunk(chunk.index, chunk.frames, chunk.prompt)
+        return Chunk(chunk.index, chunk.frames[0], chunk.prompt)
 
     def switch(self, prompt: str, mode: str) -> None:
         self.stream.switch(prompt, mode)
@@ -107,22 +139,6 @@ class LocalStream:
 
     def close(self) -> None:
         self.stream = None  # the pipeline holds streams weakly: this frees the KV cache
-
-    @property
-    def chunks(self) -> int:
-        return self.stream.chunks
-
-    @property
-    def prompt(self) -> str | None:
-        return self.stream.prompt
-
-    @property
-    def cache_bytes(self) -> int:
-        return self.stream.cache_bytes
-
-    @property
-    def transformer_seconds(self) -> float:
-        return self.stream.engine.transformer_seconds
 
 
 def is_generation(obj) -> bool:
@@ -326,12 +342,12 @@ class ProcessGeneration:
             worker.close()
 
 
-class RemoteStream:
+class RemoteStream(DemoStream):
     """A stream living in a worker process. Dropping it (or :meth:`close`) frees it there."""
 
     def __init__(self, worker: WorkerProcess, sid: int, info: dict):
         self._worker, self._sid = worker, sid
-        self._info = info
+        self.info = info  # as of its last chunk
         self._release = weakref.finalize(self, _release, worker, sid)
 
     def __next__(self) -> Chunk:
@@ -340,8 +356,8 @@ class RemoteStream:
         self._worker.asked(self._sid, time.monotonic() - began)
         if answer is None:
             raise StopIteration
-        index, frames, prompt, self._info = answer
-        return Chunk(index, frames[None], prompt)
+        index, frames, prompt, self.info = answer
+        return Chunk(index, frames, prompt)
 
     def switch(self, prompt: str, mode: str) -> None:
         self._worker.call("switch", self._sid, prompt, mode)
@@ -351,22 +367,6 @@ class RemoteStream:
 
     def close(self) -> None:
         self._release()
-
-    @property
-    def chunks(self) -> int:
-        return self._info["chunks"]
-
-    @property
-    def prompt(self) -> str | None:
-        return self._info["prompt"]
-
-    @property
-    def cache_bytes(self) -> int:
-        return self._info["cache_bytes"]
-
-    @property
-    def transformer_seconds(self) -> float:
-        return self._info["transformer_seconds"]
 
 
 def _release(worker: WorkerProcess, sid: int) -> None:

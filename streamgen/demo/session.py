@@ -311,7 +311,7 @@ class DemoSession:
             except StopIteration:  # a stream with a length (global cache) ended
                 stats.state = "stream finished: press Start for a new one"
                 return None
-            frames = chunk.frames[0]
+            frames = chunk.frames
             latency = time.perf_counter() - began
             self.writer.write(frames)
         stats.generation_seconds += latency

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from .generation import open_stream, receive_message, release_freed_memory, send_message
+from .generation import open_stream, receive_message, release_freed_memory, send_message, stream_info
 
 
 def serve(pipeline, device: str, threads: int | None, nice: int) -> int:
@@ -95,11 +95,6 @@ def handle(pipe, streams: dict, op: str, args: tuple):
     if op == "snapshot":
         return str(stream.snapshot(*args[1:]))
     raise RuntimeError(f"unknown request {op!r}")
-
-
-def stream_info(stream) -> dict:
-    return {"chunks": stream.chunks, "prompt": stream.prompt, "cache_bytes": stream.cache_bytes,
-            "transformer_seconds": stream.engine.transformer_seconds}
 
 
 if __name__ == "__main__":
