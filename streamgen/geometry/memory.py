@@ -1,0 +1,191 @@
+"""Local geometric memory (AnchorWeave's): past frames kept one by one with their pose and depth, never fused, a
+bounded pool of them, and retrieval of the few that best cover the next chunk's cameras, rendered there as anchors
+with hole masks.
+
+Pool. At most ``capacity`` frames; the first frame stays (AnchorWeave always keeps it as an anchor). When full, the
+frame whose view its two time neighbours together cover best goes (ties: the one whose farther neighbour still
+covers most): a steady flight is thinned to evenly spaced views and a place that only one frame saw is kept. A
+frame's redundancy is the share of its pixels' ground points inside the neighbours' frusta, recomputed only when
+its neighbours change, so memory bytes are constant and the work per frame is bounded, however long the stream.
+
+Depth. Given per frame, or by a ``depth_fn(image, pose, intrinsics) -> depth [H, W]``: the camera world's exact
+depth, or a monocular estimator for real footage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .pinhole import Intrinsics, invert_pose, project, unproject
+from .retrieval import greedy_coverage, most_recent, top_k
+from .splat import Splat, reproject, splat
+
+__all__ = ["MemoryFrame", "GeometricMemory", "Anchors", "RETRIEVAL_METHODS"]
+
+RETRIEVAL_METHODS = ("coverage", "fov", "recency")
+DepthFn = Callable[[torch.Tensor, torch.Tensor, Intrinsics], torch.Tensor]
+
+
+@dataclass
+class MemoryFrame:
+    """One remembered frame: ``image`` [H, W, C] float, ``depth`` [H, W], its camera, its stream time, and an
+    optional ``payload`` (what a weaving method needs of it: its latent, its K/V)."""
+
+    image: torch.Tensor
+    depth: torch.Tensor
+    intrinsics: Intrinsics
+    pose: torch.Tensor  # camera_to_world [4, 4] float64
+    time: int
+    payload: Any = None
+    redundancy: tuple[float, float] = field(default=(0.0, 0.0), repr=False)  # (by both neighbours, by the weaker)
+
+    def points(self) -> torch.Tensor:
+        return unproject(self.depth.to(torch.float64), self.intrinsics, self.pose)
+
+    @property
+    def nbytes(self) -> int:
+        sizes = [self.image, self.depth, self.pose]
+        if isinstance(self.payload, torch.Tensor):
+            sizes.append(self.payload)
+        return sum(t.numel() * t.element_size() for t in sizes)
+
+
+@dataclass
+class Anchors:
+    """Retrieved frames rendered along the target cameras: ``images`` [K, T, H, W, C], ``covered`` bool
+    [K, T, H, W] (False = hole), and which pool frames they came from."""
+
+    frames: list[MemoryFrame]
+    images: torch.Tensor
+    covered: torch.Tensor
+
+
+class GeometricMemory:
+    """A bounded pool of :class:`MemoryFrame` with coverage-driven retrieval.
+
+    ``capacity``   frames kept (>= 2: the first plus at least one more)
+    ``depth_fn``   depth for frames added without one
+    ``supersample`` points per source pixel side when rendering (fills the gaps of a zoom-in up to that factor)
+    ``refine``     swap-refine the greedy pick (streamgen's; False is AnchorWeave's plain greedy)
+    """
+
+    def __init__(self, capacity: int, *, depth_fn: DepthFn | None = None, keep_first: bool = True,
+                 supersample: int = 2, refine: bool = True):
+        if capacity < 2:
+            raise ValueError(f"capacity must be at least 2 frames, got {capacity}")
+        self.capacity, self.depth_fn, self.keep_first, self.supersample = capacity, depth_fn, keep_first, supersample
+        self.refine = refine
+        self.frames: list[MemoryFrame] = []
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.nbytes for f in self.frames)
+
+    # ---- writing -------------------------------------------------------------------------------------------------
+
+    def add(self, image: torch.Tensor, pose: torch.Tensor, intrinsics: Intrinsics, time: int, *,
+            depth: torch.Tensor | None = None, payload: Any = None) -> MemoryFrame:
+        """Remember one frame ``image`` [H, W, C] seen from ``pose`` (camera_to_world [4, 4])."""
+        if image.shape[:2] != (intrinsics.height, intrinsics.width):
+            raise ValueError(f"image is {tuple(image.shape[:2])} (H, W) but the camera is "
+                             f"{intrinsics.height}x{intrinsics.width}")
+        if depth is None:
+            if self.depth_fn is None:
+                raise ValueError("a frame without depth needs the memory's depth_fn")
+            depth = self.depth_fn(image, pose, intrinsics)
+        frame = MemoryFrame(image.to(torch.float32), depth.to(torch.float32), intrinsics,
+                            pose.to(torch.float64), int(time), payload)
+        self.frames.append(frame)
+        if len(self.frames) >= 2:
+            self._update_redundancy(len(self.frames) - 2)
+        if len(self.frames) > self.capacity:
+            self._evict()
+        return frame
+
+    @staticmethod
+    def _inside(frame: MemoryFrame, by: MemoryFrame) -> torch.Tensor:
+        """Which of ``frame``'s pixels' points lie inside ``by``'s view (occlusion ignored), bool [H * W]."""
+        uv, z = project(frame.points().reshape(-1, 3), by.intrinsics, invert_pose(by.pose))
+        return (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < by.intrinsics.width) & (uv[:, 1] >= 0) & (
+            uv[:, 1] < by.intrinsics.height)
+
+    def _update_redundancy(self, index: int) -> None:
+        frame = self.frames[index]
+        inside = [self._inside(frame, self.frames[j]) for j in (index - 1, index + 1) if 0 <= j < len(self.frames)]
+        if not inside:
+            frame.redundancy = (0.0, 0.0)
+            return
+        both = torch.stack(inside).any(0).double().mean().item()
+        frame.redundancy = (both, min(m.double().mean().item() for m in inside))
+
+    def _evict(self) -> None:
+        first = 1 if self.keep_first else 0
+        # the newest frame has no later neighbour yet: it is never the one judged redundant
+        candidates = range(first, len(self.frames) - 1)
+        victim = max(candidates, key=lambda i: (*self.frames[i].redundancy, -i))
+        del self.frames[victim]
+        for j in (victim - 1, victim):
+            if first <= j < len(self.frames) - 1:
+                self._update_redundancy(j)
+
+    # ---- reading -------------------------------------------------------------------------------------------------
+
+    def _render(self, frame: MemoryFrame, intrinsics: Intrinsics, pose: torch.Tensor) -> Splat:
+        return reproject(frame.image, frame.depth, frame.intrinsics, frame.pose, intrinsics, pose,
+                         supersample=self.supersample)
+
+    def coverage(self, poses: torch.Tensor, intrinsics: Intrinsics) -> torch.Tensor:
+        """bool [N, T, H, W]: where each pool frame lands in each target camera (poses [T, 4, 4])."""
+        return torch.stack([torch.stack([self._render(f, intrinsics, p).covered for p in poses])
+                            for f in self.frames]) if self.frames else torch.zeros(
+            0, len(poses), intrinsics.height, intrinsics.width, dtype=torch.bool)
+
+    def fov_overlap(self, poses: torch.Tensor, intrinsics: Intrinsics) -> torch.Tensor:
+        """float [N]: mean over targets of the share of each frame's points inside the target frustum."""
+        scores = []
+        for frame in self.frames:
+            points = frame.points().reshape(-1, 3)
+            shares = []
+            for pose in poses:
+                uv, z = project(points, intrinsics, invert_pose(pose.to(torch.float64)))
+                inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < intrinsics.width) & (uv[:, 1] >= 0) & (
+                    uv[:, 1] < intrinsics.height)
+                shares.append(inside.double().mean())
+            scores.append(torch.stack(shares).mean())
+        return torch.stack(scores) if scores else torch.zeros(0)
+
+    def retrieve(self, poses: torch.Tensor, intrinsics: Intrinsics, k: int, method: str = "coverage") -> list[int]:
+        """Pool indices of up to ``k`` frames for target cameras ``poses`` [T, 4, 4] (the first frame included
+        when ``keep_first``)."""
+        always = [0] if self.keep_first and self.frames else []
+        if method == "coverage":
+            return greedy_coverage(self.coverage(poses, intrinsics), k, always=always, refine=self.refine)
+        if method == "fov":
+            return top_k(self.fov_overlap(poses, intrinsics), k, always=always)
+        if method == "recency":
+            return most_recent(len(self.frames), k, always=always)
+        raise ValueError(f"unknown retrieval method {method!r}; choose one of {', '.join(RETRIEVAL_METHODS)}")
+
+    def anchors(self, indices: list[int], poses: torch.Tensor, intrinsics: Intrinsics) -> Anchors:
+        """Render pool frames ``indices`` along the target cameras."""
+        frames = [self.frames[i] for i in indices]
+        renders = [[self._render(f, intrinsics, p) for p in poses] for f in frames]
+        empty = (0, len(poses), intrinsics.height, intrinsics.width)
+        images = torch.stack([torch.stack([r.image for r in row]) for row in renders]) if frames else torch.zeros(
+            *empty, 3)
+        covered = torch.stack([torch.stack([r.covered for r in row]) for row in renders]) if frames else torch.zeros(
+            *empty, dtype=torch.bool)
+        return Anchors(frames, images.to(torch.float32), covered)
+
+    def fused(self, poses: torch.Tensor, intrinsics: Intrinsics) -> list[Splat]:
+        """The baseline AnchorWeave argues against: every pool frame's points fused into one global cloud, rendered
+        into each target camera (with exact depth it matches the local renders; estimated depth smears it)."""
+        points = torch.cat([f.points().reshape(-1, 3) for f in self.frames])
+        colors = torch.cat([f.image.reshape(-1, f.image.shape[-1]).to(torch.float64) for f in self.frames])
+        return [splat(points, colors, intrinsics, invert_pose(p.to(torch.float64))) for p in poses]
