@@ -444,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench.quality import register_cli as register_quality
     from .bench.quality.erase_command import register_cli as register_erase
+    from .bench.revisit_command import register_cli as register_revisit
     from .convert import register_cli as register_convert
     from .demo import register_cli as register_demo
     from .train import register_cli as register_train
@@ -482,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.set_defaults(func=cmd_bench_speed)
 
     register_quality(bench)
+    register_revisit(bench)
     register_convert(sub)
     register_train(sub)
     register_erase(sub)

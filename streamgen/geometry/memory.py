@@ -25,7 +25,7 @@ from .splat import Splat, reproject, splat
 
 __all__ = ["MemoryFrame", "GeometricMemory", "Anchors", "RETRIEVAL_METHODS"]
 
-RETRIEVAL_METHODS = ("coverage", "fov", "recency")
+RETRIEVAL_METHODS = ("coverage", "greedy", "fov", "recency")
 DepthFn = Callable[[torch.Tensor, torch.Tensor, Intrinsics], torch.Tensor]
 
 
@@ -69,15 +69,13 @@ class GeometricMemory:
     ``capacity``   frames kept (>= 2: the first plus at least one more)
     ``depth_fn``   depth for frames added without one
     ``supersample`` points per source pixel side when rendering (fills the gaps of a zoom-in up to that factor)
-    ``refine``     swap-refine the greedy pick (streamgen's; False is AnchorWeave's plain greedy)
     """
 
     def __init__(self, capacity: int, *, depth_fn: DepthFn | None = None, keep_first: bool = True,
-                 supersample: int = 2, refine: bool = True):
+                 supersample: int = 2):
         if capacity < 2:
             raise ValueError(f"capacity must be at least 2 frames, got {capacity}")
         self.capacity, self.depth_fn, self.keep_first, self.supersample = capacity, depth_fn, keep_first, supersample
-        self.refine = refine
         self.frames: list[MemoryFrame] = []
 
     def __len__(self) -> int:
@@ -162,10 +160,11 @@ class GeometricMemory:
 
     def retrieve(self, poses: torch.Tensor, intrinsics: Intrinsics, k: int, method: str = "coverage") -> list[int]:
         """Pool indices of up to ``k`` frames for target cameras ``poses`` [T, 4, 4] (the first frame included
-        when ``keep_first``)."""
+        when ``keep_first``). ``coverage``: greedy plus swap refinement (streamgen's); ``greedy``: AnchorWeave's
+        plain greedy; ``fov``: frustum overlap (WorldMem-style); ``recency``: the newest."""
         always = [0] if self.keep_first and self.frames else []
-        if method == "coverage":
-            return greedy_coverage(self.coverage(poses, intrinsics), k, always=always, refine=self.refine)
+        if method in ("coverage", "greedy"):
+            return greedy_coverage(self.coverage(poses, intrinsics), k, always=always, refine=method == "coverage")
         if method == "fov":
             return top_k(self.fov_overlap(poses, intrinsics), k, always=always)
         if method == "recency":

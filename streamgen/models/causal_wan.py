@@ -178,6 +178,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         rotary: ChunkRotary,
         attention_mask: torch.Tensor | None = None,
         query_observer: Callable[[int, torch.Tensor], None] | None = None,
+        camera_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow prediction for a chunk of latents [B, C, f, h, w].
 
@@ -188,13 +189,19 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         rotated with ``rotary.query`` as they are written and read back as they are. With ``cache=None`` the chunk attends to itself, under ``attention_mask`` if given (e.g.
         :func:`block_causal_mask` to train chunk-causally on whole clips); ``rotary.key`` is then ignored.
         ``query_observer(layer, q)``, if given, sees every layer's un-roped self-attention queries [B, n, H, D]
-        (Echo-Forcing's mean scene query); it cannot change them.
+        (Echo-Forcing's mean scene query); it cannot change them. ``camera_tokens`` [B, f * tokens per frame, dim],
+        if given, are added to the patch tokens (a :class:`~streamgen.models.camera.CameraEncoder`'s output).
         """
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
         grid_h, grid_w = self.token_grid(height, width)
 
         x = self.patch_embedding(hidden_states.to(self._compute_dtype())).flatten(2).transpose(1, 2).contiguous()
+        if camera_tokens is not None:
+            if camera_tokens.shape != x.shape:
+                raise ValueError(f"camera_tokens must be {tuple(x.shape)} (batch, tokens, dim) for this chunk, "
+                                 f"got {tuple(camera_tokens.shape)}")
+            x = x + camera_tokens.to(x.dtype)
         temb, timestep_proj = self._time_embedding(timestep, batch, frames, grid_h * grid_w, x)
 
         for layer, block in enumerate(self.blocks):

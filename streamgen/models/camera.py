@@ -1,0 +1,72 @@
+"""Camera conditioning for the causal Wan transformer: per-token Plücker rays in, an addition to the patch tokens
+out, through a zero-initialised last layer.
+
+It is a separate diffusers model (its own folder and config beside the transformer's, as a ControlNet is), so every
+existing Wan checkpoint loads unchanged and, with a fresh encoder, streams exactly as before: the encoder adds
+zeros until it is trained. ``forward_chunk(..., camera_tokens=encoder(rays))`` is the one hook in the transformer.
+
+Rays are taken at the latent grid: :func:`latent_plucker` scales the pixel camera to the latent's size, and the
+encoder patchifies them with the transformer's own patch size, so one token gets the rays of the latent pixels it
+covers (6 x p_h x p_w values).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ..geometry import Intrinsics, plucker_rays
+
+__all__ = ["CameraEncoder", "latent_plucker", "RAY_CHANNELS"]
+
+RAY_CHANNELS = 6  # Plücker (direction, moment)
+
+
+def latent_plucker(intrinsics: Intrinsics, poses: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
+    """Plücker rays [6, F, h, w] (channels first, like latents) of cameras ``poses`` [F, 4, 4] (camera_to_world) at
+    each latent pixel of a latent ``latent_height`` x ``latent_width`` of frames taken with ``intrinsics``."""
+    factor = latent_width / intrinsics.width
+    if abs(latent_height / intrinsics.height - factor) > 1e-9:
+        raise ValueError(f"a {latent_height}x{latent_width} latent is not a uniform scaling of "
+                         f"{intrinsics.height}x{intrinsics.width} frames")
+    rays = plucker_rays(intrinsics.scaled(factor), poses)  # [F, h, w, 6]
+    return rays.permute(3, 0, 1, 2).contiguous()
+
+
+class CameraEncoder(ModelMixin, ConfigMixin):
+    """Plücker rays [B, 6, f, h, w] -> camera tokens [B, f * (h / p_h) * (w / p_w), inner_dim].
+
+    ``inner_dim`` and ``patch_size`` must be the transformer's (``CameraEncoder.for_transformer`` reads them);
+    ``hidden_dim`` > 0 adds a patch convolution and SiLU before the zero-initialised projection."""
+
+    @register_to_config
+    def __init__(self, inner_dim: int, patch_size: tuple[int, int, int] = (1, 2, 2), hidden_dim: int = 0,
+                 in_channels: int = RAY_CHANNELS):
+        super().__init__()
+        patch_size = tuple(patch_size)
+        if hidden_dim > 0:
+            self.embed = nn.Conv3d(in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size)
+            self.act = nn.SiLU()
+            self.proj = nn.Linear(hidden_dim, inner_dim)
+        else:
+            self.embed, self.act = None, None
+            self.proj = nn.Conv3d(in_channels, inner_dim, kernel_size=patch_size, stride=patch_size)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    @classmethod
+    def for_transformer(cls, transformer, hidden_dim: int = 0) -> "CameraEncoder":
+        config = transformer.config
+        return cls(config.num_attention_heads * config.attention_head_dim, tuple(config.patch_size), hidden_dim)
+
+    def forward(self, rays: torch.Tensor) -> torch.Tensor:
+        if rays.dim() != 5 or rays.shape[1] != self.config.in_channels:
+            raise ValueError(f"camera rays must be [batch, {self.config.in_channels}, frames, height, width], "
+                             f"got {tuple(rays.shape)}")
+        rays = rays.to(self.proj.weight.dtype)
+        if self.embed is not None:
+            tokens = self.act(self.embed(rays).flatten(2).transpose(1, 2))
+            return self.proj(tokens)
+        return self.proj(rays).flatten(2).transpose(1, 2)

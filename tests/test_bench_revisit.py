@@ -1,0 +1,32 @@
+"""``streamgen bench revisit`` (memory only): the rows mean what they say on a small run."""
+
+from streamgen.bench.revisit import METHODS, format_table, run_revisit
+from streamgen.bench.revisit_command import METHOD_NAMES
+from streamgen.cli import main
+
+
+def test_the_memory_rows_rank_as_they_should_and_the_truth_row_calibrates_the_oracle():
+    rows = {(r.method, r.away): r for r in run_revisit(away=(2, 8), trials=3, capacity=12)}
+    for away in (2, 8):
+        truth, none = rows["truth", away], rows["none", away]
+        assert truth.objects == 1.0 and truth.covered == 1.0
+        assert none.covered == 0.0 and none.objects == 0.0 and none.memory_bytes == 0
+        coverage, recency = rows["coverage", away], rows["recency", away]
+        assert coverage.covered >= recency.covered and coverage.covered > 0.95
+        assert coverage.objects >= 0.9 and coverage.psnr > 25
+    # 9 + 6 frames and 9 + 24 frames both fill a pool of 12: the same bytes
+    assert rows["coverage", 2].memory_bytes == rows["coverage", 8].memory_bytes > 0
+    assert rows["recency", 8].covered < 0.9  # the newest frames are far from the place
+    assert "| coverage | 8 |" in format_table(list(rows.values()))
+
+
+def test_the_command_refuses_bad_values_in_one_line(capsys):
+    assert main(["bench", "revisit", "--away", "x"]) == 2
+    assert main(["bench", "revisit", "--away", "1", "--trials", "0"]) == 2
+    assert main(["bench", "revisit", "--away", "1", "--methods", "nearest"]) == 2
+    err = capsys.readouterr().err
+    assert "--away must be" in err and "--trials must be" in err and "unknown memory method 'nearest'" in err
+
+
+def test_the_command_names_every_method_the_bench_has():
+    assert METHOD_NAMES == METHODS
