@@ -52,7 +52,8 @@ def _generate_every_line(args) -> int:
     one_video = [flag for flag, value in (("--switch", args.switch), ("--steps", args.steps),
                                           ("--guidance-scale", args.guidance_scale), ("--height", args.height),
                                           ("--width", args.width), ("--init-image", args.init_image),
-                                          ("--init-video", args.init_video)) if value is not None]
+                                          ("--init-video", args.init_video), ("--camera", args.camera))
+                 if value is not None]
     if one_video or args.dtype != "fp32":
         raise ValueError(f"{', '.join(one_video) or '--dtype'}: not for a whole prompt file ({args.prompts} holds "
                          "several lines); give --index N for one line's video")
@@ -111,6 +112,13 @@ def cmd_generate(args) -> int:
     for i, segment in enumerate(schedule.segments):
         check_prompt_length(segment.prompt, limit, "--prompt" if args.prompt is not None else f"{args.prompts}: "
                                                                                               f"segment {i}'s prompt")
+    camera = None
+    if args.camera is not None:
+        from .camera_control import CameraTrack
+
+        if args.snapshot is not None:
+            raise ValueError("--camera with --snapshot: a camera-controlled stream cannot be snapshotted yet")
+        camera = CameraTrack.from_json(args.camera)
     out = Path(args.out or DEFAULT_OUT)
     partial = check_output_path(out)
     with StopSignals() as stops:
@@ -125,7 +133,7 @@ def cmd_generate(args) -> int:
         stream = pipe.stream(
             schedule=schedule, num_frames=args.frames, cache=args.cache, switch=args.switch, height=args.height,
             width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-            generator=generator, image=args.init_image, video=args.init_video,
+            generator=generator, image=args.init_image, video=args.init_video, camera=camera,
         )
         # Free space is judged once the model has accepted the size (a size it refuses is the error to report).
         default_height, default_width = pipe.default_size()
@@ -148,7 +156,8 @@ def _resume_generate(args) -> int:
     from .video_io import check_output_path
 
     given = [flag for flag, value in (("--prompt", args.prompt), ("--prompts", args.prompts), ("--cache", args.cache),
-                                      ("--init-image", args.init_image), ("--init-video", args.init_video))
+                                      ("--init-image", args.init_image), ("--init-video", args.init_video),
+                                      ("--camera", args.camera))
              if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)}: a resumed run goes on with its snapshot's schedule and preset")
@@ -431,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "line's \"seed\", else 0; --seed wins over it)")
     gen.add_argument("--init-image", help="continue this picture: it becomes the stream's first frame(s) of context")
     gen.add_argument("--init-video", help="continue this clip (read with decord, resized/cropped to the model size)")
+    gen.add_argument("--camera", metavar="FILE", help="camera poses, JSON {\"intrinsics\": {fx, fy, cx, cy, width, "
+                     "height}, \"poses\": [4x4 camera_to_world per latent frame, init clip first]}; needs a pipeline "
+                     "with a camera_encoder (past the poses the camera holds still)")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     gen.add_argument("--out", help=f"the video (default: {DEFAULT_OUT}; with --resume, the snapshot's run's)")
@@ -444,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench.quality import register_cli as register_quality
     from .bench.quality.erase_command import register_cli as register_erase
-    from .bench.revisit_command import register_cli as register_revisit
+    from .bench.camera_command import register_cli as register_camera_benches
     from .convert import register_cli as register_convert
     from .demo import register_cli as register_demo
     from .train import register_cli as register_train
@@ -483,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.set_defaults(func=cmd_bench_speed)
 
     register_quality(bench)
-    register_revisit(bench)
+    register_camera_benches(bench)
     register_convert(sub)
     register_train(sub)
     register_erase(sub)

@@ -132,6 +132,10 @@ class StreamEngine:
         # chunk's query positions), for whoever wraps the sampler (the erasure's rollout recorder); None between
         # chunks, so it is never part of a stream's state.
         self.chunk_positions: tuple[list[tuple[int, str]], torch.Tensor, torch.Tensor] | None = None
+        # A camera-controlled stream's camera (streamgen.camera_control.StreamCamera): every forward of a run of
+        # frames gets their camera tokens. None: no camera conditioning.
+        self.camera = None
+        self._camera_tokens: torch.Tensor | None = None
         for mechanism in self.context.mechanisms:
             mechanism.attach(self.context)
 
@@ -227,6 +231,8 @@ class StreamEngine:
             self._forward(self.history.get(run), self.sampler.context_timestep, rotary)
 
     def _begin(self, frames: list[int], in_place: bool = False, observed: bool = False) -> ChunkRotary:
+        if self.camera is not None:
+            self._camera_tokens = self.camera.tokens(frames, self.history.latents.shape[0])
         if in_place:
             self.cache.begin_rewrite(frames)
         else:
@@ -270,7 +276,8 @@ class StreamEngine:
             observer, self._first_pass = self._observe_first_query, False
         with torch.no_grad():
             out = self.transformer.forward_chunk(
-                x, t, prompt_kv or self.prompt_kv, self.cache, rotary, query_observer=observer
+                x, t, prompt_kv or self.prompt_kv, self.cache, rotary, query_observer=observer,
+                camera_tokens=self._camera_tokens,
             )
         if self.synchronize_timing and out.is_cuda:
             torch.cuda.synchronize(out.device)

@@ -22,7 +22,7 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from .sampling import PREDICTION_TYPES, EulerSampler, FewStepSampler
 from .schedule import PlannedSegment, Schedule
 from .transitions import TRANSITIONS, Transition
 from .weights import check_finite_weights, check_weight_files
+
+if TYPE_CHECKING:
+    from .camera_control import CameraTrack
 
 # An open-ended stream plans its schedule over a horizon no real stream reaches (nothing is allocated for it).
 OPEN_ENDED_LATENT_FRAMES = 2**40
@@ -140,6 +143,8 @@ class VideoStream:
         if self._generating:
             raise SnapshotError("a chunk is being generated: snapshot between chunks (between iterations, or in "
                                 "callback_on_chunk_end)")
+        if self.engine.camera is not None:
+            raise SnapshotError("a camera-controlled stream cannot be snapshotted yet (its camera is not saved)")
         return save(self, path, extra)
 
     @property
@@ -162,6 +167,14 @@ class VideoStream:
 
     def _generated_frames(self) -> int:
         return self.engine.frame - self.context_frames if self._context is None else 0
+
+    def move(self, step: torch.Tensor) -> None:
+        """Steer the camera: from the next chunk on (past the track given to ``stream(camera=)``), each frame's
+        pose is the previous one moved by ``step`` [4, 4], a rigid transform in the camera's own axes
+        (:func:`streamgen.camera_control.camera_step`). May be called from any thread."""
+        if self.engine.camera is None:
+            raise RuntimeError("this stream has no camera: start it with pipe.stream(..., camera=CameraTrack(...))")
+        self.engine.camera.move(step)
 
     def switch(self, prompt: str, mode: str = "smooth", scene: int | None = None) -> None:
         """Play ``prompt`` from the next chunk on, entering it with transition ``mode`` (smooth | cut | recall).
@@ -312,7 +325,7 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     # A pipeline may name a packaged text encoder instead of carrying one (see ``text_encoder_package``).
-    _optional_components = ["tokenizer", "text_encoder"]
+    _optional_components = ["tokenizer", "text_encoder", "camera_encoder"]
 
     def __init__(
         self,
@@ -335,6 +348,7 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
         rope_range: int = 21,
         prediction_type: str = "flow",
         max_prompt_chars: int = MAX_PROMPT_CHARS,
+        camera_encoder=None,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -342,7 +356,8 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
         if type(transformer) is WanTransformer3DModel:  # a plain diffusers Wan folder: add the streaming methods
             transformer = CausalWanTransformer3DModel.from_wan(transformer)
         self.register_modules(
-            tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+            tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler,
+            camera_encoder=camera_encoder,
         )
         self.register_to_config(
             chunk_frames=chunk_frames,
@@ -578,8 +593,13 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
         callback_on_chunk_end: Callable[["StreamingVideoPipeline", StreamChunk], None] | None = None,
         image: str | np.ndarray | None = None,
         video: str | np.ndarray | None = None,
+        camera: CameraTrack | None = None,
     ) -> VideoStream:
         """Start a stream; iterate it for :class:`StreamChunk` s. ``num_frames=None`` streams until you stop.
+
+        ``camera`` (a :class:`~streamgen.camera_control.CameraTrack`: intrinsics and a pose per latent frame, init
+        clip first) conditions every chunk on where the camera is (a pipeline with a ``camera_encoder``); past the
+        track the camera moves by :meth:`VideoStream.move`, or holds still.
 
         ``guidance_scale`` > 1 turns on classifier-free guidance against ``negative_prompt`` (two transformer passes
         per step); None takes the pipeline config's. ``image`` / ``video`` (a file path or uint8 frames [H, W, 3] / [F, H, W, 3]) make the stream continue that
@@ -620,7 +640,26 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
         engine.prediction_type = self.config.get("prediction_type", "flow")
         if guidance_scale != 1.0:
             engine.negative_prompt_kv = self.prompt_kv(negative_prompt, batch_size)
+        if camera is not None:
+            engine.camera = self._stream_camera(camera, engine, height, width)
         return VideoStream(self, engine, plan, num_latent, latents, generator, callback_on_chunk_end, context=context)
+
+    def _stream_camera(self, camera, engine: StreamEngine, height: int, width: int):
+        from .camera_control import CameraTrack, StreamCamera
+
+        if getattr(self, "camera_encoder", None) is None:
+            raise ValueError("camera= needs a pipeline with a camera_encoder (a camera-trained model); this one has "
+                             "none")
+        if not isinstance(camera, CameraTrack):
+            raise TypeError(f"camera= takes a streamgen.camera_control.CameraTrack, got {type(camera).__name__}")
+        k = camera.intrinsics
+        if (k.height, k.width) != (height, width):
+            raise ValueError(f"the camera's intrinsics are for {k.height}x{k.width} frames, the stream makes "
+                             f"{height}x{width}")
+        latent_h, latent_w = engine.latent_hw
+        return StreamCamera(self.camera_encoder, k, camera.poses, chunk_frames=self.config.chunk_frames,
+                            latent_height=latent_h, latent_width=latent_w,
+                            keep=engine.history.capacity + self.config.chunk_frames)
 
     def resume(
         self, path: str | Path, *, cache: str | CachePreset | None = None,
@@ -698,15 +737,17 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
         callback_on_chunk_end: Callable[["StreamingVideoPipeline", StreamChunk], None] | None = None,
         image: str | np.ndarray | None = None,
         video: str | np.ndarray | None = None,
+        camera: CameraTrack | None = None,
     ):
-        """Generate ``num_frames`` video frames for a prompt or a :class:`~streamgen.schedule.Schedule`."""
+        """Generate ``num_frames`` video frames for a prompt or a :class:`~streamgen.schedule.Schedule` (``camera``:
+        see :meth:`stream`)."""
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"`output_type` must be 'np', 'pt' or 'latent', got {output_type!r}")
         stream = self.stream(
             prompt, schedule=schedule, num_frames=num_frames, height=height, width=width, cache=cache,
             switch=switch, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             negative_prompt=negative_prompt, batch_size=batch_size, latents=latents,
-            generator=generator, callback_on_chunk_end=callback_on_chunk_end, image=image, video=video,
+            generator=generator, callback_on_chunk_end=callback_on_chunk_end, image=image, video=video, camera=camera,
         )
         total = math.ceil(stream.num_latent_frames / self.config.chunk_frames)
         chunks = []

@@ -1,7 +1,7 @@
 """``streamgen bench revisit`` (memory only): the rows mean what they say on a small run."""
 
 from streamgen.bench.revisit import METHODS, format_table, run_revisit
-from streamgen.bench.revisit_command import METHOD_NAMES
+from streamgen.bench.camera_command import METHOD_NAMES
 from streamgen.cli import main
 
 

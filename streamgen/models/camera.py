@@ -8,6 +8,11 @@ zeros until it is trained. ``forward_chunk(..., camera_tokens=encoder(rays))`` i
 Rays are taken at the latent grid: :func:`latent_plucker` scales the pixel camera to the latent's size, and the
 encoder patchifies them with the transformer's own patch size, so one token gets the rays of the latent pixels it
 covers (6 x p_h x p_w values).
+
+Which frame the rays are relative to (:func:`chunk_relative_rays`): each chunk's frames in the camera frame of the
+last frame the stream showed before the chunk (the chunk's first frame for chunk 0), translations in
+``translation_unit``s. So a chunk's rays say how the camera moves on from what the model last saw, whatever the
+absolute place, and a cached frame keeps the tokens it was generated with.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import nn
 
 from ..geometry import Intrinsics, plucker_rays
 
-__all__ = ["CameraEncoder", "latent_plucker", "RAY_CHANNELS"]
+__all__ = ["CameraEncoder", "latent_plucker", "chunk_relative_rays", "RAY_CHANNELS"]
 
 RAY_CHANNELS = 6  # Plücker (direction, moment)
 
@@ -35,15 +40,44 @@ def latent_plucker(intrinsics: Intrinsics, poses: torch.Tensor, latent_height: i
     return rays.permute(3, 0, 1, 2).contiguous()
 
 
+def chunk_relative_rays(intrinsics: Intrinsics, poses: torch.Tensor, first_frame: int, chunk_frames: int,
+                        latent_height: int, latent_width: int, translation_unit: float = 1.0,
+                        reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Rays [6, F, h, w] of frames ``poses`` [F, 4, 4] (stream frames first_frame, first_frame + 1, ...), each
+    relative to its chunk's reference: the pose of the frame just before the chunk (``reference`` for the first
+    chunk when the poses start mid-chunk-sequence and the frame before is not among them), else the chunk's own
+    first frame."""
+    from ..geometry import invert_pose
+
+    poses = poses.to(torch.float64)
+    relative = torch.empty_like(poses)
+    for i in range(len(poses)):
+        frame = first_frame + i
+        start = frame - frame % chunk_frames
+        if start == 0:
+            ref = poses[i - frame] if i - frame >= 0 else reference
+        elif start - 1 - first_frame >= 0:
+            ref = poses[start - 1 - first_frame]
+        else:
+            ref = reference
+        if ref is None:
+            raise ValueError(f"frame {frame}'s chunk reference (frame {max(start - 1, 0)}) is not among the poses: "
+                             "pass reference=")
+        relative[i] = invert_pose(ref.to(torch.float64)) @ poses[i]
+    relative[:, :3, 3] /= translation_unit
+    return latent_plucker(intrinsics, relative, latent_height, latent_width)
+
+
 class CameraEncoder(ModelMixin, ConfigMixin):
     """Plücker rays [B, 6, f, h, w] -> camera tokens [B, f * (h / p_h) * (w / p_w), inner_dim].
 
     ``inner_dim`` and ``patch_size`` must be the transformer's (``CameraEncoder.for_transformer`` reads them);
-    ``hidden_dim`` > 0 adds a patch convolution and SiLU before the zero-initialised projection."""
+    ``hidden_dim`` > 0 adds a patch convolution and SiLU before the zero-initialised projection;
+    ``translation_unit``: the world length one unit of ray translation stands for (see :func:`chunk_relative_rays`)."""
 
     @register_to_config
     def __init__(self, inner_dim: int, patch_size: tuple[int, int, int] = (1, 2, 2), hidden_dim: int = 0,
-                 in_channels: int = RAY_CHANNELS):
+                 in_channels: int = RAY_CHANNELS, translation_unit: float = 1.0):
         super().__init__()
         patch_size = tuple(patch_size)
         if hidden_dim > 0:
@@ -57,9 +91,10 @@ class CameraEncoder(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.proj.bias)
 
     @classmethod
-    def for_transformer(cls, transformer, hidden_dim: int = 0) -> "CameraEncoder":
+    def for_transformer(cls, transformer, hidden_dim: int = 0, translation_unit: float = 1.0) -> "CameraEncoder":
         config = transformer.config
-        return cls(config.num_attention_heads * config.attention_head_dim, tuple(config.patch_size), hidden_dim)
+        return cls(config.num_attention_heads * config.attention_head_dim, tuple(config.patch_size), hidden_dim,
+                   translation_unit=translation_unit)
 
     def forward(self, rays: torch.Tensor) -> torch.Tensor:
         if rays.dim() != 5 or rays.shape[1] != self.config.in_channels:

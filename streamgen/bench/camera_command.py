@@ -1,0 +1,91 @@
+"""``streamgen bench revisit`` and ``streamgen bench camera``: the camera world's benchmarks on the command line
+(building the parser imports neither torch nor the benches)."""
+
+from __future__ import annotations
+
+__all__ = ["register_cli", "cmd_revisit", "cmd_camera", "METHOD_NAMES"]
+
+# streamgen.bench.revisit.METHODS, named here for --help without importing torch (a test keeps the two equal)
+METHOD_NAMES = ("coverage", "greedy", "fov", "recency", "fused", "none", "truth")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--away must be chunk counts separated by commas, e.g. 4,8,16; got {text!r}") from None
+    if not values or min(values) < 1 or max(values) > 256:
+        raise ValueError(f"--away counts must be 1..256, got {text!r}")
+    return values
+
+
+def cmd_revisit(args) -> int:
+    from .revisit import METHODS, format_table, run_revisit, write_json
+
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    if not 1 <= args.trials <= 1000 or not 2 <= args.capacity <= 4096 or not 1 <= args.k <= 16:
+        raise ValueError("--trials must be 1..1000, --capacity 2..4096 and --k 1..16")
+    rows = run_revisit(away=_int_list(args.away), trials=args.trials, capacity=args.capacity, k=args.k,
+                       methods=methods, seed=args.seed)
+    print("memory only: the pool holds the true frames, each revisit view is rebuilt from its anchors alone "
+          f"({args.trials} flights per row, pool {args.capacity} frames, k={args.k})")
+    print(format_table(rows))
+    if args.json:
+        write_json(rows, args.json)
+    return 0
+
+
+def cmd_camera(args) -> int:
+    from .camera_follow import follow_camera
+    from ..loading import open_pipeline
+
+    if not 1 <= args.trials <= 1000 or not 1 <= args.chunks <= 256 or not 1 <= args.context <= 256:
+        raise ValueError("--trials must be 1..1000, --chunks 1..256 and --context 1..256")
+    pipe = open_pipeline(args.pipeline)
+    if pipe.camera_encoder is None:
+        raise ValueError(f"{args.pipeline or 'the default pipeline'} has no camera_encoder: give a camera-trained "
+                         "pipeline folder")
+    results = follow_camera(pipe, trials=args.trials, context=args.context, chunks=args.chunks, cache=args.cache,
+                            seed=args.seed)
+    print(f"camera following: {args.trials} held-out flights, {args.context} true frames, then {args.chunks} "
+          "chunks under the camera")
+    print("| video | shift error (px) | within 0.5 px | frames measured | objects in place | PSNR (dB) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        print(f"| {name} | {r.shift_error_px:.2f} | {r.within_half_px:.1%} | {r.scored:.1%} | {r.objects:.1%} | "
+              f"{r.psnr:.1f} |")
+    if args.json:
+        import dataclasses
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({k: dataclasses.asdict(v) for k, v in results.items()}, f, indent=1)
+    return 0
+
+
+def register_cli(bench) -> None:
+    p = bench.add_parser("revisit", help="what each geometric memory option brings back of a revisited place",
+                         description="Fly over a camera-world place, away for N chunks and back along the same "
+                                     "poses; rebuild each revisit view from the memory's anchors (true frames in "
+                                     "the pool, no model) and score coverage, PSNR and the oracle's objects.")
+    p.add_argument("--away", default="4,8,16", help="chunks flown away before the revisit (default: 4,8,16)")
+    p.add_argument("--trials", type=int, default=16, help="flights per distance (default: 16)")
+    p.add_argument("--capacity", type=int, default=32, help="memory pool frames (default: 32)")
+    p.add_argument("--k", type=int, default=4, help="anchors per chunk, the first frame included (default: 4)")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHOD_NAMES)} (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the rows here")
+    p.set_defaults(func=cmd_revisit)
+
+    c = bench.add_parser("camera", help="does a camera model follow its camera (camera world, oracle-read)",
+                         description="Continue true camera-world flights under their camera track and measure the "
+                                     "generated frames' shift against the commanded one, the objects kept in place, "
+                                     "and PSNR, beside a video that holds the last true frame and the truth.")
+    c.add_argument("--pipeline", help="a pipeline folder with a camera_encoder")
+    c.add_argument("--trials", type=int, default=8, help="flights (default: 8)")
+    c.add_argument("--context", type=int, default=9, help="true frames before generating (default: 9)")
+    c.add_argument("--chunks", type=int, default=6, help="chunks generated per flight (default: 6)")
+    c.add_argument("--cache", help="cache preset (default: the pipeline's)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", help="write the results here")
+    c.set_defaults(func=cmd_camera)
