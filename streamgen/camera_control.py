@@ -13,10 +13,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .geometry import Intrinsics
+from .geometry import RETRIEVAL_METHODS, GeometricMemory, Intrinsics
 from .models.camera import CameraEncoder, chunk_relative_rays
 
 __all__ = ["CameraTrack", "StreamCamera", "camera_step", "check_poses", "MAX_TRACK_BYTES"]
@@ -57,16 +58,34 @@ def check_poses(poses, what: str = "camera poses", limit: int = 1_000_000) -> to
     return poses
 
 
+DepthFn = Callable[[torch.Tensor, Intrinsics], torch.Tensor]  # (pose [4, 4], camera) -> depth [H, W]
+
+
 @dataclass
 class CameraTrack:
     """The camera of a stream: one pinhole camera and a camera_to_world pose per latent frame, from the stream's
-    first frame (an init clip's first) on. ``pipe.stream(prompt, camera=CameraTrack(...))``."""
+    first frame (an init clip's first) on. ``pipe.stream(prompt, camera=CameraTrack(...))``.
+
+    For an encoder that takes anchors, the stream keeps a local geometric memory of its frames: ``depth_fn(pose,
+    camera)`` gives each frame's depth (the camera world's exact ground depth, or an estimator's), ``memory_frames``
+    bounds the pool, and each frame's anchor is the composite of the ``anchors`` frames ``retrieval`` picks
+    (``coverage``, ``greedy``, ``fov`` or ``recency``; see :class:`~streamgen.geometry.GeometricMemory`)."""
 
     intrinsics: Intrinsics
     poses: torch.Tensor
+    depth_fn: DepthFn | None = None
+    memory_frames: int = 32
+    anchors: int = 4
+    retrieval: str = "coverage"
+    keep_first: bool = True  # the stream's first frame stays in the memory and is always an anchor
 
     def __post_init__(self):
         self.poses = check_poses(self.poses, "camera poses")
+        if self.retrieval not in RETRIEVAL_METHODS:
+            raise ValueError(f"retrieval must be one of {', '.join(RETRIEVAL_METHODS)}, got {self.retrieval!r}")
+        if not 2 <= self.memory_frames <= 100_000 or not 1 <= self.anchors <= 64:
+            raise ValueError(f"memory_frames must be 2..100000 and anchors 1..64, got {self.memory_frames} and "
+                             f"{self.anchors}")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "CameraTrack":
@@ -109,14 +128,27 @@ class CameraTrack:
 
 
 class StreamCamera:
-    def __init__(self, encoder: CameraEncoder, intrinsics: Intrinsics, track: torch.Tensor, *, chunk_frames: int,
-                 latent_height: int, latent_width: int, keep: int):
-        self.encoder, self.intrinsics = encoder, intrinsics
+    """Per stream: poses by frame, the geometric memory (when the encoder takes anchors) and each run of frames'
+    camera tokens. ``latents_of(frames)`` reads the stream's clean latents [B, C, n, h, w] of earlier frames."""
+
+    def __init__(self, encoder: CameraEncoder, track: CameraTrack, *, chunk_frames: int, latent_height: int,
+                 latent_width: int, keep: int, latents_of: Callable[[list[int]], torch.Tensor] | None = None):
+        self.encoder, self.intrinsics = encoder, track.intrinsics
         self.chunk_frames, self.latent_hw = chunk_frames, (latent_height, latent_width)
         self.keep = max(keep, 2 * chunk_frames) + 1
-        self.track = check_poses(track, "camera track")
+        self.track = track.poses
         self._poses: dict[int, torch.Tensor] = {}
         self._step = torch.eye(4, dtype=torch.float64)
+        self._tokens: dict[int, torch.Tensor] = {}  # each frame's tokens as it was generated (re-encoding reuses them)
+        self.memory, self.latents_of, self.depth_fn = None, latents_of, track.depth_fn
+        if encoder.takes_anchors:
+            if track.depth_fn is None or latents_of is None:
+                raise ValueError("this camera model weaves in a geometric memory: give the CameraTrack a depth_fn "
+                                 "(pose, intrinsics) -> depth")
+            self.memory = GeometricMemory(track.memory_frames, keep_first=track.keep_first)
+            self.retrieval, self.k = track.retrieval, track.anchors
+            self.latent_camera = track.intrinsics.scaled(latent_width / track.intrinsics.width)
+            self._remembered = -1  # frames up to this one are in the memory
 
     def move(self, step: torch.Tensor) -> None:
         """Move by ``step`` [4, 4] (see :func:`camera_step`) per frame from the next chunk on, past the track."""
@@ -139,7 +171,10 @@ class StreamCamera:
         return pose
 
     def tokens(self, frames: list[int], batch: int) -> torch.Tensor:
-        """Camera tokens [batch, len(frames) * tokens per frame, dim] of ``frames`` (consecutive)."""
+        """Camera tokens [batch, len(frames) * tokens per frame, dim] of ``frames`` (consecutive): those a frame
+        was generated with when it is re-encoded, else new ones."""
+        if all(f in self._tokens for f in frames):
+            return torch.cat([self._tokens[f] for f in frames], 1).expand(batch, -1, -1)
         for f in range(frames[0], frames[-1] + 1):
             self.pose(f)
         first = frames[0]
@@ -149,6 +184,30 @@ class StreamCamera:
         rays = chunk_relative_rays(self.intrinsics, poses, first, self.chunk_frames, *self.latent_hw,
                                    float(self.encoder.config.translation_unit), reference=reference)
         weight = self.encoder.proj.weight
+        inputs = [rays[None].to(weight.device, torch.float32)]
+        if self.memory is not None:
+            inputs += [t[None].to(weight.device, torch.float32) for t in self.anchors(first, poses)]
         with torch.no_grad():
-            tokens = self.encoder(rays[None].to(weight.device, torch.float32))
+            tokens = self.encoder(*inputs)
+        per_frame = tokens.shape[1] // len(frames)
+        for i, f in enumerate(frames):
+            self._tokens[f] = tokens[:, i * per_frame:(i + 1) * per_frame]
+        for old in [f for f in self._tokens if f < frames[-1] - self.keep]:
+            del self._tokens[old]
         return tokens.expand(batch, -1, -1)
+
+    def anchors(self, first: int, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anchors [C, f, h, w], holes [1, f, h, w]) for frames first.. at ``poses``, from the memory of every
+        frame before ``first`` (which it takes in from the stream's latents first)."""
+        missing = list(range(self._remembered + 1, first))
+        if missing:
+            latents = self.latents_of(missing)[0]  # [C, n, h, w] of the stream's first video
+            for i, frame in enumerate(missing):
+                pose = self.pose(frame)
+                depth = self.depth_fn(pose, self.latent_camera)
+                self.memory.add(latents[:, i].permute(1, 2, 0).float().cpu(), pose, self.latent_camera, frame,
+                                depth=depth)
+            self._remembered = first - 1
+        picked = self.memory.retrieve(poses, self.latent_camera, self.k, self.retrieval) if len(self.memory) else []
+        image, covered = self.memory.composite(picked, poses, self.latent_camera)
+        return image.permute(3, 0, 1, 2), (~covered).float()[None]

@@ -656,10 +656,12 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
         if (k.height, k.width) != (height, width):
             raise ValueError(f"the camera's intrinsics are for {k.height}x{k.width} frames, the stream makes "
                              f"{height}x{width}")
+        if self.camera_encoder.takes_anchors and engine.history.latents.shape[0] != 1:
+            raise ValueError("a camera stream with a geometric memory makes one video at a time (batch_size=1)")
         latent_h, latent_w = engine.latent_hw
-        return StreamCamera(self.camera_encoder, k, camera.poses, chunk_frames=self.config.chunk_frames,
+        return StreamCamera(self.camera_encoder, camera, chunk_frames=self.config.chunk_frames,
                             latent_height=latent_h, latent_width=latent_w,
-                            keep=engine.history.capacity + self.config.chunk_frames)
+                            keep=engine.history.capacity + self.config.chunk_frames, latents_of=engine.history.get)
 
     def resume(
         self, path: str | Path, *, cache: str | CachePreset | None = None,

@@ -1,7 +1,9 @@
-"""``streamgen bench revisit`` (memory only): the rows mean what they say on a small run."""
+"""``streamgen bench revisit``: the rows mean what they say on small runs, memory alone and with a model."""
 
-from streamgen.bench.revisit import METHODS, format_table, run_revisit
-from streamgen.bench.camera_command import METHOD_NAMES
+from streamgen.bench.camera_command import METHOD_NAMES, MODEL_MEMORY_NAMES
+from streamgen.bench.revisit import (
+    METHODS, MODEL_MEMORIES, format_model_table, format_table, run_model_revisit, run_revisit,
+)
 from streamgen.cli import main
 
 
@@ -29,4 +31,17 @@ def test_the_command_refuses_bad_values_in_one_line(capsys):
 
 
 def test_the_command_names_every_method_the_bench_has():
-    assert METHOD_NAMES == METHODS
+    assert METHOD_NAMES == METHODS and MODEL_MEMORY_NAMES == tuple(MODEL_MEMORIES)
+
+
+def test_the_model_revisit_runs_a_camera_model_through_every_memory():
+    from streamgen.models.camera import CameraEncoder
+    from streamgen.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    pipe.register_modules(camera_encoder=CameraEncoder.for_transformer(pipe.transformer, anchors=True))
+    pipe.set_progress_bar_config(disable=True)
+    rows = run_model_revisit(pipe, away=(2,), trials=1, memories=("coverage", "window"))
+    assert [r.memory for r in rows] == ["coverage", "window"] and all(r.fps > 0 for r in rows)
+    assert rows[0].memory_bytes > rows[1].memory_bytes > 0  # a pool of 32 against the 4 newest
+    assert "| coverage | 2 |" in format_model_table(rows)

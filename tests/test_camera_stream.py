@@ -142,3 +142,81 @@ def test_generate_takes_a_camera_file(tmp_path, capsys):
     assert main(args + ["--pipeline", str(tmp_path / "cam"), "--snapshot", str(tmp_path / "s")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 3 and "camera_encoder" in err[0] and "'fx' is missing" in err[1] and "--snapshot" in err[2]
+
+
+def anchored_pipeline(seed=None):
+    pipe = build_tiny_pipeline()
+    encoder = CameraEncoder.for_transformer(pipe.transformer, anchors=True).eval()
+    if seed is not None:
+        randomize(encoder, seed)
+    pipe.register_modules(camera_encoder=encoder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def world_track(frames=18, **kwargs):
+    from streamgen.world.camera import ground_depth
+
+    return CameraTrack(default_intrinsics(), camera_to_world(pan(CameraState(64, 64), 2.0, 1.0, frames)),
+                       depth_fn=ground_depth, **kwargs)
+
+
+def test_a_stream_remembers_its_frames_and_a_fresh_anchor_encoder_still_changes_nothing():
+    pipe = anchored_pipeline()
+    assert torch.equal(frames_of(pipe, None), frames_of(pipe, world_track()))
+    stream = pipe.stream("a red circle", camera=world_track(memory_frames=4), generator=torch.Generator().manual_seed(0))
+    for _, _ in zip(range(4), stream):
+        pass
+    memory = stream.engine.camera.memory
+    assert len(memory) == 4 and [f.time for f in memory.frames][0] == 0  # bounded, first frame kept
+    assert memory.frames[-1].time == 8  # the 3 chunks before the 4th were taken in
+    with pytest.raises(ValueError, match="depth_fn"):
+        pipe.stream("x", camera=track())
+    with pytest.raises(ValueError, match="batch_size=1"):
+        pipe.stream("x", camera=world_track(), batch_size=2)
+    with pytest.raises(ValueError, match="retrieval must be one of"):
+        world_track(retrieval="nearest")
+
+
+def test_the_anchors_of_a_true_flight_are_its_frames_where_the_memory_covers_them():
+    from streamgen.world.camera import ground_depth, render_flight, sample_map
+
+    world = sample_map(3)
+    states = pan(CameraState(100, 100), 2.0, 1.0, 12)
+    flight = render_flight(world, states)
+    latents = torch.tensor(flight.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # pixel VAE: latents = pixels
+    pipe = anchored_pipeline(seed=2)
+    track = CameraTrack(flight.intrinsics, flight.poses, depth_fn=ground_depth)
+    stream = pipe.stream(world.caption, video=flight.frames[:9], camera=track, generator=torch.Generator().manual_seed(0))
+    next(stream)  # prefills the 9 true frames, then generates frames 9-11
+    camera = stream.engine.camera
+    anchors, holes = camera.anchors(9, flight.poses[9:12])  # what frames 9-11 were generated against
+    covered = holes[0] == 0
+    assert covered.float().mean() > 0.8
+    truth = latents[0, :, 9:12]
+    assert torch.allclose(anchors[:, covered], truth[:, covered], atol=1e-5)
+
+
+def test_training_a_camera_model_runs_resumes_and_exports_a_loadable_pipeline(tmp_path):
+    from streamgen.train.camera import CameraTrainConfig, CameraTrainer, clip_anchors, camera_clip
+
+    config = CameraTrainConfig(clip_frames=9, batch_size=2, steps=2, save_every=2, threads=1, warmup=1)
+    frames, poses, caption = camera_clip(5, config)
+    video = torch.tensor(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+    anchors, holes = clip_anchors(video, poses, default_intrinsics(), 3, 4)
+    assert holes[:, :3].eq(1).all() and holes[:, 3:].eq(0).float().mean() > 0.5  # chunk 0 has no memory
+    covered = holes[0] == 0
+    assert torch.equal(anchors[:, covered], video[:, covered])  # pixel-aligned pans: exact
+    build_tiny_pipeline().save_pretrained(tmp_path / "tiny")
+    config = CameraTrainConfig(init=str(tmp_path / "tiny"), out=str(tmp_path / "run"), clip_frames=9,
+                               batch_size=2, steps=2, save_every=2, threads=1, warmup=1)
+    CameraTrainer(config).run()
+    with pytest.raises(ValueError, match="--resume"):
+        CameraTrainer(config)
+    resumed = CameraTrainer(CameraTrainConfig(**{**config.__dict__, "steps": 3}), resume=True)
+    assert resumed.step == 2
+    resumed.run()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [2, 3]
+    pipe = StreamingVideoPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert pipe.camera_encoder is not None and pipe.camera_encoder.takes_anchors

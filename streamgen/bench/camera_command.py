@@ -7,6 +7,7 @@ __all__ = ["register_cli", "cmd_revisit", "cmd_camera", "METHOD_NAMES"]
 
 # streamgen.bench.revisit.METHODS, named here for --help without importing torch (a test keeps the two equal)
 METHOD_NAMES = ("coverage", "greedy", "fov", "recency", "fused", "none", "truth")
+MODEL_MEMORY_NAMES = ("coverage", "greedy", "fov", "recency", "window")  # streamgen.bench.revisit.MODEL_MEMORIES
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -22,6 +23,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 def cmd_revisit(args) -> int:
     from .revisit import METHODS, format_table, run_revisit, write_json
 
+    if args.pipeline is not None:
+        return _model_revisit(args)
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     if not 1 <= args.trials <= 1000 or not 2 <= args.capacity <= 4096 or not 1 <= args.k <= 16:
         raise ValueError("--trials must be 1..1000, --capacity 2..4096 and --k 1..16")
@@ -32,6 +35,34 @@ def cmd_revisit(args) -> int:
     print(format_table(rows))
     if args.json:
         write_json(rows, args.json)
+    return 0
+
+
+def _model_revisit(args) -> int:
+    import dataclasses
+    import json
+
+    from ..loading import open_pipeline
+    from .revisit import MODEL_MEMORIES, format_model_table, run_model_revisit
+
+    memories = tuple(args.methods.split(",")) if args.methods else tuple(MODEL_MEMORIES)
+    unknown = [m for m in memories if m not in MODEL_MEMORIES]
+    if unknown:
+        raise ValueError(f"unknown memory {unknown[0]!r} for a camera model; choose from {', '.join(MODEL_MEMORIES)}")
+    if not 1 <= args.trials <= 1000:
+        raise ValueError("--trials must be 1..1000")
+    away = _int_list(args.away)
+    pipe = open_pipeline(args.pipeline)
+    if pipe.camera_encoder is None or not pipe.camera_encoder.takes_anchors:
+        raise ValueError(f"{args.pipeline}: the revisit with a model needs a camera model that takes anchors")
+    rows = run_model_revisit(pipe, away=away, trials=args.trials, memories=memories, cache=args.cache,
+                             seed=args.seed)
+    print(f"revisit with {args.pipeline}: 9 true frames of a place, away N chunks and back along the same poses; "
+          f"the chunk that retraces the place is scored ({args.trials} held-out flights per row)")
+    print(format_model_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
     return 0
 
 
@@ -68,11 +99,15 @@ def register_cli(bench) -> None:
                          description="Fly over a camera-world place, away for N chunks and back along the same "
                                      "poses; rebuild each revisit view from the memory's anchors (true frames in "
                                      "the pool, no model) and score coverage, PSNR and the oracle's objects.")
+    p.add_argument("--pipeline", help="a camera model that takes anchors: run it in the loop (without: the memory "
+                   "alone, on true frames)")
+    p.add_argument("--cache", help="with --pipeline: cache preset (default: the pipeline's)")
     p.add_argument("--away", default="4,8,16", help="chunks flown away before the revisit (default: 4,8,16)")
     p.add_argument("--trials", type=int, default=16, help="flights per distance (default: 16)")
     p.add_argument("--capacity", type=int, default=32, help="memory pool frames (default: 32)")
     p.add_argument("--k", type=int, default=4, help="anchors per chunk, the first frame included (default: 4)")
-    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHOD_NAMES)} (default: all)")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHOD_NAMES)} (with --pipeline: of "
+                   f"{','.join(MODEL_MEMORY_NAMES)}; default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows here")
     p.set_defaults(func=cmd_revisit)

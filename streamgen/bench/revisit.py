@@ -36,7 +36,7 @@ from ..geometry import GeometricMemory, psnr
 from ..world.camera import (
     CameraState, default_intrinsics, match_view, pan, read_view, render_flight, sample_map, visible_objects,
 )
-from ..world.scenes import COLORS
+from ..world.scenes import COLORS, seeds_of_split
 
 __all__ = ["METHODS", "RevisitRow", "run_revisit", "format_table"]
 
@@ -64,14 +64,7 @@ def _rebuild(memory: GeometricMemory, method: str, poses: torch.Tensor, k: int):
     if method == "fused":
         renders = memory.fused(poses, camera)
         return torch.stack([r.image for r in renders]).float(), torch.stack([r.covered for r in renders])
-    indices = memory.retrieve(poses, camera, k, method)
-    anchors = memory.anchors(indices, poses, camera)
-    image, covered = torch.zeros(*shape, 3), torch.zeros(shape, dtype=torch.bool)
-    for a in range(len(indices)):  # first anchor to cover a pixel wins
-        take = anchors.covered[a] & ~covered
-        image[take] = anchors.images[a][take]
-        covered |= take
-    return image, covered
+    return memory.composite(memory.retrieve(poses, camera, k, method), poses, camera)
 
 
 def run_revisit(*, away: tuple[int, ...] = (4, 8, 16), trials: int = 8, chunk_frames: int = 3, prefill: int = 9,
@@ -143,3 +136,90 @@ def format_table(rows: list[RevisitRow]) -> str:
 def write_json(rows: list[RevisitRow], path: str) -> None:
     with open(path, "w") as f:
         json.dump([r.__dict__ for r in rows], f, indent=1)
+
+
+# ---- with a camera model in the loop -----------------------------------------------------------------------------
+
+# memory options of a camera stream: (retrieval, pool frames, anchors, keep the first frame)
+MODEL_MEMORIES = {
+    "coverage": ("coverage", 32, 4, True),  # streamgen: greedy + swaps over a pool of 32
+    "greedy": ("greedy", 32, 4, True),  # AnchorWeave's plain greedy
+    "fov": ("fov", 32, 4, True),  # WorldMem-style frustum overlap
+    "recency": ("recency", 32, 4, True),  # the first frame and the 3 newest
+    "window": ("recency", 4, 4, False),  # no long memory: the 4 newest frames only
+}
+
+
+@dataclass
+class ModelRevisitRow:
+    memory: str
+    away: int
+    psnr: float  # the revisit chunk against the true frames of the place
+    objects: float  # the place's objects (seen in the true context) found in place and colour
+    fps: float  # generated frames per second over the whole flight
+    memory_bytes: int
+
+
+def _model_flight(trial: int, context: int, away_frames: int, chunk: int, speed: int = 2):
+    """(world, flight): ``context`` true frames of a place, ``away_frames`` flying off at whole units per frame,
+    then the same poses back (the turning frame held once), the last ``chunk`` retracing the place's last chunk."""
+    rng = random.Random(20_000 + trial)
+    world = sample_map(next(seeds_of_split("heldout", start=trial * 7919)))
+    direction = rng.choice([(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)])
+    vx, vy = direction[0] * speed, direction[1] * speed
+    out_frames = context + away_frames
+    x0 = world.extent / 2 - vx * out_frames / 2
+    y0 = world.extent / 2 - vy * out_frames / 2
+    out = [CameraState(round(x0) + k * vx, round(y0) + k * vy) for k in range(out_frames)]
+    states = out + out[::-1][: away_frames + chunk]
+    return world, render_flight(world, states, start_time=rng.uniform(0, 200))
+
+
+def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,), trials: int = 8, context: int = 9,
+                      memories: tuple[str, ...] = tuple(MODEL_MEMORIES), cache: str | None = None,
+                      seed: int = 0) -> list[ModelRevisitRow]:
+    """Per distance and memory option: the camera model continues the flight from the place's true frames, flies
+    away and back; the frames that retrace the place's last chunk are scored."""
+    from ..camera_control import CameraTrack
+    from ..world.camera import ground_depth
+
+    chunk = int(pipe.config.chunk_frames)
+    rows = []
+    for n_away in away:
+        for name in memories:
+            retrieval, pool, k, keep_first = MODEL_MEMORIES[name]
+            psnrs, found, expected, frames, seconds, nbytes = [], 0, 0, 0, 0.0, 0
+            for trial in range(trials):
+                world, flight = _model_flight(trial, context, n_away * chunk, chunk)
+                generate = len(flight) - context
+                track = CameraTrack(flight.intrinsics, flight.poses, depth_fn=ground_depth, memory_frames=pool,
+                                    anchors=k, retrieval=retrieval, keep_first=keep_first)
+                began = time.perf_counter()
+                stream = pipe.stream(world.caption, video=flight.frames[:context], camera=track,
+                                     num_frames=generate, cache=cache,
+                                     generator=torch.Generator().manual_seed(seed * 1000 + trial))
+                video = np.concatenate([c.frames[0] for c in stream])
+                seconds += time.perf_counter() - began
+                frames += len(video)
+                nbytes = stream.engine.camera.memory.nbytes
+                # the last chunk retraces the place's last true chunk: score each frame against the true one
+                for k_gen in range(len(video) - chunk, len(video)):
+                    pose = flight.poses[context + k_gen]
+                    true_index = next(i for i in range(context) if torch.equal(flight.poses[i], pose))
+                    truth = flight.frames[true_index]
+                    mse = float(np.mean((video[k_gen].astype(np.float64) - truth.astype(np.float64)) ** 2))
+                    psnrs.append(99.0 if mse == 0 else 10 * math.log10(255 ** 2 / mse))
+                    seen = visible_objects(world, pose, flight.times[true_index], flight.intrinsics)
+                    score = match_view(read_view(video[k_gen], world.background)[1], seen)
+                    found, expected = found + score.found, expected + score.expected
+            rows.append(ModelRevisitRow(name, n_away, float(np.mean(psnrs)), found / max(expected, 1),
+                                        frames / seconds, nbytes))
+    return rows
+
+
+def format_model_table(rows: list[ModelRevisitRow]) -> str:
+    lines = ["| memory | away (chunks) | revisit PSNR (dB) | place's objects restored | FPS (whole flight) | memory "
+             "bytes |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r.memory} | {r.away} | {r.psnr:.1f} | {r.objects:.1%} | {r.fps:.1f} | {r.memory_bytes:,} |")
+    return "\n".join(lines)

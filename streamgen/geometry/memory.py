@@ -182,6 +182,21 @@ class GeometricMemory:
             *empty, dtype=torch.bool)
         return Anchors(frames, images.to(torch.float32), covered)
 
+    def composite(self, indices: list[int], poses: torch.Tensor, intrinsics: Intrinsics):
+        """One anchor per target camera: pool frames ``indices`` rendered there, the first to cover a pixel winning
+        (retrieval order). (images [T, H, W, C], covered bool [T, H, W]); uncovered pixels are 0."""
+        shape = (len(poses), intrinsics.height, intrinsics.width)
+        channels = self.frames[0].image.shape[-1] if self.frames else 3
+        image, covered = torch.zeros(*shape, channels), torch.zeros(shape, dtype=torch.bool)
+        if not indices:
+            return image, covered
+        anchors = self.anchors(indices, poses, intrinsics)
+        for a in range(len(indices)):
+            take = anchors.covered[a] & ~covered
+            image[take] = anchors.images[a][take]
+            covered |= take
+        return image, covered
+
     def fused(self, poses: torch.Tensor, intrinsics: Intrinsics) -> list[Splat]:
         """The baseline AnchorWeave argues against: every pool frame's points fused into one global cloud, rendered
         into each target camera (with exact depth it matches the local renders; estimated depth smears it)."""

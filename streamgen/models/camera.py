@@ -73,13 +73,20 @@ class CameraEncoder(ModelMixin, ConfigMixin):
 
     ``inner_dim`` and ``patch_size`` must be the transformer's (``CameraEncoder.for_transformer`` reads them);
     ``hidden_dim`` > 0 adds a patch convolution and SiLU before the zero-initialised projection;
-    ``translation_unit``: the world length one unit of ray translation stands for (see :func:`chunk_relative_rays`)."""
+    ``translation_unit``: the world length one unit of ray translation stands for (see :func:`chunk_relative_rays`).
+
+    ``anchor_channels`` > 0 (the latent's channels) also takes an **anchor** per frame: what the stream's geometric
+    memory shows at that frame's camera (its retrieved frames reprojected there, :mod:`streamgen.geometry.memory`)
+    plus a hole mask, concatenated to the rays before the patch embedding. AnchorWeave's controller, reduced to one
+    composited anchor per frame and one zero-initialised injection at the input (no side transformer, no
+    pose-confidence weighting): the model learns to keep what the anchor covers and to draw the holes."""
 
     @register_to_config
     def __init__(self, inner_dim: int, patch_size: tuple[int, int, int] = (1, 2, 2), hidden_dim: int = 0,
-                 in_channels: int = RAY_CHANNELS, translation_unit: float = 1.0):
+                 in_channels: int = RAY_CHANNELS, translation_unit: float = 1.0, anchor_channels: int = 0):
         super().__init__()
         patch_size = tuple(patch_size)
+        in_channels = in_channels + (anchor_channels + 1 if anchor_channels else 0)
         if hidden_dim > 0:
             self.embed = nn.Conv3d(in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size)
             self.act = nn.SiLU()
@@ -91,15 +98,32 @@ class CameraEncoder(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.proj.bias)
 
     @classmethod
-    def for_transformer(cls, transformer, hidden_dim: int = 0, translation_unit: float = 1.0) -> "CameraEncoder":
+    def for_transformer(cls, transformer, hidden_dim: int = 0, translation_unit: float = 1.0,
+                        anchors: bool = False) -> "CameraEncoder":
         config = transformer.config
         return cls(config.num_attention_heads * config.attention_head_dim, tuple(config.patch_size), hidden_dim,
-                   translation_unit=translation_unit)
+                   translation_unit=translation_unit, anchor_channels=config.in_channels if anchors else 0)
 
-    def forward(self, rays: torch.Tensor) -> torch.Tensor:
+    @property
+    def takes_anchors(self) -> bool:
+        return self.config.anchor_channels > 0
+
+    def forward(self, rays: torch.Tensor, anchors: torch.Tensor | None = None,
+                holes: torch.Tensor | None = None) -> torch.Tensor:
+        """``rays`` [B, 6, f, h, w]; with anchors: ``anchors`` [B, C, f, h, w] (zeros in holes) and ``holes``
+        [B, 1, f, h, w] (1 where no memory frame covers)."""
         if rays.dim() != 5 or rays.shape[1] != self.config.in_channels:
             raise ValueError(f"camera rays must be [batch, {self.config.in_channels}, frames, height, width], "
                              f"got {tuple(rays.shape)}")
+        if self.takes_anchors:
+            want = (rays.shape[0], self.config.anchor_channels, *rays.shape[2:])
+            if anchors is None or holes is None or tuple(anchors.shape) != want or tuple(holes.shape) != (
+                    want[0], 1, *want[2:]):
+                raise ValueError(f"this camera encoder takes anchors {list(want)} and holes [{want[0]}, 1, "
+                                 f"{', '.join(map(str, want[2:]))}] with its rays")
+            rays = torch.cat((rays, anchors.to(rays.dtype), holes.to(rays.dtype)), 1)
+        elif anchors is not None:
+            raise ValueError("this camera encoder takes no anchors (anchor_channels is 0)")
         rays = rays.to(self.proj.weight.dtype)
         if self.embed is not None:
             tokens = self.act(self.embed(rays).flatten(2).transpose(1, 2))

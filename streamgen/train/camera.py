@@ -3,7 +3,12 @@
 
 Data (:func:`camera_clip`): a map of a train-split seed, a start anywhere over it, and per chunk a velocity of
 whole units per frame (whole pixels at the default height, so frames stay exactly resampleable); a chunk keeps the
-previous chunk's velocity with probability ``keep``, as a user holds a key. The caption is the map's.
+previous chunk's velocity with probability ``keep``, as a user holds a key; with probability ``return_prob`` the
+second half of the clip flies the first half back. The caption is the map's.
+
+Anchors (an encoder with ``anchors``): each chunk's frames get the composite of the clip's earlier frames rendered
+at their cameras (:meth:`GeometricMemory.composite`; the first frame and the most recent, ``anchor_k`` in all, as
+the stream's memory retrieves them by recency), with exact depth, and a hole mask; chunk 0 has none (all holes).
 
 Step: the clip twice, ``[clean | noisy]``, each noisy chunk attending to the clean chunks before it
 (:func:`streamgen.train.teacher_forcing.dense_mask`), both copies with the same camera tokens (the chunk-relative rays
@@ -24,15 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..geometry import GeometricMemory
 from ..models.camera import CameraEncoder, chunk_relative_rays
-from ..world.camera import CameraState, default_intrinsics, render_flight, sample_map
+from ..world.camera import CameraState, default_intrinsics, ground_depth, render_flight, sample_map
 from ..world.scenes import seeds_of_split
 from . import teacher_forcing
 from .checkpoint import find_state, load_state, save_state
 from .config import NoiseConfig
 from .trainer import EMA, flow_error, noise_levels
 
-__all__ = ["CameraTrainConfig", "camera_clip", "CameraTrainer"]
+__all__ = ["CameraTrainConfig", "camera_clip", "clip_anchors", "CameraTrainer"]
 
 
 @dataclass
@@ -45,6 +51,9 @@ class CameraTrainConfig:
     chunk_frames: int = 3
     speeds: tuple[int, ...] = (-2, -1, 0, 1, 2)  # units per frame along each axis
     keep: float = 0.6  # probability that a chunk keeps the previous chunk's velocity
+    return_prob: float = 0.3  # probability that the clip's second half flies its first half back
+    anchors: bool = True  # condition on geometric-memory anchors as well as rays
+    anchor_k: int = 4
     lr: float = 2e-4  # the transformer's
     encoder_lr: float = 1e-3
     warmup: int = 100
@@ -65,15 +74,43 @@ def camera_clip(seed: int, config: CameraTrainConfig, *, split: str = "train"):
     map_seed = next(seeds_of_split(split, start=seed * 7919))
     world = sample_map(map_seed)
     x, y = rng.uniform(48, world.extent - 48), rng.uniform(48, world.extent - 48)
-    states, velocity = [], (rng.choice(config.speeds), rng.choice(config.speeds))
+    chunks = config.clip_frames // config.chunk_frames
+    velocities = [(rng.choice(config.speeds), rng.choice(config.speeds))]
+    for _ in range(1, chunks):
+        keep = rng.random() < config.keep
+        velocities.append(velocities[-1] if keep else (rng.choice(config.speeds), rng.choice(config.speeds)))
+    if rng.random() < config.return_prob:  # fly back: the second half undoes the first, in reverse
+        half = chunks // 2
+        velocities[chunks - half:] = [(-vx, -vy) for vx, vy in reversed(velocities[:half])]
+    states = []
     for frame in range(config.clip_frames):
-        if frame and frame % config.chunk_frames == 0 and rng.random() >= config.keep:
-            velocity = (rng.choice(config.speeds), rng.choice(config.speeds))
+        vx, vy = velocities[frame // config.chunk_frames]
         if frame:
-            x, y = x + velocity[0], y + velocity[1]
+            # a returning chunk's first frame undoes the move into the chunk it mirrors
+            x, y = x + vx, y + vy
         states.append(CameraState(round(x), round(y)))
     flight = render_flight(world, states, start_time=rng.uniform(0, 200))
     return flight.frames, flight.poses, world.caption
+
+
+def clip_anchors(latents: torch.Tensor, poses: torch.Tensor, camera, chunk_frames: int, k: int):
+    """(anchors [C, F, h, w], holes [1, F, h, w]) of one clip's latents [C, F, h, w] taken at ``poses`` with pixel
+    camera ``camera``: each chunk from the clip's earlier frames, as a stream's memory would give them."""
+    channels, frames, height, width = latents.shape
+    latent_camera = camera.scaled(width / camera.width)
+    memory = GeometricMemory(capacity=frames + 1)
+    anchors, holes = torch.zeros_like(latents), torch.ones(1, frames, height, width)
+    for start in range(0, frames, chunk_frames):
+        run = list(range(start, min(start + chunk_frames, frames)))
+        if len(memory):
+            picked = memory.retrieve(poses[run], latent_camera, k, "recency")
+            image, covered = memory.composite(picked, poses[run], latent_camera)
+            anchors[:, run] = image.permute(3, 0, 1, 2)
+            holes[0, run] = (~covered).float()
+        for f in run:
+            memory.add(latents[:, f].permute(1, 2, 0), poses[f], latent_camera, f,
+                       depth=ground_depth(poses[f], latent_camera))
+    return anchors, holes
 
 
 class CameraTrainer:
@@ -88,8 +125,11 @@ class CameraTrainer:
         pipe = open_pipeline(config.init)
         self.pipe_config = dict(pipe.config)
         self.transformer = pipe.transformer.train().requires_grad_(True)
-        self.encoder = CameraEncoder.for_transformer(self.transformer, config.hidden_dim)
-        tokenizer, text_encoder = load_packaged_text_encoder(pipe.config.text_encoder_package)
+        self.encoder = CameraEncoder.for_transformer(self.transformer, config.hidden_dim, anchors=config.anchors)
+        if pipe.text_encoder is not None:
+            tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+        else:
+            tokenizer, text_encoder = load_packaged_text_encoder(pipe.config.text_encoder_package)
         self.captions = CaptionEncoder(tokenizer, text_encoder, pipe.config.max_sequence_length)
         self.source = pipe
         self.optimizer = torch.optim.AdamW([
@@ -112,10 +152,15 @@ class CameraTrainer:
         frames, h, w = video.shape[2:]
         rays = torch.stack([chunk_relative_rays(default_intrinsics(), c[1], 0, self.config.chunk_frames, h, w,
                                                 self.encoder.config.translation_unit) for c in clips]).float()
-        return video, rays, [c[2] for c in clips]
+        anchors = None
+        if self.encoder.takes_anchors:
+            built = [clip_anchors(video[i], clips[i][1], default_intrinsics(), self.config.chunk_frames,
+                                  self.config.anchor_k) for i in range(len(clips))]
+            anchors = torch.stack([a for a, _ in built]), torch.stack([h for _, h in built])
+        return video, rays, [c[2] for c in clips], anchors
 
     # ---- one step --------------------------------------------------------------------------------------------
-    def loss(self, video: torch.Tensor, rays: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    def loss(self, video: torch.Tensor, rays: torch.Tensor, captions: list[str], anchors=None) -> torch.Tensor:
         cfg, g = self.config, self.generator
         b, _, frames, height, width = video.shape
         chunk = cfg.chunk_frames
@@ -133,7 +178,8 @@ class CameraTrainer:
         rotary = t.rotary(torch.cat((positions, positions)), torch.cat((positions, positions)), height, width)
         mask = teacher_forcing.dense_mask(frames, chunk, tokens)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            camera = self.encoder(torch.cat((rays, rays), 2))
+            extra = () if anchors is None else tuple(torch.cat((a, a), 2) for a in anchors)
+            camera = self.encoder(torch.cat((rays, rays), 2), *extra)
             pred = t.forward_chunk(torch.cat((x_c, x_t), 2), torch.cat((context, sigma), 1) * 1000.0,
                                    t.encode_prompt_kv(text), None, rotary, attention_mask=mask,
                                    camera_tokens=camera)[:, :, frames:]
@@ -151,10 +197,10 @@ class CameraTrainer:
         until = min(until or cfg.steps, cfg.steps)
         window, began = [], time.time()
         while self.step < until:
-            video, rays, captions = self.batch(self.step)
+            video, rays, captions, anchors = self.batch(self.step)
             for group, base in zip(self.optimizer.param_groups, (cfg.lr, cfg.encoder_lr)):
                 group["lr"] = base * self.lr_factor()
-            loss = self.loss(video, rays, captions)
+            loss = self.loss(video, rays, captions, anchors)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(self.transformer.parameters()) + list(self.encoder.parameters()), 1.0)

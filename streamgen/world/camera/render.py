@@ -20,7 +20,7 @@ from ..scenes import COLORS
 from .flight import CameraState, camera_to_world, default_intrinsics
 from .map import MapObject, WorldMap
 
-__all__ = ["Flight", "render_flight", "ground_points"]
+__all__ = ["Flight", "render_flight", "ground_points", "ground_depth"]
 
 
 @dataclass
@@ -55,6 +55,11 @@ def ground_points(intrinsics: Intrinsics, pose: torch.Tensor) -> tuple[torch.Ten
     depth = -origin[2] / direction[..., 2]
     depth = torch.where(depth > 0, depth, torch.full_like(depth, float("inf")))
     return origin + direction * depth[..., None].nan_to_num(posinf=0.0), depth
+
+
+def ground_depth(pose: torch.Tensor, intrinsics: Intrinsics) -> torch.Tensor:
+    """Exact depth [H, W] (float32) of the ground seen from ``pose``: a stream's ``depth_fn`` over the camera world."""
+    return ground_points(intrinsics, pose.to(torch.float64))[1].to(torch.float32)
 
 
 def _copies(obj: MapObject, centre: np.ndarray, extent: float) -> np.ndarray:
