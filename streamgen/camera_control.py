@@ -20,7 +20,8 @@ import torch
 from .geometry import RETRIEVAL_METHODS, GeometricMemory, Intrinsics
 from .models.camera import CameraEncoder, chunk_relative_rays
 
-__all__ = ["CameraTrack", "StreamCamera", "camera_step", "check_poses", "MAX_TRACK_BYTES"]
+__all__ = ["CameraTrack", "StreamCamera", "camera_step", "steering_step", "STEERING", "check_poses",
+           "MAX_TRACK_BYTES"]
 
 MAX_TRACK_BYTES = 64 * 1024 * 1024  # a camera file larger than this is refused before it is parsed
 
@@ -33,6 +34,20 @@ def camera_step(*, right: float = 0.0, down: float = 0.0, forward: float = 0.0, 
     step[:2, :2] = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
     step[:3, 3] = torch.tensor([right, down, forward], dtype=torch.float64)
     return step
+
+
+# A user's steering keys as directions in the view (x right, y down the image); "stop" holds the camera still.
+STEERING: dict[str, tuple[float, float]] = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0),
+                                            "down": (0.0, 1.0), "stop": (0.0, 0.0)}
+
+
+def steering_step(key: str, speed: float) -> torch.Tensor:
+    """The per-frame step of a steering key (left / right / up / down / stop) at ``speed`` world units per frame:
+    the camera flies that way across the view, so the picture slides the other way."""
+    if key not in STEERING:
+        raise ValueError(f"steering key must be one of {', '.join(STEERING)}, got {key!r}")
+    dx, dy = STEERING[key]
+    return camera_step(right=dx * speed, down=dy * speed)
 
 
 def check_poses(poses, what: str = "camera poses", limit: int = 1_000_000) -> torch.Tensor:

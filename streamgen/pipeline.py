@@ -35,6 +35,7 @@ from .decoding import encode_video, streaming_decoder_for, to_uint8_frames
 from .device_memory import available_memory
 from .engine import StreamEngine
 from .erasure.lora import LoraLoaderMixin
+from .models.camera import CameraEncoder  # noqa: F401  (diffusers loads a camera_encoder folder from this module)
 from .models.causal_wan import CausalWanTransformer3DModel, PromptKV
 from .prompts import MAX_PROMPT_CHARS, check_prompt_length
 from .sampling import PREDICTION_TYPES, EulerSampler, FewStepSampler

@@ -38,6 +38,20 @@ CSS = """
 #sg-plot svg {width: 100%; height: auto; background: #fafafa; border-radius: 6px; font: 11px sans-serif;}
 """
 PLOT_CHUNKS = 120  # the latency chart shows this many recent chunks
+# A camera model's steering: the arrow keys and WASD press the steering buttons (not while typing in a field).
+STEERING_BUTTONS = (("left", "\u25c0"), ("up", "\u25b2"), ("down", "\u25bc"), ("right", "\u25b6"),
+                    ("stop", "\u25a0"))
+STEERING_KEYS_JS = """() => {
+  const keys = {ArrowLeft: "left", ArrowUp: "up", ArrowDown: "down", ArrowRight: "right", a: "left", w: "up",
+                s: "down", d: "right", " ": "stop"};
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    if (target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT")) return;
+    const key = keys[event.key];
+    const button = key && document.querySelector(`#sg-steer-${key}`);
+    if (button) { event.preventDefault(); button.click(); }
+  });
+}"""
 
 
 def _placeholder(text: str = "press Start to stream") -> str:
@@ -168,6 +182,18 @@ def build_demo(generation, limits: DemoLimits | None = None, *, concurrency: int
             raise _refused(err) from None
         return _stats_html(session)
 
+    def steer(key: str):
+        def handler(request: gr.Request):
+            session = registry.get(request.session_hash)
+            try:
+                if session is None:
+                    raise ValueError("no stream yet: press Start first")
+                session.move(key)
+            except (ValueError, RuntimeError) as err:
+                raise _refused(err) from None
+            return gr.skip()
+        return handler
+
     def save(request: gr.Request):
         session = registry.get(request.session_hash)
         path = session.snapshot_mp4() if session is not None else None
@@ -202,11 +228,13 @@ def build_demo(generation, limits: DemoLimits | None = None, *, concurrency: int
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
+    camera = bool(getattr(registry.generation, "camera", False))
     with gr.Blocks(title="streamgen live", analytics_enabled=False, delete_cache=(300, 900)) as demo:
         gr.Markdown(
             "## streamgen: live video with prompt switches\n"
             "Start a stream, then type a new prompt and press **Switch now**: it takes effect at the next chunk. "
-            f"Pipeline: {config.height}x{config.width} at {config.fps:g} fps, "
+            + ("Steer the camera with the arrow keys or WASD (space stops it). " if camera else "")
+            + f"Pipeline: {config.height}x{config.width} at {config.fps:g} fps, "
             f"{config.chunk_frames} latent frames per chunk."
         )
         with gr.Row():
@@ -226,6 +254,11 @@ def build_demo(generation, limits: DemoLimits | None = None, *, concurrency: int
                 with gr.Row():
                     mode = gr.Radio(list(TRANSITIONS), value="smooth", label="transition", elem_id="sg-mode")
                     switch_btn = gr.Button("Switch now", elem_id="sg-switch")
+                steering = []
+                if camera:
+                    with gr.Row():
+                        for key, label in STEERING_BUTTONS:
+                            steering.append((key, gr.Button(label, elem_id=f"sg-steer-{key}", min_width=40)))
                 stats = gr.HTML(_stats_html(None), elem_id="sg-stats", js_on_load=None)
                 save_btn = gr.Button("Save mp4 so far", elem_id="sg-save")
                 mp4 = gr.File(label="mp4", interactive=False, height=90, elem_id="sg-mp4")
@@ -246,6 +279,8 @@ def build_demo(generation, limits: DemoLimits | None = None, *, concurrency: int
         resume_btn.click(resume, None, outputs, concurrency_id="stream", show_progress="hidden", postprocess=False)
         stop_btn.click(stop, None, stats, queue=False, show_progress="hidden")
         switch_btn.click(switch, [prompt, mode], stats, queue=False, show_progress="hidden")
+        for key, button in steering:
+            button.click(steer(key), None, None, queue=False, show_progress="hidden")
         save_btn.click(save, None, mp4, queue=False)
         save_session_btn.click(save_session, None, session_file, queue=False)
         session_file.upload(restore_session, session_file, stats, queue=False)
@@ -253,6 +288,7 @@ def build_demo(generation, limits: DemoLimits | None = None, *, concurrency: int
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     demo.streamgen_registry = registry
     demo.streamgen_theme = theme
+    demo.streamgen_js = STEERING_KEYS_JS if camera else None
     return demo, registry
 
 
@@ -271,7 +307,8 @@ def launch_demo(demo, host: str = "127.0.0.1", port: int = 7860, *, block: bool 
         print(f"warning: serving the demo on {host}: anyone who can reach this address can use it", flush=True)
     served = demo.launch(
         server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=quiet,
-        show_error=True, theme=getattr(demo, "streamgen_theme", None), css=CSS, footer_links=[], ssr_mode=False,
+        show_error=True, theme=getattr(demo, "streamgen_theme", None), css=CSS, js=getattr(demo, "streamgen_js", None),
+        footer_links=[], ssr_mode=False,
         enable_monitoring=False, mcp_server=False, pwa=False,
     )
     if block:  # this call serves until Ctrl-C: it owns the process (an embedding caller's garbage collector is theirs)

@@ -34,9 +34,13 @@ __all__ = ["ProcessGeneration", "ThreadGeneration", "WorkerStopped", "is_generat
            "release_freed_memory", "stream_info"]
 
 
+STEER_SPEED = 2.0  # world units per frame a steering key flies the camera (the fastest pan the camera model learned)
+
+
 def open_stream(pipe, prompt: str, preset: str, seed: int, stream_frames: int):
     """``pipe.stream(prompt)`` as the demo opens it: seeded, and ``stream_frames`` long when the preset must know its
-    length up front (``global``: its cache holds every frame); open-ended otherwise."""
+    length up front (``global``: its cache holds every frame); open-ended otherwise. A camera model's stream starts
+    still over the middle of a camera-world map (:func:`demo_camera`), steered with ``move()``."""
     import torch
 
     from ..cache.presets import load_preset
@@ -45,7 +49,25 @@ def open_stream(pipe, prompt: str, preset: str, seed: int, stream_frames: int):
     num_frames = None
     if load_preset(preset).needs_stream_length:
         num_frames = pipe.num_video_frames(pipe.num_latent_frames(stream_frames))
-    return pipe.stream(prompt, cache=preset, num_frames=num_frames, generator=generator)
+    camera = demo_camera(pipe) if has_camera(pipe) else None
+    return pipe.stream(prompt, cache=preset, num_frames=num_frames, generator=generator, camera=camera)
+
+
+def has_camera(pipe) -> bool:
+    return getattr(pipe, "camera_encoder", None) is not None
+
+
+def demo_camera(pipe):
+    """The camera a demo stream starts with: the camera world's, still, at the default height over a map's middle
+    (the geometric memory's depth is the world's ground)."""
+    from ..camera_control import CameraTrack
+    from ..world.camera import CameraState, ground_depth
+    from ..geometry import Intrinsics
+
+    height, width = pipe.default_size()
+    intrinsics = Intrinsics.centred(width, height, float(width))
+    return CameraTrack(intrinsics, CameraState(128.0, 128.0, float(width)).camera_to_world()[None],
+                       depth_fn=ground_depth)
 
 
 def release_freed_memory() -> None:
@@ -105,6 +127,7 @@ class ThreadGeneration:
             raise ValueError(f"generation_workers must be at least 1, got {workers}")
         self.pipe = pipe
         self.config = pipe.config
+        self.camera = has_camera(pipe)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="streamgen-demo-generate")
 
     def open(self, prompt: str, preset: str, seed: int, stream_frames: int):
@@ -133,6 +156,11 @@ class LocalStream(DemoStream):
 
     def switch(self, prompt: str, mode: str) -> None:
         self.stream.switch(prompt, mode)
+
+    def move(self, key: str) -> None:
+        from ..camera_control import steering_step
+
+        self.stream.move(steering_step(key, STEER_SPEED))
 
     def snapshot(self, path: str | Path, extra: dict | None = None) -> Path:
         return self.stream.snapshot(path, extra)
@@ -171,12 +199,13 @@ class WorkerProcess:
         self._asked: dict[int, tuple[float, float]] = {}  # stream id -> (when it last asked for a chunk, its window)
         self._asked_lock = threading.Lock()
         self.closed = False
-        self.config = None
+        self.config, self.camera = None, False
 
     def wait_ready(self) -> "WorkerProcess":
-        """Wait for the worker to load its pipeline (it sends the config, or why it failed); return it."""
+        """Wait for the worker to load its pipeline (it sends the config and whether it steers a camera, or why it
+        failed); return it."""
         try:
-            self.config = self._answer()
+            self.config, self.camera = self._answer()
         except BaseException:
             self.close()
             raise
@@ -307,7 +336,7 @@ class ProcessGeneration:
             for worker in started:
                 worker.close()
             raise
-        self.config = self.workers[0].config
+        self.config, self.camera = self.workers[0].config, self.workers[0].camera
         # A session waits for its chunk in a thread of its own: the workers' lanes, not this pool, take turns.
         self.executor = ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="streamgen-demo-wait")
 
@@ -361,6 +390,9 @@ class RemoteStream(DemoStream):
 
     def switch(self, prompt: str, mode: str) -> None:
         self._worker.call("switch", self._sid, prompt, mode)
+
+    def move(self, key: str) -> None:
+        self._worker.call("move", self._sid, key)
 
     def snapshot(self, path: str | Path, extra: dict | None = None) -> Path:
         return Path(self._worker.call("snapshot", self._sid, str(path), extra))

@@ -195,6 +195,13 @@ class DemoSession:
         self.pending_switch = (prompt.strip(), mode)
         self.touch()
 
+    def move(self, key: str) -> None:
+        """Steer the camera of a camera model's stream (left / right / up / down / stop) from its next chunk on."""
+        if self.stream is None:
+            raise ValueError("no stream yet: press Start first")
+        self.stream.move(key)
+        self.touch()
+
     def stop(self) -> None:
         """End the current run after the chunk in progress; the stream (and its cache) stays, Resume continues it.
         ``stats.state`` reads "stopping" until the run has written its last chunk, then "stopped"."""

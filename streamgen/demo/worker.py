@@ -13,7 +13,9 @@ import os
 import signal
 import sys
 
-from .generation import open_stream, receive_message, release_freed_memory, send_message, stream_info
+from .generation import (
+    STEER_SPEED, has_camera, open_stream, receive_message, release_freed_memory, send_message, stream_info,
+)
 
 
 def serve(pipeline, device: str, threads: int | None, nice: int) -> int:
@@ -46,7 +48,7 @@ def serve(pipeline, device: str, threads: int | None, nice: int) -> int:
     # every tracked object with the model waiting (the web server does the same for the same reason).
     gc.collect()
     gc.freeze()
-    send_message(answers, ("ok", pipe.config))
+    send_message(answers, ("ok", (pipe.config, has_camera(pipe))))
     streams: dict[int, object] = {}
     while True:
         try:
@@ -68,7 +70,7 @@ def serve(pipeline, device: str, threads: int | None, nice: int) -> int:
 
 
 def handle(pipe, streams: dict, op: str, args: tuple):
-    """One request: open / resume / close a stream, or next / switch / snapshot one."""
+    """One request: open / resume / close a stream, or next / switch / move / snapshot one."""
     if op == "open":
         sid, prompt, preset, seed, stream_frames = args
         streams[sid] = open_stream(pipe, prompt, preset, seed, stream_frames)
@@ -92,6 +94,10 @@ def handle(pipe, streams: dict, op: str, args: tuple):
         return chunk.index, chunk.frames[0], chunk.prompt, stream_info(stream)
     if op == "switch":
         return stream.switch(*args[1:])
+    if op == "move":
+        from ..camera_control import steering_step
+
+        return stream.move(steering_step(args[1], STEER_SPEED))
     if op == "snapshot":
         return str(stream.snapshot(*args[1:]))
     raise RuntimeError(f"unknown request {op!r}")
