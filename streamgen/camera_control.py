@@ -93,6 +93,7 @@ class CameraTrack:
     anchors: int = 4
     retrieval: str = "coverage"
     keep_first: bool = True  # the stream's first frame stays in the memory and is always an anchor
+    coverage_scale: int = 4  # retrieval's coverage grid, this many times coarser than the latent (1: exact)
 
     def __post_init__(self):
         self.poses = check_poses(self.poses, "camera poses")
@@ -160,7 +161,8 @@ class StreamCamera:
             if track.depth_fn is None or latents_of is None:
                 raise ValueError("this camera model weaves in a geometric memory: give the CameraTrack a depth_fn "
                                  "(pose, intrinsics) -> depth")
-            self.memory = GeometricMemory(track.memory_frames, keep_first=track.keep_first)
+            self.memory = GeometricMemory(track.memory_frames, keep_first=track.keep_first,
+                                          coverage_scale=track.coverage_scale)
             self.retrieval, self.k = track.retrieval, track.anchors
             self.latent_camera = track.intrinsics.scaled(latent_width / track.intrinsics.width)
             self._remembered = -1  # frames up to this one are in the memory

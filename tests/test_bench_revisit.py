@@ -4,6 +4,8 @@ from streamgen.bench.camera_command import METHOD_NAMES, MODEL_MEMORY_NAMES
 from streamgen.bench.revisit import (
     METHODS, MODEL_MEMORIES, format_model_table, format_table, run_model_revisit, run_revisit,
 )
+import torch
+
 from streamgen.cli import main
 
 
@@ -42,6 +44,17 @@ def test_the_model_revisit_runs_a_camera_model_through_every_memory():
     pipe.register_modules(camera_encoder=CameraEncoder.for_transformer(pipe.transformer, anchors=True))
     pipe.set_progress_bar_config(disable=True)
     rows = run_model_revisit(pipe, away=(2,), trials=1, memories=("coverage", "window"))
-    assert [r.memory for r in rows] == ["coverage", "window"] and all(r.fps > 0 for r in rows)
+    assert [(r.flight, r.memory) for r in rows] == [("straight", "coverage"), ("straight", "window"),
+                                                     ("two-pass", "coverage"), ("two-pass", "window")]
+    assert all(r.fps > 0 and r.objects_expected >= 2 for r in rows)
     assert rows[0].memory_bytes > rows[1].memory_bytes > 0  # a pool of 32 against the 4 newest
-    assert "| coverage | 2 |" in format_model_table(rows)
+    assert "| straight, 2 chunks away | coverage |" in format_model_table(rows)
+
+
+def test_revisit_flights_come_back_over_seen_ground():
+    from streamgen.bench.revisit import _model_flight, _two_pass_path
+
+    path = _two_pass_path(9, 3, (1, 0))
+    assert (len(path) - 9) % 3 == 0 and path[-1] == (16, 12) and max(y for _, y in path) == 24  # between 0 and 24
+    world, flight = _model_flight(0, 9, 3, "straight", 4)
+    assert torch.equal(flight.poses[-1], flight.poses[6]) and len(flight) == 9 + 2 * 12 + 3

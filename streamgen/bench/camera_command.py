@@ -57,8 +57,10 @@ def _model_revisit(args) -> int:
         raise ValueError(f"{args.pipeline}: the revisit with a model needs a camera model that takes anchors")
     rows = run_model_revisit(pipe, away=away, trials=args.trials, memories=memories, cache=args.cache,
                              seed=args.seed)
-    print(f"revisit with {args.pipeline}: 9 true frames of a place, away N chunks and back along the same poses; "
-          f"the chunk that retraces the place is scored ({args.trials} held-out flights per row)")
+    print(f"revisit with {args.pipeline}: 9 true frames of a place, then the model flies on under the camera; the "
+          "last chunk, back over ground the flight has seen, is scored against the true frames "
+          f"({args.trials} held-out flights per row; straight: away N chunks and back; two-pass: the place's band "
+          "between two parallel passes)")
     print(format_model_table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -29,7 +29,7 @@ import torch
 
 from ..camera_control import CameraTrack
 from ..world.camera import (
-    CameraState, default_intrinsics, match_view, read_view, render_flight, sample_map, visible_objects,
+    CameraState, default_intrinsics, ground_depth, match_view, read_view, render_flight, sample_map, visible_objects,
 )
 from ..world.oracle import FG_THRESHOLD
 from ..world.scenes import COLORS, seeds_of_split
@@ -131,7 +131,7 @@ def follow_camera(pipe, *, trials: int = 8, context: int = 9, chunks: int = 6, c
     model_parts, hold_parts, truth_parts = [], [], []
     for trial in range(trials):
         world, flight, velocities = _flight(trial, context, frames, chunk)
-        track = CameraTrack(flight.intrinsics, flight.poses)
+        track = CameraTrack(flight.intrinsics, flight.poses, depth_fn=ground_depth)
         stream = pipe.stream(world.caption, video=flight.frames[:context], camera=track, num_frames=frames,
                              cache=cache, generator=torch.Generator().manual_seed(seed * 1000 + trial))
         generated = np.concatenate([chunk.frames[0] for chunk in stream])

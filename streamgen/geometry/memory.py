@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from .pinhole import Intrinsics, invert_pose, project, unproject
 from .retrieval import greedy_coverage, most_recent, top_k
@@ -45,6 +46,14 @@ class MemoryFrame:
     def points(self) -> torch.Tensor:
         return unproject(self.depth.to(torch.float64), self.intrinsics, self.pose)
 
+    def coarse_points(self, scale: int) -> torch.Tensor:
+        """The points of the depth averaged over ``scale`` x ``scale`` pixel blocks (one per block), kept once."""
+        cache = self.__dict__.setdefault("_coarse", {})
+        if scale not in cache:
+            depth = F.avg_pool2d(self.depth[None, None].to(torch.float64), scale)[0, 0]
+            cache[scale] = unproject(depth, self.intrinsics.scaled(1 / scale), self.pose).reshape(-1, 3)
+        return cache[scale]
+
     @property
     def nbytes(self) -> int:
         sizes = [self.image, self.depth, self.pose]
@@ -69,13 +78,19 @@ class GeometricMemory:
     ``capacity``   frames kept (>= 2: the first plus at least one more)
     ``depth_fn``   depth for frames added without one
     ``supersample`` points per source pixel side when rendering (fills the gaps of a zoom-in up to that factor)
+    ``coverage_scale`` retrieval counts coverage on a grid this many times coarser than the pixels (one point per
+    block of the memory frame's depth): a stream retrieves every chunk, and the pixel-exact coverage of a full pool
+    costs about as much as the model's own chunk on a CPU; 1 is pixel-exact
     """
 
     def __init__(self, capacity: int, *, depth_fn: DepthFn | None = None, keep_first: bool = True,
-                 supersample: int = 2):
+                 supersample: int = 2, coverage_scale: int = 1):
         if capacity < 2:
             raise ValueError(f"capacity must be at least 2 frames, got {capacity}")
+        if coverage_scale < 1:
+            raise ValueError(f"coverage_scale must be >= 1, got {coverage_scale}")
         self.capacity, self.depth_fn, self.keep_first, self.supersample = capacity, depth_fn, keep_first, supersample
+        self.coverage_scale = coverage_scale
         self.frames: list[MemoryFrame] = []
 
     def __len__(self) -> int:
@@ -139,16 +154,30 @@ class GeometricMemory:
                          supersample=self.supersample)
 
     def coverage(self, poses: torch.Tensor, intrinsics: Intrinsics) -> torch.Tensor:
-        """bool [N, T, H, W]: where each pool frame lands in each target camera (poses [T, 4, 4])."""
-        return torch.stack([torch.stack([self._render(f, intrinsics, p).covered for p in poses])
-                            for f in self.frames]) if self.frames else torch.zeros(
-            0, len(poses), intrinsics.height, intrinsics.width, dtype=torch.bool)
+        """bool [N, T, H, W]: where each pool frame lands in each target camera (poses [T, 4, 4]), on a grid
+        ``coverage_scale`` times coarser than the cameras' pixels."""
+        scale = self.coverage_scale
+        if scale == 1:
+            return torch.stack([torch.stack([self._render(f, intrinsics, p).covered for p in poses])
+                                for f in self.frames]) if self.frames else torch.zeros(
+                0, len(poses), intrinsics.height, intrinsics.width, dtype=torch.bool)
+        target = intrinsics.scaled(1 / scale)
+        views = [invert_pose(p.to(torch.float64)) for p in poses]
+        out = torch.zeros(len(self.frames), len(poses), target.height, target.width, dtype=torch.bool)
+        for i, frame in enumerate(self.frames):
+            points = frame.coarse_points(scale)
+            ones = torch.ones(len(points), 1, dtype=points.dtype)
+            for t, view in enumerate(views):
+                out[i, t] = splat(points, ones, target, view).covered
+        return out
 
     def fov_overlap(self, poses: torch.Tensor, intrinsics: Intrinsics) -> torch.Tensor:
-        """float [N]: mean over targets of the share of each frame's points inside the target frustum."""
+        """float [N]: mean over targets of the share of each frame's points (one per coverage block) inside the
+        target frustum."""
         scores = []
         for frame in self.frames:
-            points = frame.points().reshape(-1, 3)
+            scale = self.coverage_scale
+            points = frame.coarse_points(scale) if scale > 1 else frame.points().reshape(-1, 3)
             shares = []
             for pose in poses:
                 uv, z = project(points, intrinsics, invert_pose(pose.to(torch.float64)))
