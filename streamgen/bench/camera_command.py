@@ -43,7 +43,7 @@ def _model_revisit(args) -> int:
     import json
 
     from ..loading import open_pipeline
-    from .revisit import MODEL_MEMORIES, format_model_table, run_model_revisit
+    from .revisit import MODEL_MEMORIES, format_model_table, memory_speed, run_model_revisit
 
     memories = tuple(args.methods.split(",")) if args.methods else tuple(MODEL_MEMORIES)
     unknown = [m for m in memories if m not in MODEL_MEMORIES]
@@ -62,9 +62,25 @@ def _model_revisit(args) -> int:
           f"({args.trials} held-out flights per row; straight: away N chunks and back; two-pass: the place's band "
           "between two parallel passes)")
     print(format_model_table(rows))
+    result = {"rows": [dataclasses.asdict(r) for r in rows]}
+    if args.speed:
+        import statistics
+
+        if not 30 <= args.speed <= 100_000:
+            raise ValueError("--speed must be 30..100000 frames")
+        fps = memory_speed(pipe, memories=memories, frames=args.speed, rounds=3, cache=args.cache)
+        base = statistics.median(fps["window"]) if "window" in fps else None
+        print(f"\nspeed: a {args.speed}-frame flight per memory option, 3 interleaved rounds, median FPS")
+        print("| memory | FPS (median) | rounds | against window |")
+        print("| --- | --- | --- | --- |")
+        for name, values in fps.items():
+            median = statistics.median(values)
+            ratio = f"{median / base - 1:+.1%}" if base else "-"
+            print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {ratio} |")
+        result["speed"] = fps
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
+            json.dump(result, f, indent=1)
     return 0
 
 
@@ -104,6 +120,8 @@ def register_cli(bench) -> None:
     p.add_argument("--pipeline", help="a camera model that takes anchors: run it in the loop (without: the memory "
                    "alone, on true frames)")
     p.add_argument("--cache", help="with --pipeline: cache preset (default: the pipeline's)")
+    p.add_argument("--speed", type=int, metavar="FRAMES", help="with --pipeline: also time each memory option over "
+                   "a FRAMES-frame flight (3 interleaved rounds; run with --threads 1 on a quiet machine)")
     p.add_argument("--away", default="4,8,16", help="chunks flown away before the revisit (default: 4,8,16)")
     p.add_argument("--trials", type=int, default=16, help="flights per distance (default: 16)")
     p.add_argument("--capacity", type=int, default=32, help="memory pool frames (default: 32)")

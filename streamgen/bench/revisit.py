@@ -275,3 +275,36 @@ def format_model_table(rows: list[ModelRevisitRow]) -> str:
         lines.append(f"| {flight} | {r.memory} | {r.psnr:.1f} | {r.objects:.1%} of {r.objects_expected} | "
                      f"{r.fps:.1f} | {r.memory_bytes:,} |")
     return "\n".join(lines)
+
+
+def memory_speed(pipe, *, memories: tuple[str, ...] = ("coverage", "window"), frames: int = 300, rounds: int = 3,
+                 cache: str | None = None) -> dict[str, list[float]]:
+    """Frames per second of a camera stream per memory option over a ``frames``-frame flight (a pan that turns every
+    few chunks, so the pool keeps filling and evicting), the options interleaved round by round: {memory: [fps per
+    round]}. Time every option in one run on a quiet machine and compare medians."""
+    from ..camera_control import CameraTrack
+    from ..world.camera import ground_depth
+
+    chunk = int(pipe.config.chunk_frames)
+    rng = random.Random(7)
+    world = sample_map(next(seeds_of_split("heldout")))
+    path, x, y = [], 128.0, 128.0
+    velocity = (2, 0)
+    for k in range(frames):
+        if k % (4 * chunk) == 0:
+            velocity = rng.choice([(2, 0), (-2, 0), (0, 2), (0, -2)])
+        path.append(CameraState(x, y))
+        x, y = x + velocity[0], y + velocity[1]
+    poses = torch.stack([s.camera_to_world() for s in path])
+    out: dict[str, list[float]] = {m: [] for m in memories}
+    for _ in range(rounds):
+        for name in memories:
+            retrieval, pool, k, keep_first = MODEL_MEMORIES[name]
+            track = CameraTrack(default_intrinsics(), poses, depth_fn=ground_depth, memory_frames=pool, anchors=k,
+                                retrieval=retrieval, keep_first=keep_first)
+            stream = pipe.stream(world.caption, camera=track, num_frames=frames, cache=cache,
+                                 generator=torch.Generator().manual_seed(0))
+            began = time.perf_counter()
+            count = sum(c.frames.shape[1] for c in stream)
+            out[name].append(count / (time.perf_counter() - began))
+    return out
