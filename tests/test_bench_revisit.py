@@ -10,7 +10,7 @@ from streamgen.cli import main
 
 
 def test_the_memory_rows_rank_as_they_should_and_the_truth_row_calibrates_the_oracle():
-    rows = {(r.method, r.away): r for r in run_revisit(away=(2, 8), trials=3, capacity=12)}
+    rows = {(r.method, r.away): r for r in run_revisit(away=(2, 8), flights=("straight",), trials=3, capacity=12)}
     for away in (2, 8):
         truth, none = rows["truth", away], rows["none", away]
         assert truth.objects == 1.0 and truth.covered == 1.0
@@ -21,7 +21,15 @@ def test_the_memory_rows_rank_as_they_should_and_the_truth_row_calibrates_the_or
     # 9 + 6 frames and 9 + 24 frames both fill a pool of 12: the same bytes
     assert rows["coverage", 2].memory_bytes == rows["coverage", 8].memory_bytes > 0
     assert rows["recency", 8].covered < 0.9  # the newest frames are far from the place
-    assert "| coverage | 8 |" in format_table(list(rows.values()))
+    assert "| straight, 8 chunks away | coverage |" in format_table(list(rows.values()))
+
+
+def test_coverage_beats_frustum_overlap_where_look_alikes_crowd_the_pool():
+    """The lingering flight: hovering look-alikes of one corner rank first by frustum overlap."""
+    rows = {r.method: r for r in run_revisit(away=(2,), flights=("linger",), trials=3, capacity=16,
+                                             methods=("coverage", "fov", "truth"))}
+    assert rows["coverage"].covered > rows["fov"].covered + 0.3
+    assert rows["coverage"].objects >= rows["fov"].objects and rows["truth"].objects == 1.0
 
 
 def test_the_command_refuses_bad_values_in_one_line(capsys):

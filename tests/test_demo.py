@@ -327,3 +327,66 @@ def test_streaming_keeps_no_component_per_frame(server):
         for session_id in set(registry.ids()) - before:
             registry.close(session_id)
     assert counts[0] == counts[1], f"{counts[1] - counts[0]} HTML components were kept over 48 frames"
+
+
+CAMERA_PROMPT = "a top-down flight over red, yellow and blue shapes scattered on a gray ground"
+
+
+@pytest.fixture(scope="module")
+def camera_server():
+    pytest.importorskip("gradio", reason="the demo extra is not installed (pip install -e '.[demo]')")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test-browser]')")
+    if _chromium() is None:
+        pytest.skip("no chromium binary (apt-get install chromium)")
+    from streamgen.demo.app import build_demo, launch_demo
+    from streamgen.demo.generation import ProcessGeneration
+    from streamgen.demo.session import DemoLimits
+
+    generation = ProcessGeneration(pipeline_path("shapeworld-cam-tiny"), workers=1, threads=1)
+    try:
+        demo, registry = build_demo(generation, DemoLimits(max_frames_per_run=2000), concurrency=1, queue_size=4)
+        port = _free_port()
+        launch_demo(demo, "127.0.0.1", port, block=False, quiet=True)
+        try:
+            yield f"http://127.0.0.1:{port}/", registry
+        finally:
+            demo.close(verbose=False)
+            registry.close_all()
+    finally:
+        generation.close()
+
+
+def _shifts(srcs: list[str]) -> np.ndarray:
+    """The measured image shift (dx, dy) between consecutive shown frames (rows where one could be read)."""
+    from streamgen.bench.camera_follow import measured_shift
+
+    frames = [_decode(s) for s in srcs]
+    pairs = [measured_shift(a, b, "gray") for a, b in zip(frames, frames[1:])]
+    return np.array([p for p in pairs if p is not None]).reshape(-1, 2)
+
+
+def test_the_arrow_keys_steer_a_camera_models_stream(camera_server, browser):
+    """The camera holds still until a key: then the picture slides the other way at the steering speed."""
+    url, _ = camera_server
+    context, page = _open(browser, url)
+    try:
+        page.wait_for_selector("#sg-steer-right")
+        _start(page, CAMERA_PROMPT, seed=1)
+        _wait_new_frames(page, 12)
+        still = _shifts(page.evaluate("() => window.__srcs")[-9:])
+        page.click("#sg-frame-box")  # keys go to the page, not to the prompt field
+        page.keyboard.press("ArrowRight")
+        shown = _shown(page)
+        _wait_new_frames(page, 15)
+        moving = _shifts(page.evaluate("() => window.__srcs")[shown + 6:])  # from the chunk after the next on
+        page.keyboard.press(" ")
+        page.screenshot(path=str(ARTIFACTS / "demo-steering.png"))
+        assert len(still) >= 4 and np.abs(np.median(still, 0)).max() < 0.75, still
+        assert len(moving) >= 4, moving
+        dx, dy = np.median(moving, 0)
+        assert dx < -1.0 and abs(dy) < 1.0, moving  # moving right: the ground slides left
+    except BaseException:
+        _screenshot_on_failure("steering", page)
+        raise
+    finally:
+        context.close()

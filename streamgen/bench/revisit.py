@@ -46,6 +46,7 @@ METHODS = ("coverage", "greedy", "fov", "recency", "fused", "none", "truth")
 @dataclass
 class RevisitRow:
     method: str
+    flight: str  # "straight" or "linger"
     away: int  # chunks flown away before coming back
     covered: float
     psnr: float
@@ -67,26 +68,51 @@ def _rebuild(memory: GeometricMemory, method: str, poses: torch.Tensor, k: int):
     return memory.composite(memory.retrieve(poses, camera, k, method), poses, camera)
 
 
-def run_revisit(*, away: tuple[int, ...] = (4, 8, 16), trials: int = 8, chunk_frames: int = 3, prefill: int = 9,
-                capacity: int = 32, k: int = 4, speed: float = 2.0, height: float = 48.0, statics: int = 150,
-                spacing: float = 20.0, methods: tuple[str, ...] = METHODS, seed: int = 0) -> list[RevisitRow]:
-    """Average each method over ``trials`` flights per distance in ``away``."""
+def _memory_flight(kind: str, rng: random.Random, n_away: int, chunk_frames: int, prefill: int, speed: float,
+                   height: float):
+    """(the flight the memory holds, the revisit chunk's cameras).
+
+    straight  ``prefill`` frames of the place panning in a random heading, away ``n_away`` chunks, then the
+              place's last frames in reverse;
+    linger    the camera hovers at half the height over one corner of the place for ``prefill`` frames (near
+              look-alikes that each lie wholly inside the revisit's view), passes once over the opposite corner at
+              full height, flies away ``n_away`` chunks; the revisit looks at the whole place. Frustum overlap
+              ranks the hovering frames first; coverage wants the pass."""
+    heading = rng.uniform(0, 2 * math.pi)
+    dx, dy = speed * math.cos(heading), speed * math.sin(heading)
+    if kind == "straight":
+        start = CameraState(128 - dx * (prefill + n_away * chunk_frames) / 2, 128 - dy * (
+            prefill + n_away * chunk_frames) / 2, height)
+        out = pan(start, dx, dy, prefill + n_away * chunk_frames)
+        return out, out[prefill - 1::-1][:chunk_frames]
+    place = CameraState(128.0, 128.0, height)
+    quarter = height / 4  # a quarter of the view's side, in world units at this height
+    hover = [CameraState(place.x - quarter + rng.uniform(-1, 1), place.y - quarter + rng.uniform(-1, 1), height / 2)
+             for _ in range(prefill)]
+    passing = CameraState(place.x + quarter, place.y + quarter, height)
+    out = hover + [passing] + pan(passing, dx, dy, n_away * chunk_frames + 1)[1:]
+    return out, pan(place, 0.5 * dx, 0.5 * dy, chunk_frames)
+
+
+def run_revisit(*, away: tuple[int, ...] = (4, 8, 16), flights: tuple[str, ...] = ("straight", "linger"),
+                trials: int = 8, chunk_frames: int = 3, prefill: int = 9, capacity: int = 32, k: int = 4,
+                speed: float = 2.0, height: float = 48.0, statics: int = 150, spacing: float = 20.0,
+                methods: tuple[str, ...] = METHODS, seed: int = 0) -> list[RevisitRow]:
+    """Average each method over ``trials`` flights: straight ones per distance in ``away``, lingering ones
+    ``away[len(away) // 2]`` chunks away."""
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown memory method {method!r}; choose from {', '.join(METHODS)}")
     camera = default_intrinsics()
+    cases = [("straight", n) for n in away if "straight" in flights]
+    cases += [("linger", away[len(away) // 2])] if "linger" in flights else []
     rows = []
-    for n_away in away:
+    for kind, n_away in cases:
         totals = {m: {"covered": [], "psnr": [], "found": 0, "expected": 0, "ms": [], "bytes": 0} for m in methods}
         for trial in range(trials):
             rng = random.Random(seed * 1000 + trial)
             world = sample_map(seed * 1000 + trial, statics=statics, spacing=spacing)
-            heading = rng.uniform(0, 2 * math.pi)
-            dx, dy = speed * math.cos(heading), speed * math.sin(heading)
-            start = CameraState(128 - dx * (prefill + n_away * chunk_frames) / 2, 128 - dy * (
-                prefill + n_away * chunk_frames) / 2, height)
-            out = pan(start, dx, dy, prefill + n_away * chunk_frames)
-            back = out[prefill - 1::-1][:chunk_frames]  # the first revisit chunk: the place's last frames, reversed
+            out, back = _memory_flight(kind, rng, n_away, chunk_frames, prefill, speed, height)
             flight = render_flight(world, out)
             truth = render_flight(world, back, start_time=len(out))
             memory = GeometricMemory(capacity)
@@ -117,19 +143,19 @@ def run_revisit(*, away: tuple[int, ...] = (4, 8, 16), trials: int = 8, chunk_fr
                     t["expected"] += score.expected
         for method in methods:
             t = totals[method]
-            rows.append(RevisitRow(method, n_away, float(np.mean(t["covered"])),
+            rows.append(RevisitRow(method, kind, n_away, float(np.mean(t["covered"])),
                                    float(np.mean(t["psnr"])) if t["psnr"] else float("nan"),
                                    t["found"] / max(t["expected"], 1), float(np.median(t["ms"])), t["bytes"]))
     return rows
 
 
 def format_table(rows: list[RevisitRow]) -> str:
-    lines = ["| memory | away (chunks) | covered | PSNR on covered (dB) | objects restored | retrieve + render (ms "
+    lines = ["| flight | memory | covered | PSNR on covered (dB) | objects restored | retrieve + render (ms "
              "per chunk) | memory bytes |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         value = "-" if math.isnan(r.psnr) else f"{r.psnr:.1f}"
-        lines.append(f"| {r.method} | {r.away} | {r.covered:.1%} | {value} | {r.objects:.1%} | {r.retrieve_ms:.1f} | "
-                     f"{r.memory_bytes:,} |")
+        lines.append(f"| {r.flight}, {r.away} chunks away | {r.method} | {r.covered:.1%} | {value} | {r.objects:.1%} | "
+                     f"{r.retrieve_ms:.1f} | {r.memory_bytes:,} |")
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from .session import DemoLimits, DemoSession, SessionRegistry, SessionsFull, fra
 __all__ = ["build_demo", "launch_demo"]
 
 DEFAULT_PROMPT = "a red circle drifting left over a blue backdrop"
+CAMERA_PROMPT = "a top-down flight over red, yellow and blue shapes scattered on a gray ground"  # a camera model's
 CSS = """
 #sg-frame-box {display: flex; justify-content: center; align-items: center; min-height: 400px;
                background: #111; border-radius: 8px;}
@@ -242,7 +243,8 @@ def build_demo(generation, limits: DemoLimits | None = None, *, concurrency: int
                 frame = gr.HTML(_placeholder(), elem_id="sg-frame-box", js_on_load=None)
                 plot = gr.HTML(_latency_svg(None), elem_id="sg-plot", js_on_load=None)
             with gr.Column(scale=2):
-                prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", lines=2, elem_id="sg-prompt",
+                prompt = gr.Textbox(CAMERA_PROMPT if camera else DEFAULT_PROMPT, label="prompt", lines=2,
+                                    elem_id="sg-prompt",
                                     max_length=config.max_prompt_chars)
                 with gr.Row():
                     preset = gr.Dropdown(presets, value=default_preset, label="cache preset", elem_id="sg-preset")

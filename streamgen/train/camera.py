@@ -125,7 +125,10 @@ class CameraTrainer:
         pipe = open_pipeline(config.init)
         self.pipe_config = dict(pipe.config)
         self.transformer = pipe.transformer.train().requires_grad_(True)
-        self.encoder = CameraEncoder.for_transformer(self.transformer, config.hidden_dim, anchors=config.anchors)
+        if pipe.camera_encoder is not None:  # continue a camera model (python -m streamgen.train.camera --init it)
+            self.encoder = pipe.camera_encoder.train().requires_grad_(True)
+        else:
+            self.encoder = CameraEncoder.for_transformer(self.transformer, config.hidden_dim, anchors=config.anchors)
         if pipe.text_encoder is not None:
             tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
         else:
