@@ -66,8 +66,8 @@ def check_poses(poses, what: str = "camera poses", limit: int = 1_000_000) -> to
         rotation = pose[:3, :3]
         if not torch.isfinite(pose).all():
             raise ValueError(f"{what}: pose {i} has a NaN or infinite value")
-        if not torch.allclose(pose[3], bottom) or not torch.allclose(rotation @ rotation.T, torch.eye(3, dtype=torch.float64),
-                                                                     atol=1e-4) or torch.det(rotation) < 0:
+        orthonormal = torch.allclose(rotation @ rotation.T, torch.eye(3, dtype=torch.float64), atol=1e-4)
+        if not torch.allclose(pose[3], bottom) or not orthonormal or torch.det(rotation) < 0:
             raise ValueError(f"{what}: pose {i} is not a rigid camera_to_world transform (rotation orthonormal with "
                              "determinant 1, last row 0 0 0 1)")
     return poses
@@ -125,7 +125,8 @@ class CameraTrack:
             intrinsics = Intrinsics(float(k["fx"]), float(k["fy"]), float(k["cx"]), float(k["cy"]), int(k["width"]),
                                     int(k["height"]))
         except KeyError as err:
-            raise ValueError(f"--camera {path}: intrinsics need fx, fy, cx, cy, width, height; {err} is missing") from None
+            raise ValueError(f"--camera {path}: intrinsics need fx, fy, cx, cy, width, height; {err} is "
+                             "missing") from None
         except (TypeError, ValueError) as err:
             raise ValueError(f"--camera {path}: bad intrinsics ({err})") from None
         poses = data["poses"]

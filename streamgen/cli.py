@@ -119,7 +119,7 @@ def cmd_generate(args) -> int:
         if args.snapshot is not None:
             raise ValueError("--camera with --snapshot: a camera-controlled stream cannot be snapshotted yet")
         camera = CameraTrack.from_json(args.camera)
-        if camera.depth_fn is None:  # a camera file has no depth: the memory of an anchor model takes the camera world's
+        if camera.depth_fn is None:  # a camera file has no depth: an anchor model's memory takes the camera world's
             from .world.camera import ground_depth
 
             camera.depth_fn = ground_depth

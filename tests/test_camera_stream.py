@@ -164,7 +164,8 @@ def world_track(frames=18, **kwargs):
 def test_a_stream_remembers_its_frames_and_a_fresh_anchor_encoder_still_changes_nothing():
     pipe = anchored_pipeline()
     assert torch.equal(frames_of(pipe, None), frames_of(pipe, world_track()))
-    stream = pipe.stream("a red circle", camera=world_track(memory_frames=4), generator=torch.Generator().manual_seed(0))
+    stream = pipe.stream("a red circle", camera=world_track(memory_frames=4),
+                         generator=torch.Generator().manual_seed(0))
     for _, _ in zip(range(4), stream):
         pass
     memory = stream.engine.camera.memory
@@ -187,7 +188,8 @@ def test_the_anchors_of_a_true_flight_are_its_frames_where_the_memory_covers_the
     latents = torch.tensor(flight.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # pixel VAE: latents = pixels
     pipe = anchored_pipeline(seed=2)
     track = CameraTrack(flight.intrinsics, flight.poses, depth_fn=ground_depth)
-    stream = pipe.stream(world.caption, video=flight.frames[:9], camera=track, generator=torch.Generator().manual_seed(0))
+    stream = pipe.stream(world.caption, video=flight.frames[:9], camera=track,
+                         generator=torch.Generator().manual_seed(0))
     next(stream)  # prefills the 9 true frames, then generates frames 9-11
     camera = stream.engine.camera
     anchors, holes = camera.anchors(9, flight.poses[9:12])  # what frames 9-11 were generated against

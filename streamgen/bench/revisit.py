@@ -13,7 +13,8 @@ numbers are the ceiling a weaving model can reach with each retrieval method:
   retrieve  milliseconds per chunk to pick the anchors and render them; memory bytes at the end of the flight
 
 Flights: straight pans at ``speed`` units per frame in a random heading over a map denser than the default
-(up to ``statics`` shapes ``spacing`` apart: about 95 fit in the 256-unit square), the camera at ``height`` (1.5x the default: more of the map per frame).
+(up to ``statics`` shapes ``spacing`` apart: about 95 fit in the 256-unit square), the camera at ``height``
+(1.5x the default: more of the map per frame).
 Row ``truth`` reads the true revisit frames: the oracle's own ceiling (100% on a correct renderer).
 
 Methods: ``coverage`` (greedy + swap refinement, streamgen's), ``greedy`` (AnchorWeave's plain greedy), ``fov``
@@ -179,8 +180,8 @@ MODEL_MEMORIES = {
 @dataclass
 class ModelRevisitRow:
     memory: str
-    flight: str  # "straight" (away and back) or "two-pass"
-    away: int  # straight flights: chunks away
+    flight: str  # "straight" (away and back), "two-pass" or "linger"
+    away: int  # straight and lingering flights: chunks away
     psnr: float  # the revisit chunk against the true frames of the place
     objects: float  # of the objects seen earlier in the flight, the share found in place and colour
     objects_expected: int
@@ -231,24 +232,47 @@ def _two_pass_path(context: int, chunk: int, direction, speed: int = 2, gap: int
     return path[: len(path) - extra]
 
 
+def _linger_path(context: int, away_frames: int, chunk: int, direction, speed: int = 2, hover: float = 0.5):
+    """The context hovers at ``hover`` x the height over the place's north-west quarter (``context`` - 1 frames),
+    then passes once at full height over its south-east quarter; the stream flies away and back to that pass and on
+    to the place's middle, where the last chunk holds. (dx, dy, height factor) per frame."""
+    quarter = 8
+    path = [(-quarter + (j % 3), -quarter + (j // 3) % 3, hover) for j in range(context - 1)]
+    path.append((quarter, quarter, 1.0))
+    out = [(quarter + k * speed * direction[0], quarter + k * speed * direction[1], 1.0)
+           for k in range(1, away_frames + 1)]
+    path += out + out[::-1] + [(quarter, quarter, 1.0)]
+    while path[-1][:2] != (0, 0):  # diagonally in to the middle
+        x, y, _ = path[-1]
+        path.append((x - speed * (x > 0), y - speed * (y > 0), 1.0))
+    while (len(path) - context) % chunk or len(path) - context < 2 * chunk:
+        path.append((0, 0, 1.0))
+    return path + [(0, 0, 1.0)] * chunk
+
+
 DIRECTIONS8 = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1))
 
 
 def _model_flight(trial: int, context: int, chunk: int, flight: str, away_chunks: int = 8, min_objects: int = 2):
-    """(world, flight) of a held-out map: ``flight`` "straight" (away ``away_chunks`` chunks and back) or
-    "two-pass"."""
+    """(world, flight) of a held-out map: ``flight`` "straight" (away ``away_chunks`` chunks and back), "two-pass"
+    or "linger" (away ``away_chunks`` chunks)."""
     rng = random.Random(20_000 + trial)
     world = sample_map(next(seeds_of_split("heldout", start=trial * 7919)))
     direction = rng.choice(DIRECTIONS8 if flight == "straight" else DIRECTIONS8[:4])
     if flight == "straight":
         path = _straight_path(context, away_chunks * chunk, chunk, direction)
-    else:
+    elif flight == "two-pass":
         path = _two_pass_path(context, chunk, direction)
-    states = _place_start(world, rng, path, slice(len(path) - chunk, len(path)), min_objects)
+    else:
+        path = _linger_path(context, away_chunks * chunk, chunk, direction)
+    heights = [p[2] if len(p) > 2 else 1.0 for p in path]
+    states = _place_start(world, rng, [p[:2] for p in path], slice(len(path) - chunk, len(path)), min_objects)
+    states = [CameraState(s.x, s.y, s.height * h) for s, h in zip(states, heights)]
     return world, render_flight(world, states, start_time=rng.uniform(0, 200))
 
 
-def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,), flights: tuple[str, ...] = ("straight", "two-pass"),
+def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
+                      flights: tuple[str, ...] = ("straight", "two-pass", "linger"),
                       trials: int = 8, context: int = 9, memories: tuple[str, ...] = tuple(MODEL_MEMORIES),
                       cache: str | None = None, seed: int = 0) -> list[ModelRevisitRow]:
     """Per flight and memory option: the camera model continues the flight from the place's true frames; the last
@@ -259,7 +283,9 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,), flights: tuple[str,
 
     chunk = int(pipe.config.chunk_frames)
     camera = default_intrinsics()
-    cases = [("straight", n) for n in away if "straight" in flights] + [(f, 0) for f in flights if f != "straight"]
+    cases = [("straight", n) for n in away if "straight" in flights]
+    cases += [("two-pass", 0)] if "two-pass" in flights else []
+    cases += [("linger", away[len(away) // 2])] if "linger" in flights else []
     rows = []
     for flight_kind, n_away in cases:
         for name in memories:
@@ -297,7 +323,7 @@ def format_model_table(rows: list[ModelRevisitRow]) -> str:
     lines = ["| flight | memory | revisit PSNR (dB) | objects restored | FPS (whole flight) | memory bytes |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        flight = f"straight, {r.away} chunks away" if r.flight == "straight" else r.flight
+        flight = r.flight if r.flight == "two-pass" else f"{r.flight}, {r.away} chunks away"
         lines.append(f"| {flight} | {r.memory} | {r.psnr:.1f} | {r.objects:.1%} of {r.objects_expected} | "
                      f"{r.fps:.1f} | {r.memory_bytes:,} |")
     return "\n".join(lines)
