@@ -11,14 +11,14 @@ from streamgen.models.camera import CameraEncoder, latent_plucker
 from streamgen.models.causal_wan import CausalWanTransformer3DModel, block_causal_mask
 from streamgen.world.camera import CameraState, camera_to_world, default_intrinsics, pan
 
+from conftest import TINY_WAN
+
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return CausalWanTransformer3DModel(
-        patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12, in_channels=3, out_channels=3,
-        text_dim=8, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True, rope_max_seq_len=64,
-    ).eval()
+    config = dict(TINY_WAN, patch_size=(1, 4, 4), in_channels=3, out_channels=3, text_dim=8, freq_dim=16)
+    return CausalWanTransformer3DModel(**config).eval()
 
 
 def run(model, x, camera_tokens=None):

@@ -50,8 +50,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+def _serve(pipeline, workers: int, concurrency: int, queue_size: int):
+    """Serve ``pipeline`` as `streamgen demo` does (the model in worker processes, the web server in this one):
+    yields (url, registry)."""
     pytest.importorskip("gradio", reason="the demo extra is not installed (pip install -e '.[demo]')")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test-browser]')")
     if _chromium() is None:
@@ -60,10 +61,10 @@ def server():
     from streamgen.demo.generation import ProcessGeneration
     from streamgen.demo.session import DemoLimits
 
-    # As `streamgen demo` serves: the model in worker processes, the web server in this one.
-    generation = ProcessGeneration(TINY, workers=2, threads=1)
+    generation = ProcessGeneration(pipeline, workers=workers, threads=1)
     try:
-        demo, registry = build_demo(generation, DemoLimits(max_frames_per_run=2000), concurrency=2, queue_size=8)
+        demo, registry = build_demo(generation, DemoLimits(max_frames_per_run=2000), concurrency=concurrency,
+                                    queue_size=queue_size)
         port = _free_port()
         launch_demo(demo, "127.0.0.1", port, block=False, quiet=True)
         try:
@@ -73,6 +74,11 @@ def server():
             registry.close_all()
     finally:
         generation.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from _serve(TINY, workers=2, concurrency=2, queue_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -334,26 +340,7 @@ CAMERA_PROMPT = "a top-down flight over red, yellow and blue shapes scattered on
 
 @pytest.fixture(scope="module")
 def camera_server():
-    pytest.importorskip("gradio", reason="the demo extra is not installed (pip install -e '.[demo]')")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test-browser]')")
-    if _chromium() is None:
-        pytest.skip("no chromium binary (apt-get install chromium)")
-    from streamgen.demo.app import build_demo, launch_demo
-    from streamgen.demo.generation import ProcessGeneration
-    from streamgen.demo.session import DemoLimits
-
-    generation = ProcessGeneration(pipeline_path("shapeworld-cam-tiny"), workers=1, threads=1)
-    try:
-        demo, registry = build_demo(generation, DemoLimits(max_frames_per_run=2000), concurrency=1, queue_size=4)
-        port = _free_port()
-        launch_demo(demo, "127.0.0.1", port, block=False, quiet=True)
-        try:
-            yield f"http://127.0.0.1:{port}/", registry
-        finally:
-            demo.close(verbose=False)
-            registry.close_all()
-    finally:
-        generation.close()
+    yield from _serve(pipeline_path("shapeworld-cam-tiny"), workers=1, concurrency=1, queue_size=4)
 
 
 def _shifts(srcs: list[str]) -> np.ndarray:
