@@ -94,6 +94,7 @@ class CameraTrack:
     retrieval: str = "coverage"
     keep_first: bool = True  # the stream's first frame stays in the memory and is always an anchor
     coverage_scale: int = 4  # retrieval's coverage grid, this many times coarser than the latent (1: exact)
+    eviction: str = "redundancy"  # which frame a full pool drops: the one its neighbours cover best, or the oldest
 
     def __post_init__(self):
         self.poses = check_poses(self.poses, "camera poses")
@@ -163,7 +164,7 @@ class StreamCamera:
                 raise ValueError("this camera model weaves in a geometric memory: give the CameraTrack a depth_fn "
                                  "(pose, intrinsics) -> depth")
             self.memory = GeometricMemory(track.memory_frames, keep_first=track.keep_first,
-                                          coverage_scale=track.coverage_scale)
+                                          coverage_scale=track.coverage_scale, eviction=track.eviction)
             self.retrieval, self.k = track.retrieval, track.anchors
             self.latent_camera = track.intrinsics.scaled(latent_width / track.intrinsics.width)
             self._remembered = -1  # frames up to this one are in the memory

@@ -173,7 +173,8 @@ def test_pipeline_takes_a_folder_or_a_shipped_name(tmp_path, capsys):
     assert str(TINY) in capsys.readouterr().out
     assert main(["info", "--pipeline", "no-such-pipeline"]) == 2
     error = capsys.readouterr().err
-    assert "'no-such-pipeline' is neither a folder nor a shipped pipeline; shipped: shapeworld-tiny" in error
+    shipped = "shipped: shapeworld-cam-tiny, shapeworld-tiny"
+    assert f"'no-such-pipeline' is neither a folder nor a shipped pipeline; {shipped}" in error
 
 
 def test_a_jsonl_lines_seed_plays_only_where_no_seed_flag_is_given(tmp_path):

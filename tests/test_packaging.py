@@ -28,15 +28,16 @@ def test_the_shipped_files_live_inside_the_package():
     assert preset_names() == sorted(p.stem for p in (PACKAGE / "presets").glob("*.yaml"))
     assert {"rolling", "self-forcing", "global", "streamgen"} <= set(preset_names())
     assert preset_path("rolling") == PACKAGE / "presets" / "rolling.yaml"
-    assert pipeline_names() == ["shapeworld-tiny", "tiny-random", "wan2.1-1.3b"]
-    assert pipeline_names(with_weights=True) == ["shapeworld-tiny", "tiny-random"]  # wan2.1-1.3b: configs only
+    assert pipeline_names() == ["shapeworld-cam-tiny", "shapeworld-tiny", "tiny-random", "wan2.1-1.3b"]
+    assert pipeline_names(with_weights=True) == ["shapeworld-cam-tiny", "shapeworld-tiny", "tiny-random"]
     assert default_pipeline() == pipeline_path("shapeworld-tiny") == PACKAGE / "pipelines" / "shapeworld-tiny"
 
 
 def test_unknown_names_list_what_ships():
     with pytest.raises(ValueError, match=r"unknown cache preset 'nope'; shipped: anchor-forcing, .*rolling"):
         preset_path("nope")
-    with pytest.raises(ValueError, match=r"unknown shipped pipeline 'nope'; shipped: shapeworld-tiny, tiny-random"):
+    with pytest.raises(ValueError, match=r"unknown shipped pipeline 'nope'; shipped: shapeworld-cam-tiny, "
+                       r"shapeworld-tiny, tiny-random"):
         pipeline_path("nope")
 
 

@@ -7,7 +7,7 @@ __all__ = ["register_cli", "cmd_revisit", "cmd_camera", "METHOD_NAMES"]
 
 # streamgen.bench.revisit.METHODS, named here for --help without importing torch (a test keeps the two equal)
 METHOD_NAMES = ("coverage", "greedy", "fov", "recency", "fused", "none", "truth")
-MODEL_MEMORY_NAMES = ("coverage", "greedy", "fov", "recency", "window")  # streamgen.bench.revisit.MODEL_MEMORIES
+MODEL_MEMORY_NAMES = ("coverage", "greedy", "fov", "recency", "none")  # streamgen.bench.revisit.MODEL_MEMORIES
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -69,9 +69,9 @@ def _model_revisit(args) -> int:
         if not 30 <= args.speed <= 100_000:
             raise ValueError("--speed must be 30..100000 frames")
         fps = memory_speed(pipe, memories=memories, frames=args.speed, rounds=3, cache=args.cache)
-        base = statistics.median(fps["window"]) if "window" in fps else None
+        base = statistics.median(fps["none"]) if "none" in fps else None
         print(f"\nspeed: a {args.speed}-frame flight per memory option, 3 interleaved rounds, median FPS")
-        print("| memory | FPS (median) | rounds | against window |")
+        print("| memory | FPS (median) | rounds | against none |")
         print("| --- | --- | --- | --- |")
         for name, values in fps.items():
             median = statistics.median(values)

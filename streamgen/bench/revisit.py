@@ -167,13 +167,13 @@ def write_json(rows: list[RevisitRow], path: str) -> None:
 
 # ---- with a camera model in the loop -----------------------------------------------------------------------------
 
-# memory options of a camera stream: (retrieval, pool frames, anchors, keep the first frame)
+# memory options of a camera stream: (retrieval, pool frames, anchors, keep the first frame, eviction)
 MODEL_MEMORIES = {
-    "coverage": ("coverage", 32, 4, True),  # streamgen: greedy + swaps over a pool of 32
-    "greedy": ("greedy", 32, 4, True),  # AnchorWeave's plain greedy
-    "fov": ("fov", 32, 4, True),  # WorldMem-style frustum overlap
-    "recency": ("recency", 32, 4, True),  # the first frame and the 3 newest
-    "window": ("recency", 4, 4, False),  # no long memory: the 4 newest frames only
+    "coverage": ("coverage", 32, 4, True, "redundancy"),  # streamgen: greedy + swaps over a pool of 32
+    "greedy": ("greedy", 32, 4, True, "redundancy"),  # AnchorWeave's plain greedy
+    "fov": ("fov", 32, 4, True, "redundancy"),  # WorldMem-style frustum overlap
+    "recency": ("recency", 32, 4, True, "redundancy"),  # the first frame and the 3 newest of the pool
+    "none": ("recency", 4, 4, False, "oldest"),  # no long memory: the 4 newest frames, as the KV cache's window
 }
 
 
@@ -289,12 +289,12 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
     rows = []
     for flight_kind, n_away in cases:
         for name in memories:
-            retrieval, pool, k, keep_first = MODEL_MEMORIES[name]
+            retrieval, pool, k, keep_first, eviction = MODEL_MEMORIES[name]
             psnrs, found, expected, frames, seconds, nbytes = [], 0, 0, 0, 0.0, 0
             for trial in range(trials):
                 world, flight = _model_flight(trial, context, chunk, flight_kind, n_away)
                 track = CameraTrack(flight.intrinsics, flight.poses, depth_fn=ground_depth, memory_frames=pool,
-                                    anchors=k, retrieval=retrieval, keep_first=keep_first)
+                                    anchors=k, retrieval=retrieval, keep_first=keep_first, eviction=eviction)
                 began = time.perf_counter()
                 stream = pipe.stream(world.caption, video=flight.frames[:context], camera=track,
                                      num_frames=len(flight) - context, cache=cache,
@@ -329,7 +329,7 @@ def format_model_table(rows: list[ModelRevisitRow]) -> str:
     return "\n".join(lines)
 
 
-def memory_speed(pipe, *, memories: tuple[str, ...] = ("coverage", "window"), frames: int = 300, rounds: int = 3,
+def memory_speed(pipe, *, memories: tuple[str, ...] = ("coverage", "none"), frames: int = 300, rounds: int = 3,
                  cache: str | None = None) -> dict[str, list[float]]:
     """Frames per second of a camera stream per memory option over a ``frames``-frame flight (a pan that turns every
     few chunks, so the pool keeps filling and evicting), the options interleaved round by round: {memory: [fps per
@@ -351,9 +351,9 @@ def memory_speed(pipe, *, memories: tuple[str, ...] = ("coverage", "window"), fr
     out: dict[str, list[float]] = {m: [] for m in memories}
     for _ in range(rounds):
         for name in memories:
-            retrieval, pool, k, keep_first = MODEL_MEMORIES[name]
+            retrieval, pool, k, keep_first, eviction = MODEL_MEMORIES[name]
             track = CameraTrack(default_intrinsics(), poses, depth_fn=ground_depth, memory_frames=pool, anchors=k,
-                                retrieval=retrieval, keep_first=keep_first)
+                                retrieval=retrieval, keep_first=keep_first, eviction=eviction)
             stream = pipe.stream(world.caption, camera=track, num_frames=frames, cache=cache,
                                  generator=torch.Generator().manual_seed(0))
             began = time.perf_counter()

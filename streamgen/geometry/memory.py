@@ -27,6 +27,7 @@ from .splat import Splat, reproject, splat
 __all__ = ["MemoryFrame", "GeometricMemory", "Anchors", "RETRIEVAL_METHODS"]
 
 RETRIEVAL_METHODS = ("coverage", "greedy", "fov", "recency")
+EVICTIONS = ("redundancy", "oldest")
 DepthFn = Callable[[torch.Tensor, torch.Tensor, Intrinsics], torch.Tensor]
 
 
@@ -81,16 +82,19 @@ class GeometricMemory:
     ``coverage_scale`` retrieval counts coverage on a grid this many times coarser than the pixels (one point per
     block of the memory frame's depth): a stream retrieves every chunk, and the pixel-exact coverage of a full pool
     costs about as much as the model's own chunk on a CPU; 1 is pixel-exact
+    ``eviction``   "redundancy" (above) or "oldest" (a FIFO of the newest frames: no memory beyond them)
     """
 
     def __init__(self, capacity: int, *, depth_fn: DepthFn | None = None, keep_first: bool = True,
-                 supersample: int = 2, coverage_scale: int = 1):
+                 supersample: int = 2, coverage_scale: int = 1, eviction: str = "redundancy"):
         if capacity < 2:
             raise ValueError(f"capacity must be at least 2 frames, got {capacity}")
         if coverage_scale < 1:
             raise ValueError(f"coverage_scale must be >= 1, got {coverage_scale}")
+        if eviction not in EVICTIONS:
+            raise ValueError(f"eviction must be one of {', '.join(EVICTIONS)}, got {eviction!r}")
         self.capacity, self.depth_fn, self.keep_first, self.supersample = capacity, depth_fn, keep_first, supersample
-        self.coverage_scale = coverage_scale
+        self.coverage_scale, self.eviction = coverage_scale, eviction
         self.frames: list[MemoryFrame] = []
 
     def __len__(self) -> int:
@@ -141,7 +145,10 @@ class GeometricMemory:
         first = 1 if self.keep_first else 0
         # the newest frame has no later neighbour yet: it is never the one judged redundant
         candidates = range(first, len(self.frames) - 1)
-        victim = max(candidates, key=lambda i: (*self.frames[i].redundancy, -i))
+        if self.eviction == "oldest":
+            victim = first
+        else:
+            victim = max(candidates, key=lambda i: (*self.frames[i].redundancy, -i))
         del self.frames[victim]
         for j in (victim - 1, victim):
             if first <= j < len(self.frames) - 1:
