@@ -192,7 +192,6 @@ def build_demo(generation, limits: DemoLimits | None = None, *, concurrency: int
                 session.move(key)
             except (ValueError, RuntimeError) as err:
                 raise _refused(err) from None
-            return gr.skip()
         return handler
 
     def save(request: gr.Request):
