@@ -4,11 +4,12 @@ coverage-driven retrieval). General pinhole geometry, so the same code serves th
 estimated depth of real footage."""
 
 from .memory import RETRIEVAL_METHODS, Anchors, GeometricMemory, MemoryFrame
-from .pinhole import Intrinsics, invert_pose, pixel_centres, plucker_rays, project, ray_directions, unproject
+from .pinhole import Intrinsics, in_view, invert_pose, pixel_centres, plucker_rays, project, ray_directions, unproject
 from .retrieval import best_coverage, greedy_coverage, most_recent, top_k, union_size
 from .splat import Splat, psnr, reproject, splat, token_holes
 
-__all__ = ["Intrinsics", "invert_pose", "pixel_centres", "unproject", "project", "ray_directions", "plucker_rays",
+__all__ = ["Intrinsics", "invert_pose", "pixel_centres", "unproject", "project", "in_view", "ray_directions",
+           "plucker_rays",
            "Splat", "splat", "reproject", "token_holes", "psnr",
            "greedy_coverage", "best_coverage", "top_k", "most_recent", "union_size",
            "MemoryFrame", "GeometricMemory", "Anchors", "RETRIEVAL_METHODS"]

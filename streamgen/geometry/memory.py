@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .pinhole import Intrinsics, invert_pose, project, unproject
+from .pinhole import Intrinsics, in_view, invert_pose, unproject
 from .retrieval import greedy_coverage, most_recent, top_k
 from .splat import Splat, reproject, splat
 
@@ -128,9 +128,7 @@ class GeometricMemory:
     @staticmethod
     def _inside(frame: MemoryFrame, by: MemoryFrame) -> torch.Tensor:
         """Which of ``frame``'s pixels' points lie inside ``by``'s view (occlusion ignored), bool [H * W]."""
-        uv, z = project(frame.points().reshape(-1, 3), by.intrinsics, invert_pose(by.pose))
-        return (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < by.intrinsics.width) & (uv[:, 1] >= 0) & (
-            uv[:, 1] < by.intrinsics.height)
+        return in_view(frame.points().reshape(-1, 3), by.intrinsics, by.pose)
 
     def _update_redundancy(self, index: int) -> None:
         frame = self.frames[index]
@@ -185,12 +183,7 @@ class GeometricMemory:
         for frame in self.frames:
             scale = self.coverage_scale
             points = frame.coarse_points(scale) if scale > 1 else frame.points().reshape(-1, 3)
-            shares = []
-            for pose in poses:
-                uv, z = project(points, intrinsics, invert_pose(pose.to(torch.float64)))
-                inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < intrinsics.width) & (uv[:, 1] >= 0) & (
-                    uv[:, 1] < intrinsics.height)
-                shares.append(inside.double().mean())
+            shares = [in_view(points, intrinsics, pose).double().mean() for pose in poses]
             scores.append(torch.stack(shares).mean())
         return torch.stack(scores) if scores else torch.zeros(0)
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Intrinsics", "invert_pose", "pixel_centres", "unproject", "project", "ray_directions", "plucker_rays"]
+__all__ = ["Intrinsics", "invert_pose", "pixel_centres", "unproject", "project", "in_view", "ray_directions",
+           "plucker_rays"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,13 @@ def project(points: torch.Tensor, intrinsics: Intrinsics, world_to_camera: torch
     u = intrinsics.fx * camera_points[..., 0] / safe + intrinsics.cx
     v = intrinsics.fy * camera_points[..., 1] / safe + intrinsics.cy
     return torch.stack([u, v], dim=-1), z
+
+
+def in_view(points: torch.Tensor, intrinsics: Intrinsics, camera_to_world: torch.Tensor) -> torch.Tensor:
+    """bool [N]: which world points [N, 3] fall inside the image of the camera at ``camera_to_world`` (in front of
+    it, occlusion ignored)."""
+    uv, z = project(points, intrinsics, invert_pose(camera_to_world.to(points.dtype)))
+    return (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < intrinsics.width) & (uv[:, 1] >= 0) & (uv[:, 1] < intrinsics.height)
 
 
 def ray_directions(intrinsics: Intrinsics, camera_to_world: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,7 @@ import torch
 
 from ..geometry import GeometricMemory
 from ..models.camera import CameraEncoder, chunk_relative_rays
-from ..world.camera import CameraState, default_intrinsics, ground_depth, render_flight, sample_map
-from ..world.scenes import seeds_of_split
+from ..world.camera import CameraState, default_intrinsics, ground_depth, map_seed, render_flight, sample_map
 from . import teacher_forcing
 from .checkpoint import find_state, load_state, save_state
 from .config import NoiseConfig
@@ -71,8 +70,7 @@ class CameraTrainConfig:
 def camera_clip(seed: int, config: CameraTrainConfig, *, split: str = "train"):
     """(frames uint8 [F, H, W, 3], poses [F, 4, 4], caption) of clip ``seed`` (the n-th map of ``split``)."""
     rng = random.Random(seed)
-    map_seed = next(seeds_of_split(split, start=seed * 7919))
-    world = sample_map(map_seed)
+    world = sample_map(map_seed(split, seed))
     x, y = rng.uniform(48, world.extent - 48), rng.uniform(48, world.extent - 48)
     chunks = config.clip_frames // config.chunk_frames
     velocities = [(rng.choice(config.speeds), rng.choice(config.speeds))]

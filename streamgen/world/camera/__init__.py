@@ -10,11 +10,11 @@ intrinsics and pose, and an oracle that says which map objects a frame shows and
 """
 
 from .flight import DEFAULT_HEIGHT, CameraState, camera_to_world, default_intrinsics, out_and_back, pan, turn, zoom
-from .map import MapObject, WorldMap, sample_map
+from .map import MapObject, WorldMap, map_seed, sample_map
 from .oracle import Detection, ExpectedObject, ViewMatch, match_view, read_view, visible_objects
 from .render import Flight, ground_depth, ground_points, render_flight
 
-__all__ = ["MapObject", "WorldMap", "sample_map", "CameraState", "DEFAULT_HEIGHT", "default_intrinsics",
+__all__ = ["MapObject", "WorldMap", "sample_map", "map_seed", "CameraState", "DEFAULT_HEIGHT", "default_intrinsics",
            "camera_to_world", "pan", "zoom", "turn", "out_and_back", "Flight", "render_flight", "ground_points",
            "ground_depth",
            "ExpectedObject", "Detection", "ViewMatch", "visible_objects", "read_view", "match_view"]

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..scenes import BACKGROUNDS, DIRECTION_VECTORS, DIRECTIONS, OBJECT_COLORS, SHAPES, SIZES, SPEED_PX, Draws
+from ..scenes import (
+    BACKGROUNDS, DIRECTION_VECTORS, DIRECTIONS, OBJECT_COLORS, SHAPES, SIZES, SPEED_PX, Draws, seeds_of_split,
+)
 
-__all__ = ["MapObject", "WorldMap", "sample_map", "PALETTE_SIZE"]
+__all__ = ["MapObject", "WorldMap", "sample_map", "map_seed", "PALETTE_SIZE"]
 
 PALETTE_SIZE = 3  # object colours per map: the caption names them all
 
@@ -66,6 +68,12 @@ class WorldMap:
         moving = np.any(velocity != 0, axis=1)
         moved[moving] %= self.extent
         return moved
+
+
+def map_seed(split: str, n: int) -> int:
+    """The map seed of the ``n``-th clip or flight of ``split`` ("train" or "held-out" maps: ShapeWorld's seed split):
+    the first such seed at or after n * 7919, so that consecutive n give unrelated maps."""
+    return next(seeds_of_split(split, start=n * 7919))
 
 
 def sample_map(seed: int, *, extent: float = 256.0, statics: int = 90, movers: int = 3, spacing: float = 20.0,

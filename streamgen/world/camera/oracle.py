@@ -5,9 +5,10 @@ does show (from the pixels), and how many of them match in place and colour.
                      whole footprint (bounding circle plus one pixel) lies inside the frame and no mover overlaps it.
 ``read_view``        background = the map's, or the nearest BACKGROUNDS colour to the per-channel median;
                      foreground = pixels more than FG_THRESHOLD RGB units from it; objects = its 8-connected
-                     components of at least MIN_PIXELS pixels. Per component: colour = the OBJECT_COLORS entry whose background-to-colour
-                     segment passes closest to the mean of its strongest half of pixels; coverage alpha = each
-                     pixel's projection on that segment; centroid = alpha-weighted mean of pixel centres.
+                     components of at least MIN_PIXELS pixels. Per component: colour = the OBJECT_COLORS entry whose
+                     background-to-colour segment passes closest to the mean of its strongest half of pixels;
+                     coverage alpha = each pixel's projection on that segment; centroid = alpha-weighted mean of
+                     pixel centres.
 ``match_view``       an expected object is found when a detection of its colour lies within ``radius`` pixels of
                      its projected centroid.
 
