@@ -3,8 +3,8 @@
 The device machine (an H200) has PyTorch and transformers but not diffusers, and takes at most 64 MiB of files along.
 
   here:   python scripts/gpu/kit.py pack
-          (writes .gpukit/, git-ignored: the wheels of exactly the missing packages, diffusers and importlib_metadata,
-          ~3 MB, and the CPU reference latents of the parity stream, a few KB)
+          (writes .gpukit/, git-ignored: the wheels of exactly the missing packages, diffusers, importlib_metadata and
+          its lazy_importer, ~6 MB, and the CPU reference latents of the parity stream, a few KB)
   there:  device run, carry [".gpukit"], command: bash scripts/gpu/run.sh   (results: JSON under $OUT)
   here:   python scripts/gpu/kit.py run --dry-run   (the preflight on this CPU; tests/test_gpu_kit.py runs it)
   several GPUs: bash scripts/gpu/run.sh --num-processes N   (adds the distributed step, one process per GPU)
@@ -38,7 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / ".gpukit"
-WHEELS = ("diffusers", "importlib_metadata")  # what the device image lacks, nothing more
+# What the device image lacks, nothing more (importlib_metadata 10 needs lazy_importer: its absence failed the
+# preflight of the first GPU run)
+WHEELS = ("diffusers", "importlib_metadata", "lazy_importer")
 PARITY = dict(prompt="a red circle drifting left over a blue backdrop", num_frames=9, seed=0)
 # Parity bounds: fp32 with TF32 off differs from the CPU only by kernel order; bf16 keeps ~3 significant digits.
 PARITY_BOUNDS = {"fp32": 1e-3, "bf16": 5e-2}  # relative L2 error of the latents
