@@ -15,6 +15,14 @@ Step: the clip twice, ``[clean | noisy]``, each noisy chunk attending to the cle
 of :func:`~streamgen.models.camera.chunk_relative_rays`, as a stream writes them into its cache); x0 prediction with
 the flow-scaled loss of the shipped model; AdamW, EMA of both modules. Resumable: ``state.safetensors`` every
 ``save_every`` steps, the EMA weights exported as a pipeline folder with a ``camera_encoder`` beside the transformer.
+
+Run: ``streamgen train --config configs/train/shapeworld-cam-tiny.yaml`` (a config with ``trainer: camera``, the
+other keys :class:`CameraTrainConfig`'s; :mod:`streamgen.train.cli`), or ``python -m streamgen.train.camera``. Through
+accelerate as the main trainer (:mod:`streamgen.train.trainer`): on the config's ``device`` (cpu, cuda; none: a GPU
+where there is one), bf16 autocast on that device, and on N processes (``torchrun --nproc_per_node N -m streamgen.cli
+train ...``) DDP over the transformer and the encoder as one module, each rank taking its rows of every step's batch
+and of every random draw (:func:`streamgen.train.distributed.rows`), so that N processes train what one does and a
+checkpoint resumes on any number; the main process alone writes log, checkpoint and export.
 """
 
 from __future__ import annotations
@@ -28,16 +36,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..geometry import GeometricMemory
 from ..models.camera import CameraEncoder, chunk_relative_rays
+from ..process_group import accelerator_present, process_state, use_cpu
 from ..world.camera import CameraState, default_intrinsics, ground_depth, map_seed, render_flight, sample_map
 from . import teacher_forcing
-from .checkpoint import find_state, load_state, save_state
+from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, find_state, load_state, save_state
 from .config import NoiseConfig
-from .trainer import EMA, flow_error, noise_levels
+from .distributed import rows
+from .trainer import CHECKPOINT, EMA, flow_error, noise_levels
 
-__all__ = ["CameraTrainConfig", "camera_clip", "clip_anchors", "CameraTrainer"]
+__all__ = ["CameraTrainConfig", "camera_clip", "clip_anchors", "CameraTrainer", "train"]
 
 
 @dataclass
@@ -64,7 +75,29 @@ class CameraTrainConfig:
     save_every: int = 100
     seed: int = 0
     threads: int = 2
-    bf16: bool = True
+    bf16: bool = True  # bf16 autocast of the forward, on the training device
+    device: str | None = None  # cpu | cuda; None: accelerate's choice (a GPU where there is one)
+    log_every: int = 20
+
+    def validate(self) -> "CameraTrainConfig":
+        if self.chunk_frames < 1 or self.clip_frames < self.chunk_frames or self.clip_frames % self.chunk_frames:
+            raise ValueError(f"clip_frames ({self.clip_frames}) must be a positive multiple of chunk_frames "
+                             f"({self.chunk_frames})")
+        for name in ("batch_size", "save_every", "log_every", "threads", "anchor_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        for name in ("keep", "return_prob", "caption_dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.speeds:
+            raise ValueError("speeds must name at least one speed")
+        if self.device not in (None, "cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda (or none: a GPU where there is one), got {self.device!r}")
+        if self.device == "cuda" and not accelerator_present():
+            raise ValueError("device: cuda, but torch sees no GPU here")
+        return self
 
 
 def camera_clip(seed: int, config: CameraTrainConfig, *, split: str = "train"):
@@ -111,19 +144,63 @@ def clip_anchors(latents: torch.Tensor, poses: torch.Tensor, camera, chunk_frame
     return anchors, holes
 
 
+class CameraFlow(nn.Module):
+    """The transformer and the camera encoder in one module, so that DDP sees one forward over both: the dense
+    teacher-forcing forward of ``[clean | noisy]`` (2F frames) with camera tokens, bf16-autocast on the input's device
+    when ``bf16``; the noisy half's prediction [B, C, F, h, w]."""
+
+    def __init__(self, transformer, encoder: CameraEncoder, chunk_frames: int, bf16: bool):
+        super().__init__()
+        self.transformer, self.encoder = transformer, encoder
+        self.chunk_frames, self.bf16 = chunk_frames, bf16
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor, rays: torch.Tensor,
+                anchors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        t = self.transformer
+        frames, height, width = x.shape[2] // 2, x.shape[3], x.shape[4]
+        positions = torch.arange(frames)
+        rotary = t.rotary(torch.cat((positions, positions)), torch.cat((positions, positions)), height, width)
+        mask = teacher_forcing.dense_mask(frames, self.chunk_frames, t.tokens_per_frame(height, width), x.device)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            camera = self.encoder(rays, *(anchors or ()))
+            return t.forward_chunk(x, timesteps, t.encode_prompt_kv(text_states), None, rotary, attention_mask=mask,
+                                   camera_tokens=camera)[:, :, frames:]
+
+
 class CameraTrainer:
+    """``CameraTrainer(config).run()`` trains, logs, checkpoints and exports into ``config.out``."""
+
     def __init__(self, config: CameraTrainConfig, resume: bool = False):
+        from accelerate import Accelerator
+
         from ..loading import open_pipeline
         from ..text_encoders import load_packaged_text_encoder
         from .data import CaptionEncoder
 
-        self.config, self.out = config, Path(config.out)
+        self.config, self.out = config.validate(), Path(config.out)
+        # One process, or one of a launched run's (gloo on CPUs, NCCL on GPUs). Mixed precision stays "no" in
+        # accelerate (its state is one per process, shared with every other Accelerator built in it): the forward
+        # autocasts itself (CameraFlow).
+        process_state(config.device)
+        self.accelerator = acc = Accelerator(mixed_precision="no", cpu=use_cpu(config.device))
         torch.set_num_threads(config.threads)
+        if config.batch_size % acc.num_processes:
+            raise ValueError(f"batch_size {config.batch_size} (one optimizer step's, over all processes) must be a "
+                             f"multiple of the {acc.num_processes} processes")
+        self.shard = (acc.process_index, acc.num_processes)
+        path = find_state(self.out / CHECKPOINT)
+        if path is not None and not resume:
+            raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it, or another --out")
+        state = load_state(path) if resume and path is not None else None
+        if state is not None:  # the run goes on from the pipeline it started from (an --init), where it is found
+            started = (state.get("config") or {}).get("init")
+            if started and started != config.init and _pipeline_found(started):
+                self.config = config = dataclasses.replace(config, init=started)
         torch.manual_seed(config.seed)
         pipe = open_pipeline(config.init)
         self.pipe_config = dict(pipe.config)
         self.transformer = pipe.transformer.train().requires_grad_(True)
-        if pipe.camera_encoder is not None:  # continue a camera model (python -m streamgen.train.camera --init it)
+        if pipe.camera_encoder is not None:  # continue a camera model (--init it)
             self.encoder = pipe.camera_encoder.train().requires_grad_(True)
         else:
             self.encoder = CameraEncoder.for_transformer(self.transformer, config.hidden_dim, anchors=config.anchors)
@@ -131,122 +208,177 @@ class CameraTrainer:
             tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
         else:
             tokenizer, text_encoder = load_packaged_text_encoder(pipe.config.text_encoder_package)
-        self.captions = CaptionEncoder(tokenizer, text_encoder, pipe.config.max_sequence_length)
+        self.captions = CaptionEncoder(tokenizer, text_encoder.to(acc.device), pipe.config.max_sequence_length)
         self.source = pipe
-        self.optimizer = torch.optim.AdamW([
+        self.module = CameraFlow(self.transformer, self.encoder, config.chunk_frames, config.bf16)
+        optimizer = torch.optim.AdamW([
             {"params": list(self.transformer.parameters()), "lr": config.lr},
             {"params": list(self.encoder.parameters()), "lr": config.encoder_lr}], weight_decay=0.0)
+        self.model, self.optimizer = acc.prepare(self.module, optimizer)
         self.ema_t, self.ema_e = EMA(self.transformer, config.ema_decay), EMA(self.encoder, config.ema_decay)
+        self.ema_t.to(acc.device)
+        self.ema_e.to(acc.device)
         self.noise = NoiseConfig(context_sigma_max=config.context_sigma_max)
+        # One random stream for the whole batch, the same in every process (each keeps its rows of every draw).
         self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 1)
         self.step = 0
-        state = find_state(self.out / "checkpoint")
         if state is not None:
-            if not resume:
-                raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it")
             self._load(state)
+        if acc.num_processes > 1:
+            self._check_same_start()
 
     # ---- data ------------------------------------------------------------------------------------------------
     def batch(self, step: int):
-        clips = [camera_clip(step * self.config.batch_size + i, self.config) for i in range(self.config.batch_size)]
+        """(video [b, 3, F, H, W], rays, captions, anchors or None) of this process's rows of step ``step``'s batch:
+        clips ``step * batch_size + i``, rank r of N taking the r-th of N equal shares."""
+        cfg = self.config
+        share = cfg.batch_size // self.shard[1]
+        first = step * cfg.batch_size + self.shard[0] * share
+        clips = [camera_clip(first + i, cfg) for i in range(share)]
         video = torch.tensor(np.stack([c[0] for c in clips])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         frames, h, w = video.shape[2:]
-        rays = torch.stack([chunk_relative_rays(default_intrinsics(), c[1], 0, self.config.chunk_frames, h, w,
+        rays = torch.stack([chunk_relative_rays(default_intrinsics(), c[1], 0, cfg.chunk_frames, h, w,
                                                 self.encoder.config.translation_unit) for c in clips]).float()
         anchors = None
         if self.encoder.takes_anchors:
-            built = [clip_anchors(video[i], clips[i][1], default_intrinsics(), self.config.chunk_frames,
-                                  self.config.anchor_k) for i in range(len(clips))]
+            built = [clip_anchors(video[i], clips[i][1], default_intrinsics(), cfg.chunk_frames, cfg.anchor_k)
+                     for i in range(len(clips))]
             anchors = torch.stack([a for a, _ in built]), torch.stack([h for _, h in built])
         return video, rays, [c[2] for c in clips], anchors
 
     # ---- one step --------------------------------------------------------------------------------------------
     def loss(self, video: torch.Tensor, rays: torch.Tensor, captions: list[str], anchors=None) -> torch.Tensor:
-        cfg, g = self.config, self.generator
+        """The mean squared flow error of this process's rows; every random draw is made at the whole batch's size
+        and each process keeps its rows, so the ranks' losses average (DDP) to one process's on the whole batch."""
+        cfg, g, device = self.config, self.generator, self.accelerator.device
         b, _, frames, height, width = video.shape
         chunk = cfg.chunk_frames
         chunks = frames // chunk
-        sigma = noise_levels(self.noise, b, chunks, g).repeat_interleave(chunk, 1)
-        context = (cfg.context_sigma_max * torch.rand(b, chunks, generator=g)).repeat_interleave(chunk, 1)
-        noise, context_noise = torch.randn(video.shape, generator=g), torch.randn(video.shape, generator=g)
+        total, mine = rows(b, *self.shard)
+        sigma = noise_levels(self.noise, total, chunks, g)[mine].repeat_interleave(chunk, 1)
+        context = (cfg.context_sigma_max * torch.rand(total, chunks, generator=g))[mine].repeat_interleave(chunk, 1)
+        noise = torch.randn((total, *video.shape[1:]), generator=g)[mine]
+        context_noise = torch.randn((total, *video.shape[1:]), generator=g)[mine]
+        drop = (torch.rand(total, generator=g) < cfg.caption_dropout)[mine]
+        video, noise, context_noise = video.to(device), noise.to(device), context_noise.to(device)
+        sigma, context = sigma.to(device), context.to(device)
         s, c = sigma[:, None, :, None, None], context[:, None, :, None, None]
         x_t, x_c = (1 - s) * video + s * noise, (1 - c) * video + c * context_noise
-        drop = torch.rand(b, generator=g) < cfg.caption_dropout
-        text = self.captions(["" if d else cap for cap, d in zip(captions, drop.tolist())])
-        t = self.transformer
-        tokens = t.tokens_per_frame(height, width)
-        positions = torch.arange(frames)
-        rotary = t.rotary(torch.cat((positions, positions)), torch.cat((positions, positions)), height, width)
-        mask = teacher_forcing.dense_mask(frames, chunk, tokens)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            extra = () if anchors is None else tuple(torch.cat((a, a), 2) for a in anchors)
-            camera = self.encoder(torch.cat((rays, rays), 2), *extra)
-            pred = t.forward_chunk(torch.cat((x_c, x_t), 2), torch.cat((context, sigma), 1) * 1000.0,
-                                   t.encode_prompt_kv(text), None, rotary, attention_mask=mask,
-                                   camera_tokens=camera)[:, :, frames:]
+        text = self.captions(["" if d else cap for cap, d in zip(captions, drop.tolist())]).to(device)
+        doubled = None if anchors is None else tuple(torch.cat((a, a), 2).to(device) for a in anchors)
+        pred = self.model(torch.cat((x_c, x_t), 2), torch.cat((context, sigma), 1) * 1000.0, text,
+                          torch.cat((rays, rays), 2).to(device), doubled)
         error = flow_error(pred, x_t, video, noise, sigma, "sample", cfg.x0_sigma_floor)
         return error.pow(2).mean()
 
     def lr_factor(self) -> float:
         return min(1.0, (self.step + 1) / max(self.config.warmup, 1))
 
-    def run(self, until: int | None = None) -> None:
-        cfg = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-        log = open(self.out / "log.jsonl", "a")
+    def run(self, until: int | None = None) -> Path:
+        """Train to ``config.steps`` (or stop after step ``until``: a simulated interruption); the output folder."""
+        cfg, acc = self.config, self.accelerator
+        main = acc.is_main_process
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+            self._truncate_log(self.out / "log.jsonl")
         until = min(until or cfg.steps, cfg.steps)
         window, began = [], time.time()
+        self.model.train()
         while self.step < until:
             video, rays, captions, anchors = self.batch(self.step)
             for group, base in zip(self.optimizer.param_groups, (cfg.lr, cfg.encoder_lr)):
                 group["lr"] = base * self.lr_factor()
             loss = self.loss(video, rays, captions, anchors)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(self.transformer.parameters()) + list(self.encoder.parameters()), 1.0)
+            acc.backward(loss)
+            acc.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
             self.ema_t.update(self.transformer)
             self.ema_e.update(self.encoder)
             self.step += 1
             window.append(loss.item())
-            if self.step % 20 == 0 or self.step == until:
-                log.write(json.dumps({"step": self.step, "loss": float(np.mean(window)),
-                                      "seconds": round(time.time() - began, 1)}) + "\n")
-                log.flush()
+            if self.step % cfg.log_every == 0 or self.step == until:
+                record = {"step": self.step, "loss": self._mean_loss(window), "seconds": round(time.time() - began, 1)}
+                if acc.num_processes > 1:
+                    record["processes"] = acc.num_processes
+                if main:
+                    with open(self.out / "log.jsonl", "a") as log:
+                        log.write(json.dumps(record) + "\n")
                 window = []
             if self.step % cfg.save_every == 0 or self.step == until:
                 self.save()
-        log.close()
+        self._wait_for_everyone()
+        return self.out
+
+    def _wait_for_everyone(self) -> None:
+        """accelerate's barrier, but over gloo on the CPU a plain one: accelerate names the local rank's GPU even for
+        a gloo barrier, which fails on rank r of a CPU run on a machine with r GPUs or fewer."""
+        acc = self.accelerator
+        if acc.num_processes > 1 and acc.device.type == "cpu":
+            torch.distributed.barrier()
+        else:
+            acc.wait_for_everyone()
+
+    def _mean_loss(self, window: list[float]) -> float:
+        """The window's mean loss over every process (a rank's loss is the mean of its equal share of the batch)."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return float(np.mean(window))
+        acc = self.accelerator
+        total = acc.reduce(torch.tensor([sum(window)], dtype=torch.float64, device=acc.device), "sum")
+        return float(total[0]) / (world * len(window))
 
     # ---- state -----------------------------------------------------------------------------------------------
     def save(self) -> None:
-        folder = self.out / "checkpoint"
-        folder.mkdir(parents=True, exist_ok=True)
-        model = {"transformer": self.transformer.state_dict(), "encoder": self.encoder.state_dict()}
-        ema = {"transformer": self.ema_t.state_dict(), "encoder": self.ema_e.state_dict()}
-        save_state({"step": self.step, "model": model, "ema": ema, "optimizer": self.optimizer.state_dict(),
-                    "scheduler": None, "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": None, "python_rng": None}, folder / "state.safetensors")
-        self.export(self.out / "pipeline")
+        """The training state (OUT/checkpoint/state.safetensors, atomically) and the export, by the main process."""
+        acc = self.accelerator
+        self._wait_for_everyone()
+        if acc.is_main_process:
+            folder = self.out / CHECKPOINT
+            folder.mkdir(parents=True, exist_ok=True)
+            model = {"transformer": self.transformer.state_dict(), "encoder": self.encoder.state_dict()}
+            ema = {"transformer": self.ema_t.state_dict(), "encoder": self.ema_e.state_dict()}
+            save_state({"step": self.step, "model": model, "ema": ema, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": None, "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                        "numpy_rng": None, "python_rng": None, "config": dataclasses.asdict(self.config),
+                        "processes": acc.num_processes}, folder / STATE_FILE)
+            (folder / LEGACY_STATE_FILE).unlink(missing_ok=True)  # older than the file just written
+            self.export(self.out / "pipeline")
+        self._wait_for_everyone()
 
-    def _load(self, path: Path) -> None:
-        state = load_state(path)
+    def _load(self, state: dict) -> None:
         self.transformer.load_state_dict(state["model"]["transformer"])
         self.encoder.load_state_dict(state["model"]["encoder"])
         self.ema_t.load_state_dict(state["ema"]["transformer"])
         self.ema_e.load_state_dict(state["ema"]["encoder"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # Every process holds the same random stream, whatever number of processes saved it.
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
 
+    def _check_same_start(self) -> None:
+        """Every process starts from the same step (a process that found no checkpoint would train from scratch)."""
+        acc = self.accelerator
+        steps = acc.gather(torch.tensor([self.step], device=acc.device)).cpu().tolist()
+        if len(set(steps)) > 1:
+            raise ValueError(f"{self.out}: the processes start at steps {steps}: on several machines the output "
+                             "folder must be shared (the checkpoint is read by every process)")
+
+    def _truncate_log(self, path: Path) -> None:
+        """Drop records past the checkpoint's step (written after it by an interrupted run)."""
+        if not path.is_file():
+            return
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
+        path.write_text("".join(line + "\n" for line in keep))
+
     def export(self, folder: Path) -> None:
-        """The EMA weights as a pipeline folder (the init pipeline's, plus camera_encoder/)."""
+        """The EMA weights as a pipeline folder (the init pipeline's, plus camera_encoder/), on the CPU."""
         import copy
 
-        transformer = self.ema_t.copy_to(copy.deepcopy(self.transformer)).eval()
-        encoder = self.ema_e.copy_to(copy.deepcopy(self.encoder)).eval()
+        transformer = self.ema_t.copy_to(copy.deepcopy(self.transformer).cpu()).eval()
+        encoder = self.ema_e.copy_to(copy.deepcopy(self.encoder).cpu()).eval()
         pipe = self.source
         original = pipe.transformer, pipe.camera_encoder
         pipe.register_modules(transformer=transformer, camera_encoder=encoder)
@@ -256,8 +388,26 @@ class CameraTrainer:
             pipe.register_modules(transformer=original[0], camera_encoder=original[1])
 
 
+def _pipeline_found(name: str) -> bool:
+    from ..resources import find_pipeline
+
+    try:
+        return find_pipeline(name).is_dir()
+    except ValueError:
+        return False
+
+
+def train(config: CameraTrainConfig, resume: bool = False, init: str | Path | None = None) -> Path:
+    """Train with ``config`` (continuing ``config.out``'s checkpoint if ``resume``); ``init``: the pipeline to start
+    from instead of ``config.init``. The output folder."""
+    if init is not None:
+        config = dataclasses.replace(config, init=str(init))
+    return CameraTrainer(config, resume=resume).run()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streamgen.train.camera --out runs/camera [--resume] [--steps N] ...``"""
+    """``python -m streamgen.train.camera --out runs/camera [--resume] [--steps N] ...``: the defaults of
+    :class:`CameraTrainConfig` with these flags over them (``streamgen train --config`` takes a whole config)."""
     import argparse
 
     defaults = CameraTrainConfig()
@@ -268,11 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device,
+                        help="training device (default: a GPU where there is one)")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     args = parser.parse_args(argv)
-    config = dataclasses.replace(defaults, init=args.init, out=args.out, steps=args.steps,
-                                 batch_size=args.batch_size, threads=args.threads, seed=args.seed)
-    CameraTrainer(config, resume=args.resume).run()
+    config = dataclasses.replace(defaults, init=args.init, out=args.out, steps=args.steps, batch_size=args.batch_size,
+                                 threads=args.threads, seed=args.seed, device=args.device)
+    train(config, resume=args.resume)
     return 0
 
 

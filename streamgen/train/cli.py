@@ -1,9 +1,51 @@
-"""``streamgen train --config FILE [--out DIR] [--max-steps N] [--resume [STATE] | --init PIPELINE]``."""
+"""``streamgen train --config FILE [--out DIR] [--max-steps N] [--resume [STATE] | --init PIPELINE]``.
+
+A config without a ``trainer:`` key trains the causal video model (:mod:`streamgen.train.trainer`,
+:class:`~streamgen.train.config.TrainConfig`). ``trainer: NAME`` picks another trainer from :data:`TRAINERS`, whose
+config dataclass takes the file's other keys (``extends:`` works as for the main trainer's).
+"""
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class TrainerEntry(NamedTuple):
+    """A trainer that ``trainer: NAME`` selects, imported on use (the parser stays free of torch): in ``module``, the
+    config dataclass ``config`` (fields ``init``, ``out``, ``steps``, ``threads``, ``device``, which ``--init``,
+    ``--out``, ``--max-steps`` and ``--threads`` set; a ``validate()`` returning it) and the entry point ``train``:
+    ``train(config, resume=bool, init=PIPELINE or None) -> output folder``."""
+
+    module: str
+    config: str
+    train: str = "train"
+
+
+TRAINERS: dict[str, TrainerEntry] = {
+    "camera": TrainerEntry("streamgen.train.camera", "CameraTrainConfig"),
+    "weave": TrainerEntry("streamgen.train.weave", "WeaveTrainConfig"),
+}
+
+
+def load_trainer_config(path: str | Path) -> tuple[str | None, Any]:
+    """(trainer name, its config) of a training YAML: (None, a :class:`TrainConfig`) without a ``trainer:`` key, else
+    the named trainer's config dataclass built from the other keys; an unknown key is a one-line ValueError naming it
+    and the file."""
+    from .config import _build, _read, config_from_dict
+
+    values = _read(Path(path))
+    if "trainer" not in values:
+        return None, config_from_dict(values)  # load_config(path)
+    name = values.pop("trainer")
+    if name not in TRAINERS:
+        raise ValueError(f"{path}: trainer {name!r} is not one of {sorted(TRAINERS)} (or no trainer: key for the "
+                         "causal video model)")
+    entry = TRAINERS[name]
+    config = _build(getattr(importlib.import_module(entry.module), entry.config), values, str(path))
+    return name, config.validate()
 
 
 def _seed_checkpoint(state: Path, out: Path) -> None:
@@ -22,11 +64,38 @@ def _seed_checkpoint(state: Path, out: Path) -> None:
     shutil.copyfile(state, target)
 
 
+def _train_other(name: str, config, args) -> int:
+    """``streamgen train`` for a config with ``trainer: NAME``."""
+    entry = TRAINERS[name]
+    if args.out:
+        config.out = args.out
+    if args.max_steps is not None:
+        config.steps = args.max_steps
+    if getattr(args, "threads", None) is not None:  # streamgen --threads N train ...: wins over the config's
+        config.threads = args.threads
+    if args.init and args.resume:
+        raise SystemExit("--init and --resume exclude each other: --resume continues a checkpoint, --init starts anew")
+    config.validate()
+    from ..process_group import process_state
+
+    state = process_state(config.device)
+    if isinstance(args.resume, str):  # a state file from elsewhere: the main process copies it, the others wait
+        if state.is_main_process:
+            _seed_checkpoint(Path(args.resume), Path(config.out))
+        state.wait_for_everyone()
+    train = getattr(importlib.import_module(entry.module), entry.train)
+    out = Path(train(config, resume=bool(args.resume), init=args.init))
+    if state.is_main_process:
+        print(f"trained to step {config.steps}: {out} (pipeline: {out / 'pipeline'})")
+    return 0
+
+
 def cmd_train(args) -> int:
-    from .config import load_config
     from .trainer import train
 
-    config = load_config(args.config)
+    name, config = load_trainer_config(args.config)
+    if name is not None:
+        return _train_other(name, config, args)
     if args.out:
         config.output_dir = args.out
     if args.max_steps is not None:
@@ -55,11 +124,14 @@ def register_cli(subparsers) -> None:
         "train", help="train a causal video model (chunk-causal flow matching) from a YAML config",
         description="Train a causal video model by chunk-causal flow matching, as a YAML config says (data, model, "
                     "noise, optimizer); the output folder gets a loss log, resumable checkpoints and an exported "
-                    "pipeline folder.",
+                    "pipeline folder. A config with 'trainer: camera' trains a camera model instead "
+                    "(configs/train/shapeworld-cam-tiny.yaml), 'trainer: weave' a weaving controller over a frozen "
+                    "camera model (configs/train/shapeworld-cam-weave.yaml).",
     )
     p.add_argument("--config", required=True, help="training config YAML (e.g. configs/train/shapeworld-tiny.yaml)")
-    p.add_argument("--out", help="output folder (overrides output_dir): log, checkpoint, exported pipeline")
-    p.add_argument("--max-steps", type=int, help="override max_steps (also the length of the LR schedule)")
+    p.add_argument("--out", help="output folder (overrides output_dir, or out): log, checkpoint, exported pipeline")
+    p.add_argument("--max-steps", type=int,
+                   help="override max_steps (also the length of the LR schedule), or a trainer: config's steps")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="STATE",
                    help="continue from the output folder's latest checkpoint, or from STATE (a state.safetensors or a "
                         "legacy state.pt) copied into a fresh "
