@@ -18,12 +18,18 @@ from typing import Callable
 import torch
 
 from .geometry import RETRIEVAL_METHODS, GeometricMemory, Intrinsics
-from .models.camera import CameraEncoder, chunk_relative_rays
+from .models.anchor_weave import AnchorWeaveController, anchor_inputs, pose_features
+from .models.camera import CameraEncoder, chunk_relative_poses, chunk_relative_rays
 
 __all__ = ["CameraTrack", "StreamCamera", "camera_step", "steering_step", "STEERING", "check_poses",
-           "MAX_TRACK_BYTES"]
+           "MAX_TRACK_BYTES", "TRACK_RETRIEVALS", "WEAVES", "RETRIEVED_REGION"]
 
 MAX_TRACK_BYTES = 64 * 1024 * 1024  # a camera file larger than this is refused before it is parsed
+# a track's anchor sources: the memory's retrieval methods (K frames composited), or "fused" (the baseline AnchorWeave
+# argues against: every pool frame's points fused into one global cloud, rendered at the chunk's cameras)
+TRACK_RETRIEVALS = (*RETRIEVAL_METHODS, "fused")
+WEAVES = ("encoder", "controller", "context")  # how a stream's memory reaches the model (CameraTrack.weave)
+RETRIEVED_REGION = "retrieved"  # the cache region weave="context" holds the retrieved frames' K/V in
 
 
 def camera_step(*, right: float = 0.0, down: float = 0.0, forward: float = 0.0, turn: float = 0.0) -> torch.Tensor:
@@ -84,7 +90,15 @@ class CameraTrack:
     For an encoder that takes anchors, the stream keeps a local geometric memory of its frames: ``depth_fn(pose,
     camera)`` gives each frame's depth (the camera world's exact ground depth, or an estimator's), ``memory_frames``
     bounds the pool, and each frame's anchor is the composite of the ``anchors`` frames ``retrieval`` picks
-    (``coverage``, ``greedy``, ``fov`` or ``recency``; see :class:`~streamgen.geometry.GeometricMemory`)."""
+    (``coverage``, ``greedy``, ``fov`` or ``recency``; see :class:`~streamgen.geometry.GeometricMemory`), or with
+    ``retrieval="fused"`` the whole pool fused into one point cloud and rendered there (``anchors`` unused).
+
+    ``weave`` says how the memory reaches the model: ``"encoder"``, the camera encoder's own anchor input (one
+    composite per frame), ``"controller"``, AnchorWeave's weaving controller (the pipeline's ``controller``: the
+    retrieved frames one by one, pose-confidence weighted, into every block; the encoder then gets rays only), or
+    ``"context"``, context-as-memory: the retrieved frames' own K/V, as they were written under their own cameras,
+    held in the cache's ``retrieved`` region for the chunk to attend to (a preset with that external region, e.g.
+    ``camera-context``; the encoder gets rays only)."""
 
     intrinsics: Intrinsics
     poses: torch.Tensor
@@ -95,11 +109,17 @@ class CameraTrack:
     keep_first: bool = True  # the stream's first frame stays in the memory and is always an anchor
     coverage_scale: int = 4  # retrieval's coverage grid, this many times coarser than the latent (1: exact)
     eviction: str = "redundancy"  # which frame a full pool drops: the one its neighbours cover best, or the oldest
+    weave: str = "encoder"
 
     def __post_init__(self):
         self.poses = check_poses(self.poses, "camera poses")
-        if self.retrieval not in RETRIEVAL_METHODS:
-            raise ValueError(f"retrieval must be one of {', '.join(RETRIEVAL_METHODS)}, got {self.retrieval!r}")
+        if self.weave not in WEAVES:
+            raise ValueError(f"weave must be one of {', '.join(WEAVES)}, got {self.weave!r}")
+        if self.weave != "encoder" and self.retrieval == "fused":
+            raise ValueError(f"retrieval='fused' makes one composite, but weave={self.weave!r} takes the retrieved "
+                             "frames one by one: choose coverage, greedy, fov or recency")
+        if self.retrieval not in TRACK_RETRIEVALS:
+            raise ValueError(f"retrieval must be one of {', '.join(TRACK_RETRIEVALS)}, got {self.retrieval!r}")
         if not 2 <= self.memory_frames <= 100_000 or not 1 <= self.anchors <= 64:
             raise ValueError(f"memory_frames must be 2..100000 and anchors 1..64, got {self.memory_frames} and "
                              f"{self.anchors}")
@@ -149,17 +169,25 @@ class StreamCamera:
     """Per stream: poses by frame, the geometric memory (when the encoder takes anchors) and each run of frames'
     camera tokens. ``latents_of(frames)`` reads the stream's clean latents [B, C, n, h, w] of earlier frames."""
 
-    def __init__(self, encoder: CameraEncoder, track: CameraTrack, *, chunk_frames: int, latent_height: int,
-                 latent_width: int, keep: int, latents_of: Callable[[list[int]], torch.Tensor] | None = None):
-        self.encoder, self.intrinsics = encoder, track.intrinsics
+    def __init__(self, encoder: CameraEncoder | None, track: CameraTrack, *, chunk_frames: int, latent_height: int,
+                 latent_width: int, keep: int, latents_of: Callable[[list[int]], torch.Tensor] | None = None,
+                 controller: AnchorWeaveController | None = None, cache=None):
+        self.encoder, self.controller, self.intrinsics = encoder, controller, track.intrinsics
+        self.weave, self.cache = track.weave, cache
         self.chunk_frames, self.latent_hw = chunk_frames, (latent_height, latent_width)
         self.keep = max(keep, 2 * chunk_frames) + 1
         self.track = track.poses
         self._poses: dict[int, torch.Tensor] = {}
         self._step = torch.eye(4, dtype=torch.float64)
         self._tokens: dict[int, torch.Tensor] = {}  # each frame's tokens as it was generated (re-encoding reuses them)
+        self._weave: dict[tuple[int, ...], tuple] = {}  # each run of frames' controller inputs, likewise
+        self.weave_inputs: tuple | None = None  # the controller inputs of the run of frames being computed
         self.memory, self.latents_of, self.depth_fn = None, latents_of, track.depth_fn
-        if encoder.takes_anchors:
+        if self.weave == "context" and (cache is None or RETRIEVED_REGION not in
+                                        [r.name for r in cache.layout.regions if r.external] or cache.keys_roped):
+            raise ValueError(f"weave='context' needs a cache preset with an external {RETRIEVED_REGION!r} region and "
+                             "un-roped keys (camera-context)")
+        if self.weave != "encoder" or (encoder is not None and encoder.takes_anchors):
             if track.depth_fn is None or latents_of is None:
                 raise ValueError("this camera model weaves in a geometric memory: give the CameraTrack a depth_fn "
                                  "(pose, intrinsics) -> depth")
@@ -189,23 +217,36 @@ class StreamCamera:
             del self._poses[old]
         return pose
 
-    def tokens(self, frames: list[int], batch: int) -> torch.Tensor:
-        """Camera tokens [batch, len(frames) * tokens per frame, dim] of ``frames`` (consecutive): those a frame
-        was generated with when it is re-encoded, else new ones."""
-        if all(f in self._tokens for f in frames):
+    def tokens(self, frames: list[int], batch: int) -> torch.Tensor | None:
+        """Camera tokens [batch, len(frames) * tokens per frame, dim] of ``frames`` (consecutive; None without a
+        camera encoder): those a frame was generated with when it is re-encoded, else new ones. With a controller,
+        also sets :attr:`weave_inputs` for the run (reused likewise)."""
+        key = tuple(frames)
+        reused = all(f in self._tokens for f in frames) and (self.controller is None or key in self._weave)
+        if self.weave == "context" and not reused:
+            self._hold_retrieved(frames)
+        if self.controller is not None:
+            if key not in self._weave:
+                self._weave[key] = self._weave_run(frames)
+                for old in [k for k in self._weave if k[-1] < frames[-1] - self.keep]:
+                    del self._weave[old]
+            self.weave_inputs = self._weave[key]
+        if self.encoder is None:
+            return None
+        if reused:
             return torch.cat([self._tokens[f] for f in frames], 1).expand(batch, -1, -1)
-        for f in range(frames[0], frames[-1] + 1):
-            self.pose(f)
-        first = frames[0]
-        start = first - first % self.chunk_frames
-        reference = self.pose(start - 1) if start > 0 else self.pose(start)
-        poses = torch.stack([self.pose(f) for f in frames])
-        rays = chunk_relative_rays(self.intrinsics, poses, first, self.chunk_frames, *self.latent_hw,
-                                   float(self.encoder.config.translation_unit), reference=reference)
+        poses = self._run_poses(frames)
+        rays = chunk_relative_rays(self.intrinsics, poses, frames[0], self.chunk_frames, *self.latent_hw,
+                                   float(self.encoder.config.translation_unit), reference=self._reference(frames[0]))
         weight = self.encoder.proj.weight
         inputs = [rays[None].to(weight.device, torch.float32)]
-        if self.memory is not None:
-            inputs += [t[None].to(weight.device, torch.float32) for t in self.anchors(first, poses)]
+        if self.encoder.takes_anchors:
+            if self.weave != "encoder":  # the controller or the cache brings the memory; the encoder gets none
+                shape = (1, self.encoder.config.anchor_channels, *rays.shape[1:])
+                inputs += [torch.zeros(shape, device=weight.device), torch.ones(1, 1, *rays.shape[1:],
+                                                                                device=weight.device)]
+            else:
+                inputs += [t[None].to(weight.device, torch.float32) for t in self.anchors(frames[0], poses)]
         with torch.no_grad():
             tokens = self.encoder(*inputs)
         per_frame = tokens.shape[1] // len(frames)
@@ -215,18 +256,86 @@ class StreamCamera:
             del self._tokens[old]
         return tokens.expand(batch, -1, -1)
 
-    def anchors(self, first: int, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(anchors [C, f, h, w], holes [1, f, h, w]) for frames first.. at ``poses``, from the memory of every
-        frame before ``first`` (which it takes in from the stream's latents first)."""
+    def residuals(self, latents: torch.Tensor, timestep: float, prompt_kv) -> torch.Tensor | None:
+        """The controller's block residuals for ``latents`` [B, C, f, h, w] at ``timestep`` under ``prompt_kv`` (of
+        the run :meth:`tokens` last prepared); None without a controller."""
+        if self.controller is None:
+            return None
+        weight = self.controller.patch.weight
+        anchors, holes, anchor_poses, target_poses = (t.to(weight.device) for t in self.weave_inputs)
+        b = latents.shape[0]
+        text = prompt_kv.states
+        with torch.no_grad():
+            return self.controller(latents, timestep, anchors.expand(b, *anchors.shape[1:]),
+                                   holes.expand(b, *holes.shape[1:]), anchor_poses.expand(b, *anchor_poses.shape[1:]),
+                                   target_poses.expand(b, *target_poses.shape[1:]),
+                                   None if text is None else text.to(weight.device))
+
+    def _run_poses(self, frames: list[int]) -> torch.Tensor:
+        for f in range(frames[0], frames[-1] + 1):
+            self.pose(f)
+        return torch.stack([self.pose(f) for f in frames])
+
+    def _reference(self, first: int) -> torch.Tensor:
+        """The pose the chunk of frame ``first`` is relative to: the frame before the chunk, or its first frame."""
+        start = first - first % self.chunk_frames
+        return self.pose(start - 1) if start > 0 else self.pose(start)
+
+    def _weave_run(self, frames: list[int]) -> tuple:
+        """The controller's inputs for ``frames`` [1, ...]: anchors retrieved from the memory of earlier frames."""
+        poses = self._run_poses(frames)
+        self._remember(frames[0])
+        picked = self._retrieve(poses)
+        unit = float(self.controller.config.translation_unit)
+        anchors, holes, anchor_poses = anchor_inputs(self.memory, picked, poses, self.latent_camera, self.k, unit)
+        relative = chunk_relative_poses(poses, frames[0], self.chunk_frames, reference=self._reference(frames[0]))
+        return anchors[None], holes[None], anchor_poses[None], pose_features(relative, unit)[None]
+
+    def _retrieve(self, poses: torch.Tensor) -> list[int]:
+        """Pool indices of the frames the track's retrieval picks for target cameras ``poses``."""
+        return self.memory.retrieve(poses, self.latent_camera, self.k, self.retrieval) if len(self.memory) else []
+
+    def _hold_retrieved(self, frames: list[int]) -> None:
+        """Context-as-memory: hold the K/V of the memory frames that best cover ``frames``' cameras in the cache's
+        retrieved region (those the stream's window still holds are attended there already)."""
+        self._remember(frames[0])
+        poses = self._run_poses(frames)
+        picked = self._retrieve(poses)
+        window = {f for region in self.cache.layout.regions if not region.external
+                  for f in self.cache.frames_in(region.name)}
+        chosen = [self.memory.frames[i] for i in picked]
+        chosen = [m for m in chosen if m.payload is not None and m.time not in window]
+        if not chosen:
+            self.cache.clear(RETRIEVED_REGION)
+            return
+        kv = torch.cat([m.payload for m in chosen], 3)  # [2, layers, B, n * tokens, H, D]
+        self.cache.hold(RETRIEVED_REGION, [m.time for m in chosen], kv[0], kv[1])
+
+    def _remember(self, first: int) -> None:
+        """Take every frame before ``first`` not yet in the memory in from the stream's latents."""
         missing = list(range(self._remembered + 1, first))
         if missing:
             latents = self.latents_of(missing)[0]  # [C, n, h, w] of the stream's first video
             for i, frame in enumerate(missing):
                 pose = self.pose(frame)
                 depth = self.depth_fn(pose, self.latent_camera)
+                payload = None
+                if self.weave == "context":  # the frame's K/V as written, kept with it while the pool keeps it
+                    kv = self.cache.frame_kv(frame)
+                    payload = None if kv is None else torch.stack(kv)
                 self.memory.add(latents[:, i].permute(1, 2, 0).float().cpu(), pose, self.latent_camera, frame,
-                                depth=depth)
+                                depth=depth, payload=payload)
             self._remembered = first - 1
-        picked = self.memory.retrieve(poses, self.latent_camera, self.k, self.retrieval) if len(self.memory) else []
-        image, covered = self.memory.composite(picked, poses, self.latent_camera)
+
+    def anchors(self, first: int, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anchors [C, f, h, w], holes [1, f, h, w]) for frames first.. at ``poses``, from the memory of every
+        frame before ``first`` (which it takes in from the stream's latents first)."""
+        self._remember(first)
+        if self.retrieval == "fused" and len(self.memory):
+            renders = self.memory.fused(poses, self.latent_camera)
+            image = torch.stack([r.image for r in renders]).float()
+            covered = torch.stack([r.covered for r in renders])
+        else:
+            picked = self._retrieve(poses) if self.retrieval != "fused" else []
+            image, covered = self.memory.composite(picked, poses, self.latent_camera)
         return image.permute(3, 0, 1, 2), (~covered).float()[None]

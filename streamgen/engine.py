@@ -274,10 +274,12 @@ class StreamEngine:
         start = time.perf_counter()
         if self._first_pass:  # the chunk's first denoising pass (a hierarchical memory picks its history here)
             observer, self._first_pass = self._observe_first_query, False
+        prompt_kv = prompt_kv or self.prompt_kv
+        residuals = None if self.camera is None else self.camera.residuals(x, t, prompt_kv)
         with torch.no_grad():
             out = self.transformer.forward_chunk(
-                x, t, prompt_kv or self.prompt_kv, self.cache, rotary, query_observer=observer,
-                camera_tokens=self._camera_tokens,
+                x, t, prompt_kv, self.cache, rotary, query_observer=observer,
+                camera_tokens=self._camera_tokens, block_residuals=residuals,
             )
         if self.synchronize_timing and out.is_cuda:
             torch.cuda.synchronize(out.device)

@@ -35,6 +35,7 @@ from .decoding import encode_video, streaming_decoder_for, to_uint8_frames
 from .device_memory import available_memory
 from .engine import StreamEngine
 from .erasure.lora import LoraLoaderMixin
+from .models.anchor_weave import AnchorWeaveController  # noqa: F401  (diffusers loads a controller folder from here)
 from .models.camera import CameraEncoder  # noqa: F401  (diffusers loads a camera_encoder folder from this module)
 from .models.causal_wan import CausalWanTransformer3DModel, PromptKV
 from .prompts import MAX_PROMPT_CHARS, check_prompt_length
@@ -326,7 +327,7 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     # A pipeline may name a packaged text encoder instead of carrying one (see ``text_encoder_package``).
-    _optional_components = ["tokenizer", "text_encoder", "camera_encoder"]
+    _optional_components = ["tokenizer", "text_encoder", "camera_encoder", "controller"]
 
     def __init__(
         self,
@@ -350,6 +351,7 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
         prediction_type: str = "flow",
         max_prompt_chars: int = MAX_PROMPT_CHARS,
         camera_encoder=None,
+        controller=None,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -358,7 +360,7 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
             transformer = CausalWanTransformer3DModel.from_wan(transformer)
         self.register_modules(
             tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler,
-            camera_encoder=camera_encoder,
+            camera_encoder=camera_encoder, controller=controller,
         )
         self.register_to_config(
             chunk_frames=chunk_frames,
@@ -648,21 +650,27 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
     def _stream_camera(self, camera, engine: StreamEngine, height: int, width: int):
         from .camera_control import CameraTrack, StreamCamera
 
-        if getattr(self, "camera_encoder", None) is None:
-            raise ValueError("camera= needs a pipeline with a camera_encoder (a camera-trained model); this one has "
-                             "none")
         if not isinstance(camera, CameraTrack):
             raise TypeError(f"camera= takes a streamgen.camera_control.CameraTrack, got {type(camera).__name__}")
+        encoder = getattr(self, "camera_encoder", None)
+        controller = getattr(self, "controller", None) if camera.weave == "controller" else None
+        if camera.weave == "controller" and controller is None:
+            raise ValueError("CameraTrack(weave='controller') needs a pipeline with a weaving controller "
+                             "(python -m streamgen.train.weave); this one has none")
+        if encoder is None and controller is None:
+            raise ValueError("camera= needs a pipeline with a camera_encoder (a camera-trained model); this one has "
+                             "none")
         k = camera.intrinsics
         if (k.height, k.width) != (height, width):
             raise ValueError(f"the camera's intrinsics are for {k.height}x{k.width} frames, the stream makes "
                              f"{height}x{width}")
-        if self.camera_encoder.takes_anchors and engine.history.latents.shape[0] != 1:
+        remembers = controller is not None or encoder.takes_anchors
+        if remembers and engine.history.latents.shape[0] != 1:
             raise ValueError("a camera stream with a geometric memory makes one video at a time (batch_size=1)")
         latent_h, latent_w = engine.latent_hw
-        return StreamCamera(self.camera_encoder, camera, chunk_frames=self.config.chunk_frames,
-                            latent_height=latent_h, latent_width=latent_w,
-                            keep=engine.history.capacity + self.config.chunk_frames, latents_of=engine.history.get)
+        return StreamCamera(encoder, camera, chunk_frames=self.config.chunk_frames, latent_height=latent_h,
+                            latent_width=latent_w, keep=engine.history.capacity + self.config.chunk_frames,
+                            latents_of=engine.history.get, controller=controller, cache=engine.cache)
 
     def resume(
         self, path: str | Path, *, cache: str | CachePreset | None = None,

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..geometry import Intrinsics, plucker_rays
 
-__all__ = ["CameraEncoder", "latent_plucker", "chunk_relative_rays", "RAY_CHANNELS"]
+__all__ = ["CameraEncoder", "latent_plucker", "chunk_relative_poses", "chunk_relative_rays", "RAY_CHANNELS"]
 
 RAY_CHANNELS = 6  # Plücker (direction, moment)
 
@@ -40,13 +40,11 @@ def latent_plucker(intrinsics: Intrinsics, poses: torch.Tensor, latent_height: i
     return rays.permute(3, 0, 1, 2).contiguous()
 
 
-def chunk_relative_rays(intrinsics: Intrinsics, poses: torch.Tensor, first_frame: int, chunk_frames: int,
-                        latent_height: int, latent_width: int, translation_unit: float = 1.0,
-                        reference: torch.Tensor | None = None) -> torch.Tensor:
-    """Rays [6, F, h, w] of frames ``poses`` [F, 4, 4] (stream frames first_frame, first_frame + 1, ...), each
-    relative to its chunk's reference: the pose of the frame just before the chunk (``reference`` for the first
-    chunk when the poses start mid-chunk-sequence and the frame before is not among them), else the chunk's own
-    first frame."""
+def chunk_relative_poses(poses: torch.Tensor, first_frame: int, chunk_frames: int,
+                         reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Poses [F, 4, 4] of frames ``poses`` (stream frames first_frame, first_frame + 1, ...), each relative to its
+    chunk's reference: the pose of the frame just before the chunk (``reference`` for the first chunk when the poses
+    start mid-chunk-sequence and the frame before is not among them), else the chunk's own first frame."""
     from ..geometry import invert_pose
 
     poses = poses.to(torch.float64)
@@ -64,6 +62,14 @@ def chunk_relative_rays(intrinsics: Intrinsics, poses: torch.Tensor, first_frame
             raise ValueError(f"frame {frame}'s chunk reference (frame {max(start - 1, 0)}) is not among the poses: "
                              "pass reference=")
         relative[i] = invert_pose(ref.to(torch.float64)) @ poses[i]
+    return relative
+
+
+def chunk_relative_rays(intrinsics: Intrinsics, poses: torch.Tensor, first_frame: int, chunk_frames: int,
+                        latent_height: int, latent_width: int, translation_unit: float = 1.0,
+                        reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Rays [6, F, h, w] of :func:`chunk_relative_poses`, translations in ``translation_unit``s."""
+    relative = chunk_relative_poses(poses, first_frame, chunk_frames, reference)
     relative[:, :3, 3] /= translation_unit
     return latent_plucker(intrinsics, relative, latent_height, latent_width)
 

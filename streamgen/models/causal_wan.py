@@ -39,6 +39,7 @@ class PromptKV:
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     mask: torch.Tensor | None = None
+    states: torch.Tensor | None = None  # the text states [B, L_text, text_dim] they came from (a side network's input)
 
 
 @dataclass
@@ -166,7 +167,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
             k, v = _cross_kv(block.attn2, context)
             ks.append(k)
             vs.append(v)
-        return PromptKV(ks, vs)
+        return PromptKV(ks, vs, states=encoder_hidden_states)
 
     # ---- one chunk ----------------------------------------------------------------------------------------------
     def forward_chunk(
@@ -179,6 +180,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         attention_mask: torch.Tensor | None = None,
         query_observer: Callable[[int, torch.Tensor], None] | None = None,
         camera_tokens: torch.Tensor | None = None,
+        block_residuals: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow prediction for a chunk of latents [B, C, f, h, w].
 
@@ -190,7 +192,9 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         :func:`block_causal_mask` to train chunk-causally on whole clips); ``rotary.key`` is then ignored.
         ``query_observer(layer, q)``, if given, sees every layer's un-roped self-attention queries [B, n, H, D]
         (Echo-Forcing's mean scene query); it cannot change them. ``camera_tokens`` [B, f * tokens per frame, dim],
-        if given, are added to the patch tokens (a :class:`~streamgen.models.camera.CameraEncoder`'s output).
+        if given, are added to the patch tokens (a :class:`~streamgen.models.camera.CameraEncoder`'s output);
+        ``block_residuals`` [num_layers, B, f * tokens per frame, dim], if given, are added to the hidden states before
+        each block (a side network's injections: :class:`~streamgen.models.anchor_weave.AnchorWeaveController`).
         """
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
@@ -203,8 +207,13 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
                                  f"got {tuple(camera_tokens.shape)}")
             x = x + camera_tokens.to(x.dtype)
         temb, timestep_proj = self._time_embedding(timestep, batch, frames, grid_h * grid_w, x)
+        if block_residuals is not None and tuple(block_residuals.shape) != (len(self.blocks), *x.shape):
+            raise ValueError(f"block_residuals must be {(len(self.blocks), *x.shape)} (layers, batch, tokens, dim), "
+                             f"got {tuple(block_residuals.shape)}")
 
         for layer, block in enumerate(self.blocks):
+            if block_residuals is not None:
+                x = x + block_residuals[layer].to(x.dtype)
             x = self._block(block, layer, x, timestep_proj, prompt_kv, cache, rotary, attention_mask, query_observer)
 
         shift, scale = (self.scale_shift_table[None] + temb.unsqueeze(2)).unbind(2)

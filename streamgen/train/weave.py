@@ -1,0 +1,437 @@
+"""Train AnchorWeave's weaving controller (:class:`~streamgen.models.anchor_weave.AnchorWeaveController`) over a
+frozen base pipeline: only the controller learns, as in the paper.
+
+Data: the camera world's flights of :func:`streamgen.train.camera.camera_clip` (30% fly back over where they
+began). Each chunk's anchors come from the clip's earlier frames, kept in a :class:`~streamgen.geometry.GeometricMemory`
+with exact depth and retrieved as a stream retrieves them (``retrieval``, ``anchor_k`` with the first frame,
+``coverage_scale``): :func:`weave_sample`. Anchor dropout: each anchor is emptied with probability ``anchor_dropout``.
+
+Step: dense teacher forcing (``[clean | noisy]``, :func:`streamgen.train.teacher_forcing.dense_mask`) with the
+controller's block residuals for every chunk of both halves (the controller sees one chunk at a time, as in a
+stream), x0 loss of the base, plus ``motion_weight`` times the error of the predicted frame-to-frame differences
+(the paper's 0.2-weighted motion loss). AdamW on the controller at ``lr`` (the paper's 2e-4 by default), EMA.
+Resumable (``state.safetensors``); exports the base pipeline with a ``controller/`` folder beside its transformer.
+
+Captions come from the base's text encoder, or (a machine without it) from ``caption_table``: a safetensors file of
+precomputed states written by :func:`write_caption_table` for every caption the camera world can give.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..geometry import GeometricMemory
+from ..models.anchor_weave import AnchorWeaveController, anchor_inputs, pose_features
+from ..models.camera import chunk_relative_poses, chunk_relative_rays
+from ..world.camera import default_intrinsics, ground_depth
+from . import teacher_forcing
+from .camera import camera_clip
+from .checkpoint import find_state, load_state, save_state
+from .config import NoiseConfig
+from .trainer import EMA, flow_error, noise_levels
+
+__all__ = ["WeaveTrainConfig", "weave_sample", "WeaveTrainer", "train", "write_caption_table", "map_captions"]
+
+
+@dataclass
+class WeaveTrainConfig:
+    # The frozen base (``--init``): a pipeline folder or a shipped pipeline's name. A camera model's encoder gets the
+    # rays and, for an encoder that takes anchors, an empty memory (all holes): the controller alone brings the memory.
+    init: str = "shapeworld-cam-tiny"
+    out: str = "runs/weave"
+    steps: int = 2000
+    batch_size: int = 16
+    clip_frames: int = 24
+    chunk_frames: int = 3
+    speeds: tuple[int, ...] = (-2, -1, 0, 1, 2)  # the flights of camera_clip
+    keep: float = 0.6
+    return_prob: float = 0.3
+    anchor_k: int = 4
+    retrieval: str = "coverage"
+    coverage_scale: int = 4
+    anchor_dropout: float = 0.1
+    motion_weight: float = 0.2
+    dim: int = 128
+    layers: int = 2
+    heads: int = 2
+    translation_unit: float = 8.0  # of the controller's pose features
+    lr: float = 2e-4
+    warmup: int = 100
+    ema_decay: float = 0.999
+    context_sigma_max: float = 0.05
+    x0_sigma_floor: float = 0.05
+    caption_dropout: float = 0.1
+    save_every: int = 100
+    seed: int = 0
+    threads: int = 2
+    bf16: bool = True
+    device: str | None = None  # cpu or cuda; None: a GPU where there is one
+    workers: int | None = 0  # processes rendering clips (0: in the training process; None: all cores but one)
+    reuse: int = 1  # optimizer steps per rendered batch, each with fresh noise (rendering is the slow part on a GPU)
+    caption_table: str | None = None
+
+    def validate(self) -> "WeaveTrainConfig":
+        from ..geometry import RETRIEVAL_METHODS
+
+        if self.chunk_frames < 1 or self.clip_frames < self.chunk_frames or self.clip_frames % self.chunk_frames:
+            raise ValueError(f"clip_frames ({self.clip_frames}) must be a positive multiple of chunk_frames "
+                             f"({self.chunk_frames})")
+        for name in ("batch_size", "save_every", "threads", "anchor_k", "reuse", "coverage_scale", "layers", "heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("keep", "return_prob", "caption_dropout", "anchor_dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.steps < 0 or (self.workers or 0) < 0:
+            raise ValueError(f"steps and workers must be >= 0, got {self.steps} and {self.workers}")
+        if self.retrieval not in RETRIEVAL_METHODS:
+            raise ValueError(f"retrieval must be one of {', '.join(RETRIEVAL_METHODS)}, got {self.retrieval!r}")
+        if self.device not in (None, "cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda (or none: a GPU where there is one), got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: cuda, but torch sees no GPU here")
+        return self
+
+
+def weave_sample(index: int, config: WeaveTrainConfig, ray_unit: float = 1.0) -> dict:
+    """Clip ``index`` with the controller's inputs for every chunk: video [C, F, h, w] in [-1, 1], anchors
+    [K, C, F, h, w], holes [K, 1, F, h, w], anchor_poses [K, F, 12], target_poses [F, 12], the base's chunk-relative
+    rays [6, F, h, w] (translations in ``ray_unit``s, the base camera encoder's), caption."""
+    frames, poses, caption = camera_clip(index, config)
+    video = torch.tensor(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+    channels, count, height, width = video.shape
+    camera = default_intrinsics()
+    latent_camera = camera.scaled(width / camera.width)
+    k, unit = config.anchor_k, config.translation_unit
+    anchors, holes = torch.zeros(k, channels, count, height, width), torch.ones(k, 1, count, height, width)
+    anchor_poses = torch.zeros(k, count, 12)
+    memory = GeometricMemory(count + 1, coverage_scale=config.coverage_scale)
+    for start in range(0, count, config.chunk_frames):
+        run = list(range(start, min(start + config.chunk_frames, count)))
+        picked = memory.retrieve(poses[run], latent_camera, k, config.retrieval) if len(memory) else []
+        a, h, p = anchor_inputs(memory, picked, poses[run], latent_camera, k, unit)
+        anchors[:, :, run], holes[:, :, run], anchor_poses[:, run] = a, h, p
+        for f in run:
+            memory.add(video[:, f].permute(1, 2, 0), poses[f], latent_camera, f,
+                       depth=ground_depth(poses[f], latent_camera))
+    relative = chunk_relative_poses(poses, 0, config.chunk_frames)
+    rays = chunk_relative_rays(camera, poses, 0, config.chunk_frames, height, width, ray_unit)
+    return {"video": video, "anchors": anchors, "holes": holes, "anchor_poses": anchor_poses,
+            "target_poses": pose_features(relative, unit), "rays": rays.float(), "caption": caption}
+
+
+def map_captions() -> list[str]:
+    """Every caption a camera-world map can have (and "" for caption dropout)."""
+    import itertools
+
+    from ..world.camera.map import BACKGROUNDS, OBJECT_COLORS, PALETTE_SIZE
+
+    captions = [""]
+    for ground in BACKGROUNDS:
+        for palette in itertools.permutations([c for c in OBJECT_COLORS if c != ground], PALETTE_SIZE):
+            colours = f"{', '.join(palette[:-1])} and {palette[-1]}"
+            captions.append(f"a top-down flight over {colours} shapes scattered on a {ground} ground")
+    return captions
+
+
+def write_caption_table(pipeline: str, path: str | Path) -> int:
+    """Precompute the text states of :func:`map_captions` with ``pipeline``'s text encoder (fp16)."""
+    from safetensors.torch import save_file
+
+    from ..loading import open_pipeline
+    from ..text_encoders import load_packaged_text_encoder
+    from .data import CaptionEncoder
+
+    pipe = open_pipeline(pipeline)
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    if encoder is None:
+        tokenizer, encoder = load_packaged_text_encoder(pipe.config.text_encoder_package)
+    captions = map_captions()
+    states = CaptionEncoder(tokenizer, encoder, pipe.config.max_sequence_length)(captions)
+    used = int(states.abs().amax((0, 2)).nonzero().max()) + 1  # positions past every caption's end are zeros
+    save_file({"states": states[:, :used].half().contiguous()}, str(path),
+              metadata={"captions": json.dumps(captions), "length": str(states.shape[1])})
+    return len(captions)
+
+
+class _CaptionTable:
+    def __init__(self, path: str):
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            self.index = {c: i for i, c in enumerate(json.loads(f.metadata()["captions"]))}
+            states = f.get_tensor("states").float()
+            length = int(f.metadata()["length"])
+        self.states = torch.nn.functional.pad(states, (0, 0, 0, length - states.shape[1]))
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = [c for c in captions if c not in self.index]
+        if missing:
+            raise ValueError(f"caption {missing[0]!r} is not in the caption table")
+        return self.states[[self.index[c] for c in captions]]
+
+
+class _Clips(torch.utils.data.Dataset):
+    def __init__(self, config: WeaveTrainConfig, ray_unit: float):
+        self.config, self.ray_unit = config, ray_unit
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, index: int) -> dict:
+        return weave_sample(index, self.config, self.ray_unit)
+
+
+def _collate(samples: list[dict]) -> dict:
+    out = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != "caption"}
+    out["caption"] = [s["caption"] for s in samples]
+    return out
+
+
+class WeaveTrainer:
+    def __init__(self, config: WeaveTrainConfig, resume: bool = False):
+        from ..loading import open_pipeline
+
+        import os
+
+        config = config.validate()
+        if config.device is None:
+            config = dataclasses.replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
+        if config.workers is None:
+            config = dataclasses.replace(config, workers=max((os.cpu_count() or 1) - 1, 0))
+        self.config, self.out = config, Path(config.out)
+        self.device = torch.device(config.device)
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        pipe = open_pipeline(config.init)
+        self.source = pipe
+        self.base = pipe.transformer.to(self.device).eval().requires_grad_(False)
+        self.camera_encoder, self.ray_unit = pipe.camera_encoder, 1.0
+        if self.camera_encoder is not None:
+            self.camera_encoder = self.camera_encoder.to(self.device).eval().requires_grad_(False)
+            self.ray_unit = float(self.camera_encoder.config.translation_unit)
+        controller = getattr(pipe, "controller", None)
+        if controller is None:
+            controller = AnchorWeaveController.for_transformer(
+                self.base, dim=config.dim, num_layers=config.layers, num_heads=config.heads,
+                translation_unit=config.translation_unit)
+        self.controller = controller.to(self.device).train().requires_grad_(True)
+        if config.caption_table:
+            self.captions = _CaptionTable(config.caption_table)
+        else:
+            from ..text_encoders import load_packaged_text_encoder
+            from .data import CaptionEncoder
+
+            tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+            if encoder is None:
+                tokenizer, encoder = load_packaged_text_encoder(pipe.config.text_encoder_package)
+            self.captions = CaptionEncoder(tokenizer, encoder, pipe.config.max_sequence_length)
+        self.optimizer = torch.optim.AdamW(self.controller.parameters(), lr=config.lr, weight_decay=0.0)
+        self.ema = EMA(self.controller, config.ema_decay)
+        self.noise = NoiseConfig(context_sigma_max=config.context_sigma_max)
+        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)
+        self.step = 0
+        state = find_state(self.out / "checkpoint")
+        if state is not None:
+            if not resume:
+                raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it")
+            self._load(state)
+
+    # ---- data ------------------------------------------------------------------------------------------------
+    def batches(self):
+        """Batches from step ``self.step`` on (clip indices (step // reuse) * batch_size + i: a resumed run sees the
+        same clips, each batch for the steps it has left)."""
+        cfg = self.config
+        first = self.step // cfg.reuse * cfg.batch_size
+        indices = range(first, (cfg.steps // cfg.reuse + 1) * cfg.batch_size)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(_Clips(cfg, self.ray_unit), indices), batch_size=cfg.batch_size, num_workers=cfg.workers,
+            collate_fn=_collate, prefetch_factor=4 if cfg.workers else None,
+            worker_init_fn=lambda _: torch.set_num_threads(1))
+        yield from loader
+
+    def _base_camera(self, rays: torch.Tensor) -> torch.Tensor | None:
+        """The frozen base's camera tokens of the doubled clip: its rays, and an empty memory."""
+        encoder = self.camera_encoder
+        if encoder is None:
+            return None
+        rays = torch.cat((rays, rays), 2)
+        extra = ()
+        if encoder.takes_anchors:
+            b, _, f, h, w = rays.shape
+            extra = (rays.new_zeros(b, encoder.config.anchor_channels, f, h, w), rays.new_ones(b, 1, f, h, w))
+        with torch.no_grad():
+            return encoder(rays, *extra)
+
+    def _step_batches(self):
+        """Each step's batch: every batch ``reuse`` times (a resumed run, the first for the steps it has left)."""
+        left = self.config.reuse - self.step % self.config.reuse
+        for batch in self.batches():
+            for _ in range(left):
+                yield batch
+            left = self.config.reuse
+
+    # ---- one step --------------------------------------------------------------------------------------------
+    def loss(self, batch: dict) -> torch.Tensor:
+        cfg, g, dev = self.config, self.generator, self.device
+        video = batch["video"]
+        b, channels, frames, height, width = video.shape
+        chunk = cfg.chunk_frames
+        chunks = frames // chunk
+        sigma = noise_levels(self.noise, b, chunks, g).repeat_interleave(chunk, 1)
+        context = (cfg.context_sigma_max * torch.rand(b, chunks, generator=g)).repeat_interleave(chunk, 1)
+        noise, context_noise = torch.randn(video.shape, generator=g), torch.randn(video.shape, generator=g)
+        s, c = sigma[:, None, :, None, None], context[:, None, :, None, None]
+        x_t, x_c = (1 - s) * video + s * noise, (1 - c) * video + c * context_noise
+        drop = (torch.rand(b, generator=g) < cfg.caption_dropout).tolist()
+        text = self.captions(["" if d else cap for cap, d in zip(batch["caption"], drop)])
+        anchors, holes = batch["anchors"], batch["holes"]
+        k = anchors.shape[1]
+        dropped = (torch.rand(b, k, generator=g) < cfg.anchor_dropout)[:, :, None, None, None, None]
+        anchors, holes = anchors.masked_fill(dropped, 0.0), holes.masked_fill(dropped, 1.0)
+
+        video, noise, x_t, x_c, sigma, context, text = (t.to(dev) for t in (video, noise, x_t, x_c, sigma, context,
+                                                                              text))
+        anchors, holes = anchors.to(dev), holes.to(dev)
+        anchor_poses, target_poses = batch["anchor_poses"].to(dev), batch["target_poses"].to(dev)
+
+        def per_chunk(t: torch.Tensor, axis: int) -> torch.Tensor:  # [..., F, ...] -> [B * chunks, ..., chunk, ...]
+            t = t.unflatten(axis, (chunks, chunk)).movedim(axis, 1)
+            return t.flatten(0, 1)
+
+        both = torch.cat((x_c, x_t), 2)  # [B, C, 2F, h, w]: clean then noisy
+        levels = torch.cat((context, sigma), 1) * 1000.0
+        base = self.base
+        tokens = base.tokens_per_frame(height, width)
+        positions = torch.arange(frames, device=dev)
+        rotary = base.rotary(torch.cat((positions, positions)), torch.cat((positions, positions)), height, width)
+        mask = teacher_forcing.dense_mask(frames, chunk, tokens, device=dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            half = [per_chunk(t, 2) for t in (x_c, x_t)]
+            residuals = self.controller(
+                torch.cat(half), torch.cat((per_chunk(context, 1)[:, 0], per_chunk(sigma, 1)[:, 0])) * 1000.0,
+                per_chunk(anchors, 3).repeat(2, 1, 1, 1, 1, 1), per_chunk(holes, 3).repeat(2, 1, 1, 1, 1, 1),
+                per_chunk(anchor_poses, 2).repeat(2, 1, 1, 1), per_chunk(target_poses, 1).repeat(2, 1, 1),
+                text.repeat_interleave(chunks, 0).repeat(2, 1, 1))
+            # [L, 2 * B * chunks, chunk tokens, D] -> [L, B, 2F tokens, D] in the order of `both`
+            residuals = residuals.unflatten(1, (2, b, chunks)).permute(0, 2, 1, 3, 4, 5).flatten(2, 4)
+            pred = base.forward_chunk(both, levels, base.encode_prompt_kv(text), None, rotary, attention_mask=mask,
+                                      camera_tokens=self._base_camera(batch["rays"].to(dev)),
+                                      block_residuals=residuals)[:, :, frames:]
+        error = flow_error(pred, x_t, video, noise, sigma, "sample", cfg.x0_sigma_floor)
+        loss = error.pow(2).mean()
+        if cfg.motion_weight:
+            motion = (pred.float().diff(dim=2) - video.diff(dim=2)).pow(2).mean()
+            loss = loss + cfg.motion_weight * motion
+        return loss
+
+    def run(self, until: int | None = None, deadline: float | None = None) -> None:
+        """Train to step ``until`` (default: ``steps``), or until ``deadline`` (a time.time()) passes."""
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        until = min(until or cfg.steps, cfg.steps)
+        window, began = [], time.time()
+        with open(self.out / "log.jsonl", "a") as log:
+            for batch in self._step_batches():
+                if self.step >= until or (deadline is not None and time.time() > deadline):
+                    break
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(cfg.warmup, 1))
+                loss = self.loss(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.controller.parameters(), 1.0)
+                self.optimizer.step()
+                self.ema.update(self.controller)
+                self.step += 1
+                window.append(loss.item())
+                if self.step % 20 == 0 or self.step == until:
+                    log.write(json.dumps({"step": self.step, "loss": float(np.mean(window)),
+                                          "seconds": round(time.time() - began, 1)}) + "\n")
+                    log.flush()
+                    window = []
+                if self.step % cfg.save_every == 0:
+                    self.save()
+        self.save()
+
+    # ---- state -----------------------------------------------------------------------------------------------
+    def save(self) -> None:
+        folder = self.out / "checkpoint"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_state({"step": self.step, "model": self.controller.state_dict(), "ema": self.ema.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "scheduler": None,
+                    "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                    "numpy_rng": None, "python_rng": None}, folder / "state.safetensors")
+        self.export(self.out / "pipeline")
+
+    def _load(self, path: Path) -> None:
+        state = load_state(path)
+        self.controller.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+
+    def export(self, folder: Path) -> None:
+        """The base pipeline with the EMA controller as its ``controller`` component."""
+        import copy
+
+        controller = self.ema.copy_to(copy.deepcopy(self.controller)).eval().cpu()
+        pipe = self.source
+        original = getattr(pipe, "controller", None)
+        pipe.register_modules(controller=controller)
+        try:
+            pipe.save_pretrained(folder)
+        finally:
+            pipe.register_modules(controller=original)
+
+
+def train(config: WeaveTrainConfig, resume: bool = False, init: str | Path | None = None) -> Path:
+    """Train with ``config`` (``streamgen train --config`` with ``trainer: weave``); ``init``: the base pipeline
+    instead of ``config.init``. The output folder."""
+    if init is not None:
+        config = dataclasses.replace(config, init=str(init))
+    WeaveTrainer(config, resume=resume).run()
+    return Path(config.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streamgen.train.weave --out runs/weave [--resume] [--steps N] ...``"""
+    import argparse
+
+    defaults = WeaveTrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m streamgen.train.weave", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--init", default=defaults.init, help="the frozen base pipeline (folder or shipped name)")
+    parser.add_argument("--out", default=defaults.out)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
+    parser.add_argument("--reuse", type=int, default=defaults.reuse)
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--caption-table", default=None)
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this long (and save)")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    config = WeaveTrainConfig(init=args.init, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                              ema_decay=args.ema_decay, reuse=args.reuse, threads=args.threads, workers=args.workers,
+                              device=args.device, caption_table=args.caption_table)
+    trainer = WeaveTrainer(config, resume=args.resume)
+    trainer.run(deadline=None if args.seconds is None else time.time() + args.seconds)
+    print(f"trained to step {trainer.step}: {config.out} (pipeline: {Path(config.out) / 'pipeline'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
