@@ -123,6 +123,12 @@ def cmd_generate(args) -> int:
             from .world.camera import ground_depth
 
             camera.depth_fn = ground_depth
+        camera.weave = args.weave
+        camera.__post_init__()  # re-checks the weave against the file's retrieval
+        if args.weave == "context" and args.cache is None:
+            args.cache = "camera-context"
+    elif args.weave != "encoder":
+        raise ValueError("--weave is for a camera stream: give --camera FILE")
     out = Path(args.out or DEFAULT_OUT)
     partial = check_output_path(out)
     with StopSignals() as stops:
@@ -447,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--camera", metavar="FILE", help="camera poses, JSON {\"intrinsics\": {fx, fy, cx, cy, width, "
                      "height}, \"poses\": [4x4 camera_to_world per latent frame, init clip first]}; needs a pipeline "
                      "with a camera_encoder (past the poses the camera holds still)")
+    gen.add_argument("--weave", choices=("encoder", "controller", "context"), default="encoder",
+                     help="with --camera: how the geometric memory reaches the model: the camera encoder's anchors "
+                          "(default), the pipeline's weaving controller, or the retrieved frames' K/V in the cache "
+                          "(cache preset camera-context unless --cache names another)")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     gen.add_argument("--out", help=f"the video (default: {DEFAULT_OUT}; with --resume, the snapshot's run's)")

@@ -145,6 +145,15 @@ class KVCache:
         index = self._on_device(self._tokens(self.slots.slots_of(region)))
         return self.k.index_select(2, index), self.v.index_select(2, index)
 
+    def frame_kv(self, frame: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Copies of the K/V [layers, B, tokens_per_frame, H, D] of ``frame`` as a region the stream fills holds it,
+        or None if none does (any more)."""
+        for slot, held in enumerate(self.slots.frame_of_slot):
+            if held == frame and not self.layout.region(self.slots.region_of_slot[slot]).external:
+                index = self._on_device(self._tokens([slot]))
+                return self.k.index_select(2, index), self.v.index_select(2, index)
+        return None
+
     def chunk_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of the K/V [layers, B, f * tokens_per_frame, H, D] of the chunk placed by the latest begin_chunk."""
         index = self._on_device(self._tokens(self._chunk_slots))
