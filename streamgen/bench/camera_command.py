@@ -7,7 +7,7 @@ __all__ = ["register_cli", "cmd_revisit", "cmd_camera", "METHOD_NAMES"]
 
 # streamgen.bench.revisit.METHODS, named here for --help without importing torch (a test keeps the two equal)
 METHOD_NAMES = ("coverage", "greedy", "fov", "recency", "fused", "none", "truth")
-MODEL_MEMORY_NAMES = ("coverage", "greedy", "fov", "recency", "none")  # streamgen.bench.revisit.MODEL_MEMORIES
+MODEL_MEMORY_NAMES = ("coverage", "greedy", "fov", "recency", "fused", "none")  # streamgen.bench.revisit.MODEL_MEMORIES
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -53,11 +53,17 @@ def _model_revisit(args) -> int:
         raise ValueError("--trials must be 1..1000")
     away = _int_list(args.away)
     pipe = open_pipeline(args.pipeline)
-    if pipe.camera_encoder is None or not pipe.camera_encoder.takes_anchors:
+    if args.weave == "controller" and pipe.controller is None:
+        raise ValueError(f"{args.pipeline}: --weave controller needs a pipeline with a weaving controller")
+    if args.weave != "encoder" and "fused" in memories:
+        raise ValueError(f"--weave {args.weave} takes the retrieved frames one by one: leave 'fused' out of --methods")
+    if args.weave == "context" and args.cache is None:
+        args.cache = "camera-context"
+    if args.weave == "encoder" and (pipe.camera_encoder is None or not pipe.camera_encoder.takes_anchors):
         raise ValueError(f"{args.pipeline}: the revisit with a model needs a camera model that takes anchors")
     rows = run_model_revisit(pipe, away=away, trials=args.trials, memories=memories, cache=args.cache,
-                             seed=args.seed)
-    print(f"revisit with {args.pipeline}: 9 true frames of a place, then the model flies on under the camera; the "
+                             seed=args.seed, weave=args.weave)
+    print(f"revisit with {args.pipeline} (memory through the {args.weave}): 9 true frames of a place, then the model flies on under the camera; the "
           "last chunk, back over ground the flight has seen, is scored against the true frames "
           f"({args.trials} held-out flights per row; straight: away N chunks and back; two-pass: the place's band "
           "between two parallel passes)")
@@ -68,10 +74,13 @@ def _model_revisit(args) -> int:
 
         if not 30 <= args.speed <= 100_000:
             raise ValueError("--speed must be 30..100000 frames")
-        fps = memory_speed(pipe, memories=memories, frames=args.speed, rounds=3, cache=args.cache)
-        base = statistics.median(fps["none"]) if "none" in fps else None
+        fps = memory_speed(pipe, memories=memories, frames=args.speed, rounds=3, cache=args.cache, weave=args.weave)
+        from .revisit import PLAIN_MODEL
+
+        reference = PLAIN_MODEL if PLAIN_MODEL in fps else "none"
+        base = statistics.median(fps[reference]) if reference in fps else None
         print(f"\nspeed: a {args.speed}-frame flight per memory option, 3 interleaved rounds, median FPS")
-        print("| memory | FPS (median) | rounds | against none |")
+        print(f"| memory | FPS (median) | rounds | against {reference} |")
         print("| --- | --- | --- | --- |")
         for name, values in fps.items():
             median = statistics.median(values)
@@ -120,6 +129,10 @@ def register_cli(bench) -> None:
     p.add_argument("--pipeline", help="a camera model that takes anchors: run it in the loop (without: the memory "
                    "alone, on true frames)")
     p.add_argument("--cache", help="with --pipeline: cache preset (default: the pipeline's)")
+    p.add_argument("--weave", choices=("encoder", "controller", "context"), default="encoder",
+                   help="with --pipeline: the memory reaches the model through the camera encoder's anchor input "
+                        "(default), the pipeline's weaving controller (AnchorWeave's), or the retrieved frames' K/V in "
+                        "the cache (context-as-memory; cache preset camera-context unless --cache names another)")
     p.add_argument("--speed", type=int, metavar="FRAMES", help="with --pipeline: also time each memory option over "
                    "a FRAMES-frame flight (3 interleaved rounds; run with --threads 1 on a quiet machine)")
     p.add_argument("--away", default="4,8,16", help="chunks flown away before the revisit (default: 4,8,16)")

@@ -173,8 +173,12 @@ MODEL_MEMORIES = {
     "greedy": ("greedy", 32, 4, True, "redundancy"),  # AnchorWeave's plain greedy
     "fov": ("fov", 32, 4, True, "redundancy"),  # WorldMem-style frustum overlap
     "recency": ("recency", 32, 4, True, "redundancy"),  # the first frame and the 3 newest of the pool
+    "fused": ("fused", 32, 4, True, "redundancy"),  # the whole pool of 32 as one global point cloud (K unused)
     "none": ("recency", 4, 4, False, "oldest"),  # no long memory: the 4 newest frames, as the KV cache's window
 }
+
+
+PLAIN_MODEL = "none, plain model"  # memory_speed's reference row when the memory is woven in another way
 
 
 @dataclass
@@ -274,10 +278,11 @@ def _model_flight(trial: int, context: int, chunk: int, flight: str, away_chunks
 def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
                       flights: tuple[str, ...] = ("straight", "two-pass", "linger"),
                       trials: int = 8, context: int = 9, memories: tuple[str, ...] = tuple(MODEL_MEMORIES),
-                      cache: str | None = None, seed: int = 0) -> list[ModelRevisitRow]:
+                      cache: str | None = None, seed: int = 0, weave: str = "encoder") -> list[ModelRevisitRow]:
     """Per flight and memory option: the camera model continues the flight from the place's true frames; the last
     chunk, back over ground the flight has seen, is scored against the true frames there (PSNR; of the static
-    objects wholly in view that some earlier frame showed wholly, the share found in place and colour)."""
+    objects wholly in view that some earlier frame showed wholly, the share found in place and colour). ``weave``:
+    how the memory reaches the model (:attr:`streamgen.camera_control.CameraTrack.weave`)."""
     from ..camera_control import CameraTrack
     from ..world.camera import ground_depth
 
@@ -294,7 +299,8 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
             for trial in range(trials):
                 world, flight = _model_flight(trial, context, chunk, flight_kind, n_away)
                 track = CameraTrack(flight.intrinsics, flight.poses, depth_fn=ground_depth, memory_frames=pool,
-                                    anchors=k, retrieval=retrieval, keep_first=keep_first, eviction=eviction)
+                                    anchors=k, retrieval=retrieval, keep_first=keep_first, eviction=eviction,
+                                    weave=weave)
                 began = time.perf_counter()
                 stream = pipe.stream(world.caption, video=flight.frames[:context], camera=track,
                                      num_frames=len(flight) - context, cache=cache,
@@ -329,7 +335,7 @@ def format_model_table(rows: list[ModelRevisitRow]) -> str:
 
 
 def memory_speed(pipe, *, memories: tuple[str, ...] = ("coverage", "none"), frames: int = 300, rounds: int = 3,
-                 cache: str | None = None) -> dict[str, list[float]]:
+                 cache: str | None = None, weave: str = "encoder") -> dict[str, list[float]]:
     """Frames per second of a camera stream per memory option over a ``frames``-frame flight (a pan that turns every
     few chunks, so the pool keeps filling and evicting), the options interleaved round by round: {memory: [fps per
     round]}. Time every option in one run on a quiet machine and compare medians."""
@@ -347,15 +353,20 @@ def memory_speed(pipe, *, memories: tuple[str, ...] = ("coverage", "none"), fram
         path.append(CameraState(x, y))
         x, y = x + velocity[0], y + velocity[1]
     poses = torch.stack([s.camera_to_world() for s in path])
-    out: dict[str, list[float]] = {m: [] for m in memories}
+    # Weaving through a controller or the cache is timed against the plain model too: the camera encoder with no
+    # memory (the FIFO of 4) under the pipeline's own cache, the "rolling" of the issue's speed bar.
+    runs = [(name, name, weave, cache) for name in memories]
+    if weave != "encoder":
+        runs.append((PLAIN_MODEL, "none", "encoder", None))
+    out: dict[str, list[float]] = {label: [] for label, *_ in runs}
     for _ in range(rounds):
-        for name in memories:
+        for label, name, run_weave, run_cache in runs:
             retrieval, pool, k, keep_first, eviction = MODEL_MEMORIES[name]
             track = CameraTrack(default_intrinsics(), poses, depth_fn=ground_depth, memory_frames=pool, anchors=k,
-                                retrieval=retrieval, keep_first=keep_first, eviction=eviction)
-            stream = pipe.stream(world.caption, camera=track, num_frames=frames, cache=cache,
+                                retrieval=retrieval, keep_first=keep_first, eviction=eviction, weave=run_weave)
+            stream = pipe.stream(world.caption, camera=track, num_frames=frames, cache=run_cache,
                                  generator=torch.Generator().manual_seed(0))
             began = time.perf_counter()
             count = sum(c.frames.shape[1] for c in stream)
-            out[name].append(count / (time.perf_counter() - began))
+            out[label].append(count / (time.perf_counter() - began))
     return out
