@@ -194,3 +194,12 @@ def test_streamgen_train_runs_the_weave_trainer_from_a_config(tmp_path, capsys):
     config.write_text("trainer: weave\nsteps: 1\nretrieval: sideways\n")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
     assert "retrieval must be one of coverage, greedy, fov, recency, got 'sideways'" in capsys.readouterr().err
+
+
+def test_the_revisit_bench_weaves_through_the_controller_and_times_the_plain_model_beside_it(cam_pipe):
+    from streamgen.bench.revisit import PLAIN_MODEL, memory_speed, run_model_revisit
+
+    rows = run_model_revisit(cam_pipe, trials=1, memories=("coverage",), flights=("straight",), weave="controller")
+    assert len(rows) == 1 and rows[0].memory == "coverage" and 0 <= rows[0].objects <= 1
+    fps = memory_speed(cam_pipe, memories=("none",), frames=30, rounds=1, weave="controller")
+    assert set(fps) == {"none", PLAIN_MODEL} and all(v[0] > 0 for v in fps.values())
