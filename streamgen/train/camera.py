@@ -48,11 +48,14 @@ from .config import NoiseConfig
 from .distributed import rows
 from .trainer import CHECKPOINT, EMA, flow_error, noise_levels
 
-__all__ = ["CameraTrainConfig", "camera_clip", "clip_anchors", "CameraTrainer", "train"]
+__all__ = ["FlightTrainConfig", "CameraTrainConfig", "camera_clip", "clip_anchors", "CameraTrainer", "train"]
 
 
 @dataclass
-class CameraTrainConfig:
+class FlightTrainConfig:
+    """What both camera trainers share: the camera-world clips (:func:`camera_clip`), dense teacher forcing, AdamW +
+    EMA, the run's bookkeeping. :class:`CameraTrainConfig` and :class:`streamgen.train.weave.WeaveTrainConfig`."""
+
     init: str = "shapeworld-tiny"  # a pipeline folder or a shipped pipeline's name
     out: str = "runs/camera"
     steps: int = 3000
@@ -62,13 +65,10 @@ class CameraTrainConfig:
     speeds: tuple[int, ...] = (-2, -1, 0, 1, 2)  # units per frame along each axis
     keep: float = 0.6  # probability that a chunk keeps the previous chunk's velocity
     return_prob: float = 0.3  # probability that the clip's second half flies its first half back
-    anchors: bool = True  # condition on geometric-memory anchors as well as rays
     anchor_k: int = 4
-    lr: float = 2e-4  # the transformer's
-    encoder_lr: float = 1e-3
+    lr: float = 2e-4
     warmup: int = 100
     ema_decay: float = 0.999
-    hidden_dim: int = 0
     context_sigma_max: float = 0.05
     x0_sigma_floor: float = 0.05
     caption_dropout: float = 0.1
@@ -76,14 +76,13 @@ class CameraTrainConfig:
     seed: int = 0
     threads: int = 2
     bf16: bool = True  # bf16 autocast of the forward, on the training device
-    device: str | None = None  # cpu | cuda; None: accelerate's choice (a GPU where there is one)
-    log_every: int = 20
+    device: str | None = None  # cpu | cuda; None: a GPU where there is one
 
-    def validate(self) -> "CameraTrainConfig":
+    def validate(self):
         if self.chunk_frames < 1 or self.clip_frames < self.chunk_frames or self.clip_frames % self.chunk_frames:
             raise ValueError(f"clip_frames ({self.clip_frames}) must be a positive multiple of chunk_frames "
                              f"({self.chunk_frames})")
-        for name in ("batch_size", "save_every", "log_every", "threads", "anchor_k"):
+        for name in ("batch_size", "save_every", "threads", "anchor_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.steps < 0:
@@ -97,6 +96,20 @@ class CameraTrainConfig:
             raise ValueError(f"device must be cpu or cuda (or none: a GPU where there is one), got {self.device!r}")
         if self.device == "cuda" and not accelerator_present():
             raise ValueError("device: cuda, but torch sees no GPU here")
+        return self
+
+
+@dataclass
+class CameraTrainConfig(FlightTrainConfig):
+    anchors: bool = True  # condition on geometric-memory anchors as well as rays (the first frame + most recent)
+    encoder_lr: float = 1e-3  # the encoder's (lr is the transformer's)
+    hidden_dim: int = 0
+    log_every: int = 20
+
+    def validate(self) -> "CameraTrainConfig":
+        super().validate()
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be at least 1, got {self.log_every}")
         return self
 
 

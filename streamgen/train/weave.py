@@ -32,7 +32,7 @@ from ..models.anchor_weave import AnchorWeaveController, anchor_inputs, pose_fea
 from ..models.camera import chunk_relative_poses, chunk_relative_rays
 from ..world.camera import default_intrinsics, ground_depth
 from . import teacher_forcing
-from .camera import camera_clip
+from .camera import FlightTrainConfig, camera_clip
 from .checkpoint import find_state, load_state, save_state
 from .config import NoiseConfig
 from .trainer import EMA, flow_error, noise_levels
@@ -41,20 +41,14 @@ __all__ = ["WeaveTrainConfig", "weave_sample", "WeaveTrainer", "train", "write_c
 
 
 @dataclass
-class WeaveTrainConfig:
+class WeaveTrainConfig(FlightTrainConfig):
     # The frozen base (``--init``): a pipeline folder or a shipped pipeline's name. A camera model's encoder gets the
     # rays and, for an encoder that takes anchors, an empty memory (all holes): the controller alone brings the memory.
     init: str = "shapeworld-cam-tiny"
     out: str = "runs/weave"
     steps: int = 2000
     batch_size: int = 16
-    clip_frames: int = 24
-    chunk_frames: int = 3
-    speeds: tuple[int, ...] = (-2, -1, 0, 1, 2)  # the flights of camera_clip
-    keep: float = 0.6
-    return_prob: float = 0.3
-    anchor_k: int = 4
-    retrieval: str = "coverage"
+    retrieval: str = "coverage"  # the anchors of each chunk, as a stream retrieves them (anchor_k with the first)
     coverage_scale: int = 4
     anchor_dropout: float = 0.1
     motion_weight: float = 0.2
@@ -62,17 +56,6 @@ class WeaveTrainConfig:
     layers: int = 2
     heads: int = 2
     translation_unit: float = 8.0  # of the controller's pose features
-    lr: float = 2e-4
-    warmup: int = 100
-    ema_decay: float = 0.999
-    context_sigma_max: float = 0.05
-    x0_sigma_floor: float = 0.05
-    caption_dropout: float = 0.1
-    save_every: int = 100
-    seed: int = 0
-    threads: int = 2
-    bf16: bool = True
-    device: str | None = None  # cpu or cuda; None: a GPU where there is one
     workers: int | None = 0  # processes rendering clips (0: in the training process; None: all cores but one)
     reuse: int = 1  # optimizer steps per rendered batch, each with fresh noise (rendering is the slow part on a GPU)
     caption_table: str | None = None
@@ -80,23 +63,16 @@ class WeaveTrainConfig:
     def validate(self) -> "WeaveTrainConfig":
         from ..geometry import RETRIEVAL_METHODS
 
-        if self.chunk_frames < 1 or self.clip_frames < self.chunk_frames or self.clip_frames % self.chunk_frames:
-            raise ValueError(f"clip_frames ({self.clip_frames}) must be a positive multiple of chunk_frames "
-                             f"({self.chunk_frames})")
-        for name in ("batch_size", "save_every", "threads", "anchor_k", "reuse", "coverage_scale", "layers", "heads"):
+        super().validate()
+        for name in ("reuse", "coverage_scale", "layers", "heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("keep", "return_prob", "caption_dropout", "anchor_dropout"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.steps < 0 or (self.workers or 0) < 0:
-            raise ValueError(f"steps and workers must be >= 0, got {self.steps} and {self.workers}")
+        if not 0 <= self.anchor_dropout <= 1:
+            raise ValueError(f"anchor_dropout must be in [0, 1], got {self.anchor_dropout}")
+        if (self.workers or 0) < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.retrieval not in RETRIEVAL_METHODS:
             raise ValueError(f"retrieval must be one of {', '.join(RETRIEVAL_METHODS)}, got {self.retrieval!r}")
-        if self.device not in (None, "cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda (or none: a GPU where there is one), got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device: cuda, but torch sees no GPU here")
         return self
 
 
