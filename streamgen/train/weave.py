@@ -107,14 +107,10 @@ def map_captions() -> list[str]:
     """Every caption a camera-world map can have (and "" for caption dropout)."""
     import itertools
 
-    from ..world.camera.map import BACKGROUNDS, OBJECT_COLORS, PALETTE_SIZE
+    from ..world.camera.map import BACKGROUNDS, OBJECT_COLORS, PALETTE_SIZE, map_caption
 
-    captions = [""]
-    for ground in BACKGROUNDS:
-        for palette in itertools.permutations([c for c in OBJECT_COLORS if c != ground], PALETTE_SIZE):
-            colours = f"{', '.join(palette[:-1])} and {palette[-1]}"
-            captions.append(f"a top-down flight over {colours} shapes scattered on a {ground} ground")
-    return captions
+    return [""] + [map_caption(ground, palette) for ground in BACKGROUNDS
+                   for palette in itertools.permutations([c for c in OBJECT_COLORS if c != ground], PALETTE_SIZE)]
 
 
 def write_caption_table(pipeline: str, path: str | Path) -> int:

@@ -17,7 +17,7 @@ from ..scenes import (
     BACKGROUNDS, DIRECTION_VECTORS, DIRECTIONS, OBJECT_COLORS, SHAPES, SIZES, SPEED_PX, Draws, seeds_of_split,
 )
 
-__all__ = ["MapObject", "WorldMap", "sample_map", "map_seed", "PALETTE_SIZE"]
+__all__ = ["MapObject", "WorldMap", "sample_map", "map_seed", "map_caption", "PALETTE_SIZE"]
 
 PALETTE_SIZE = 3  # object colours per map: the caption names them all
 
@@ -56,9 +56,7 @@ class WorldMap:
 
     @property
     def caption(self) -> str:
-        *first, last = self.palette
-        colours = f"{', '.join(first)} and {last}" if first else last
-        return f"a top-down flight over {colours} shapes scattered on a {self.background} ground"
+        return map_caption(self.background, self.palette)
 
     def positions(self, time: float) -> np.ndarray:
         """Object centres [N, 2] at frame ``time`` (movers wrap around the map)."""
@@ -74,6 +72,13 @@ def map_seed(split: str, n: int) -> int:
     """The map seed of the ``n``-th clip or flight of ``split`` ("train" or "held-out" maps: ShapeWorld's seed split):
     the first such seed at or after n * 7919, so that consecutive n give unrelated maps."""
     return next(seeds_of_split(split, start=n * 7919))
+
+
+def map_caption(background: str, palette) -> str:
+    """The caption of a map with this ground colour and palette of object colours."""
+    *first, last = palette
+    colours = f"{', '.join(first)} and {last}" if first else last
+    return f"a top-down flight over {colours} shapes scattered on a {background} ground"
 
 
 def sample_map(seed: int, *, extent: float = 256.0, statics: int = 90, movers: int = 3, spacing: float = 20.0,
