@@ -39,7 +39,7 @@ from .models.anchor_weave import AnchorWeaveController  # noqa: F401  (diffusers
 from .models.camera import CameraEncoder  # noqa: F401  (diffusers loads a camera_encoder folder from this module)
 from .models.causal_wan import CausalWanTransformer3DModel, PromptKV
 from .prompts import MAX_PROMPT_CHARS, check_prompt_length
-from .sampling import PREDICTION_TYPES, EulerSampler, FewStepSampler
+from .sampling import PREDICTION_TYPES, EulerSampler, FewStepSampler, draw_noise
 from .schedule import PlannedSegment, Schedule
 from .transitions import TRANSITIONS, Transition
 from .weights import check_finite_weights, check_weight_files
@@ -293,9 +293,7 @@ class VideoStream:
         if self.latents is not None:
             return self.latents[:, :, start : start + size].to(self.engine.transformer.device)
         batch, channels, _, h, w = self.engine.history.latents.shape
-        return torch.randn(
-            (batch, channels, size, h, w), generator=self.generator, device=self.engine.transformer.device,
-        )
+        return draw_noise((batch, channels, size, h, w), self.generator, self.engine.transformer.device)
 
 
 class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):

@@ -18,6 +18,13 @@ from typing import Callable, Sequence
 
 import torch
 
+def draw_noise(shape, generator: torch.Generator | None, device, dtype=None) -> torch.Tensor:
+    """Standard normal noise of ``shape`` on ``device``, drawn where ``generator`` lives (then moved): a CPU generator
+    gives a GPU stream the same noise as a CPU one, so the two can be compared (and a seed means one video)."""
+    source = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=source, dtype=dtype).to(device)
+
+
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 
 
@@ -66,7 +73,7 @@ class FewStepSampler:
             x0 = (x.double() - sigma * v.double()).to(noise.dtype)
             if i + 1 == len(sigmas):
                 return x0
-            fresh = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            fresh = draw_noise(x0.shape, generator, x0.device, x0.dtype)
             x = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * fresh
         raise AssertionError("unreachable")
 

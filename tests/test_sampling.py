@@ -30,3 +30,13 @@ def test_bad_step_lists_are_rejected():
         FewStepSampler(timesteps=(1000.0, 0.0))
     with pytest.raises(ValueError, match="num_inference_steps"):
         EulerSampler(num_inference_steps=0)
+
+
+def test_noise_is_drawn_where_the_generator_lives_and_moved_to_the_device():
+    from streamgen.sampling import draw_noise
+
+    drawn = draw_noise((2, 3), torch.Generator().manual_seed(5), "meta")
+    assert drawn.device.type == "meta" and drawn.shape == (2, 3)  # a CPU generator serves any device
+    assert torch.equal(draw_noise((2, 3), torch.Generator().manual_seed(5), "cpu"),
+                       torch.randn((2, 3), generator=torch.Generator().manual_seed(5)))
+    assert draw_noise((4,), None, "cpu", torch.float64).dtype == torch.float64
