@@ -158,9 +158,9 @@ def test_the_weave_trainer_trains_only_the_controller_and_resumes_exactly(tmp_pa
                                 threads=1, bf16=False)
 
     whole = WeaveTrainer(config(tmp_path / "whole"))
-    before = {k: v.clone() for k, v in whole.base.state_dict().items()}
+    before = {k: v.clone() for k, v in whole.flow.base.state_dict().items()}
     whole.run()
-    assert all(torch.equal(before[k], v) for k, v in whole.base.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in whole.flow.base.state_dict().items())
     part = WeaveTrainer(config(tmp_path / "part"))
     part.run(until=1)
     resumed = WeaveTrainer(config(tmp_path / "part"), resume=True)
@@ -203,3 +203,35 @@ def test_the_revisit_bench_weaves_through_the_controller_and_times_the_plain_mod
     assert len(rows) == 1 and rows[0].memory == "coverage" and 0 <= rows[0].objects <= 1
     fps = memory_speed(cam_pipe, memories=("none",), frames=30, rounds=1, weave="controller")
     assert set(fps) == {"none", PLAIN_MODEL} and all(v[0] > 0 for v in fps.values())
+
+
+def test_two_cpu_processes_train_the_controller_one_process_trains_and_only_rank_0_writes(tmp_path):
+    """torchrun, gloo: batch 2 split 1 + 1 (each rank renders and trains its clip, its rows of every draw); DDP's
+    average over the two is the 1-process step, to 1e-5 in fp32."""
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from streamgen.cli import main
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_distributed import TOLERANCE, log, torchrun, writes
+
+    config = tmp_path / "weave.yaml"
+    config.write_text("trainer: weave\nsteps: 2\nbatch_size: 2\nclip_frames: 6\nreuse: 1\nthreads: 1\nbf16: false\n"
+                      "device: cpu\nworkers: 0\nsave_every: 100\nlog_every: 1\n")
+    two, one, audit = tmp_path / "two", tmp_path / "one", tmp_path / "audit"
+    result = torchrun(audit, "train", "--config", str(config), "--out", str(two))
+    assert result.stdout.count("trained to step 2") == 1
+    written = writes(audit, two)
+    assert set(written) == {0, 1} and written[1] == []
+    assert "checkpoint/state.safetensors" in written[0] and any(p.startswith("pipeline/controller") for p in written[0])
+    assert main(["--threads", "1", "train", "--config", str(config), "--out", str(one)]) == 0
+    a = load_file(str(two / "checkpoint" / "state.safetensors"))
+    b = load_file(str(one / "checkpoint" / "state.safetensors"))
+    keys = [k for k in b if k.startswith("model/")]
+    assert keys and max(float((a[k] - b[k]).abs().max()) for k in keys) <= TOLERANCE
+    assert float(b["model/inject.weight"].abs().max()) > 100 * TOLERANCE  # zero-initialised: it did train
+    assert [r["step"] for r in log(two)] == [1, 2] and all(r["processes"] == 2 for r in log(two))
+    assert all(abs(x["loss"] - y["loss"]) <= TOLERANCE * max(1.0, abs(y["loss"])) for x, y in zip(log(two), log(one)))

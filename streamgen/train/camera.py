@@ -40,11 +40,12 @@ from torch import nn
 
 from ..geometry import GeometricMemory
 from ..models.camera import CameraEncoder, chunk_relative_rays
-from ..process_group import accelerator_present, process_state, use_cpu
+from ..process_group import accelerator_present
 from ..world.camera import CameraState, default_intrinsics, ground_depth, map_seed, render_flight, sample_map
 from . import teacher_forcing
-from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, find_state, load_state, save_state
+from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, save_state
 from .config import NoiseConfig
+from .accelerated_run import AcceleratedRun
 from .distributed import rows
 from .trainer import CHECKPOINT, EMA, flow_error, noise_levels
 
@@ -77,12 +78,13 @@ class FlightTrainConfig:
     threads: int = 2
     bf16: bool = True  # bf16 autocast of the forward, on the training device
     device: str | None = None  # cpu | cuda; None: a GPU where there is one
+    log_every: int = 20
 
     def validate(self):
         if self.chunk_frames < 1 or self.clip_frames < self.chunk_frames or self.clip_frames % self.chunk_frames:
             raise ValueError(f"clip_frames ({self.clip_frames}) must be a positive multiple of chunk_frames "
                              f"({self.chunk_frames})")
-        for name in ("batch_size", "save_every", "threads", "anchor_k"):
+        for name in ("batch_size", "save_every", "log_every", "threads", "anchor_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.steps < 0:
@@ -104,13 +106,6 @@ class CameraTrainConfig(FlightTrainConfig):
     anchors: bool = True  # condition on geometric-memory anchors as well as rays (the first frame + most recent)
     encoder_lr: float = 1e-3  # the encoder's (lr is the transformer's)
     hidden_dim: int = 0
-    log_every: int = 20
-
-    def validate(self) -> "CameraTrainConfig":
-        super().validate()
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be at least 1, got {self.log_every}")
-        return self
 
 
 def camera_clip(seed: int, config: CameraTrainConfig, *, split: str = "train"):
@@ -180,31 +175,17 @@ class CameraFlow(nn.Module):
                                    camera_tokens=camera)[:, :, frames:]
 
 
-class CameraTrainer:
+class CameraTrainer(AcceleratedRun):
     """``CameraTrainer(config).run()`` trains, logs, checkpoints and exports into ``config.out``."""
 
     def __init__(self, config: CameraTrainConfig, resume: bool = False):
-        from accelerate import Accelerator
-
         from ..loading import open_pipeline
         from ..text_encoders import load_packaged_text_encoder
         from .data import CaptionEncoder
 
         self.config, self.out = config.validate(), Path(config.out)
-        # One process, or one of a launched run's (gloo on CPUs, NCCL on GPUs). Mixed precision stays "no" in
-        # accelerate (its state is one per process, shared with every other Accelerator built in it): the forward
-        # autocasts itself (CameraFlow).
-        process_state(config.device)
-        self.accelerator = acc = Accelerator(mixed_precision="no", cpu=use_cpu(config.device))
-        torch.set_num_threads(config.threads)
-        if config.batch_size % acc.num_processes:
-            raise ValueError(f"batch_size {config.batch_size} (one optimizer step's, over all processes) must be a "
-                             f"multiple of the {acc.num_processes} processes")
-        self.shard = (acc.process_index, acc.num_processes)
-        path = find_state(self.out / CHECKPOINT)
-        if path is not None and not resume:
-            raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it, or another --out")
-        state = load_state(path) if resume and path is not None else None
+        state = self._start(config, resume)
+        acc = self.accelerator
         if state is not None:  # the run goes on from the pipeline it started from (an --init), where it is found
             started = (state.get("config") or {}).get("init")
             if started and started != config.init and _pipeline_found(started):
@@ -237,8 +218,7 @@ class CameraTrainer:
         self.step = 0
         if state is not None:
             self._load(state)
-        if acc.num_processes > 1:
-            self._check_same_start()
+        self._check_same_start(self.step)
 
     # ---- data ------------------------------------------------------------------------------------------------
     def batch(self, step: int):
@@ -290,11 +270,10 @@ class CameraTrainer:
     def run(self, until: int | None = None) -> Path:
         """Train to ``config.steps`` (or stop after step ``until``: a simulated interruption); the output folder."""
         cfg, acc = self.config, self.accelerator
-        main = acc.is_main_process
-        if main:
+        if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-            self._truncate_log(self.out / "log.jsonl")
+            self._truncate_log(self.step)
         until = min(until or cfg.steps, cfg.steps)
         window, began = [], time.time()
         self.model.train()
@@ -312,37 +291,14 @@ class CameraTrainer:
             self.step += 1
             window.append(loss.item())
             if self.step % cfg.log_every == 0 or self.step == until:
-                record = {"step": self.step, "loss": self._mean_loss(window), "seconds": round(time.time() - began, 1)}
-                if acc.num_processes > 1:
-                    record["processes"] = acc.num_processes
-                if main:
-                    with open(self.out / "log.jsonl", "a") as log:
-                        log.write(json.dumps(record) + "\n")
+                self._log({"step": self.step, "loss": self._mean_loss(window),
+                           "seconds": round(time.time() - began, 1)})
                 window = []
             if self.step % cfg.save_every == 0 or self.step == until:
                 self.save()
         self._wait_for_everyone()
         return self.out
 
-    def _wait_for_everyone(self) -> None:
-        """accelerate's barrier, but over gloo on the CPU a plain one: accelerate names the local rank's GPU even for
-        a gloo barrier, which fails on rank r of a CPU run on a machine with r GPUs or fewer."""
-        acc = self.accelerator
-        if acc.num_processes > 1 and acc.device.type == "cpu":
-            torch.distributed.barrier()
-        else:
-            acc.wait_for_everyone()
-
-    def _mean_loss(self, window: list[float]) -> float:
-        """The window's mean loss over every process (a rank's loss is the mean of its equal share of the batch)."""
-        world = self.accelerator.num_processes
-        if world == 1:
-            return float(np.mean(window))
-        acc = self.accelerator
-        total = acc.reduce(torch.tensor([sum(window)], dtype=torch.float64, device=acc.device), "sum")
-        return float(total[0]) / (world * len(window))
-
-    # ---- state -----------------------------------------------------------------------------------------------
     def save(self) -> None:
         """The training state (OUT/checkpoint/state.safetensors, atomically) and the export, by the main process."""
         acc = self.accelerator
@@ -370,21 +326,6 @@ class CameraTrainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
-
-    def _check_same_start(self) -> None:
-        """Every process starts from the same step (a process that found no checkpoint would train from scratch)."""
-        acc = self.accelerator
-        steps = acc.gather(torch.tensor([self.step], device=acc.device)).cpu().tolist()
-        if len(set(steps)) > 1:
-            raise ValueError(f"{self.out}: the processes start at steps {steps}: on several machines the output "
-                             "folder must be shared (the checkpoint is read by every process)")
-
-    def _truncate_log(self, path: Path) -> None:
-        """Drop records past the checkpoint's step (written after it by an interrupted run)."""
-        if not path.is_file():
-            return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
-        path.write_text("".join(line + "\n" for line in keep))
 
     def export(self, folder: Path) -> None:
         """The EMA weights as a pipeline folder (the init pipeline's, plus camera_encoder/), on the CPU."""

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..geometry import GeometricMemory
@@ -33,7 +32,9 @@ from ..models.camera import chunk_relative_poses, chunk_relative_rays
 from ..world.camera import default_intrinsics, ground_depth
 from . import teacher_forcing
 from .camera import FlightTrainConfig, camera_clip
-from .checkpoint import find_state, load_state, save_state
+from .accelerated_run import AcceleratedRun
+from .checkpoint import save_state
+from .distributed import rows
 from .config import NoiseConfig
 from .trainer import EMA, flow_error, noise_levels
 
@@ -167,67 +168,44 @@ def _collate(samples: list[dict]) -> dict:
     return out
 
 
-class WeaveTrainer:
-    def __init__(self, config: WeaveTrainConfig, resume: bool = False):
-        from ..loading import open_pipeline
+class WeaveFlow(torch.nn.Module):
+    """The frozen base (transformer, camera encoder) and the controller in one module, so that DDP sees one forward:
+    the dense teacher-forcing forward of ``[clean | noisy]`` with the controller's residuals for every chunk of both
+    halves (bf16-autocast on the input's device when ``bf16``); the noisy half's prediction [B, C, F, h, w]."""
 
-        import os
+    def __init__(self, base, camera_encoder, controller: AnchorWeaveController, chunk_frames: int, bf16: bool):
+        super().__init__()
+        self.base, self.camera_encoder, self.controller = base, camera_encoder, controller
+        self.chunk_frames, self.bf16 = chunk_frames, bf16
 
-        config = config.validate()
-        if config.device is None:
-            config = dataclasses.replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
-        if config.workers is None:
-            config = dataclasses.replace(config, workers=max((os.cpu_count() or 1) - 1, 0))
-        self.config, self.out = config, Path(config.out)
-        self.device = torch.device(config.device)
-        torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed)
-        pipe = open_pipeline(config.init)
-        self.source = pipe
-        self.base = pipe.transformer.to(self.device).eval().requires_grad_(False)
-        self.camera_encoder, self.ray_unit = pipe.camera_encoder, 1.0
-        if self.camera_encoder is not None:
-            self.camera_encoder = self.camera_encoder.to(self.device).eval().requires_grad_(False)
-            self.ray_unit = float(self.camera_encoder.config.translation_unit)
-        controller = getattr(pipe, "controller", None)
-        if controller is None:
-            controller = AnchorWeaveController.for_transformer(
-                self.base, dim=config.dim, num_layers=config.layers, num_heads=config.heads,
-                translation_unit=config.translation_unit)
-        self.controller = controller.to(self.device).train().requires_grad_(True)
-        if config.caption_table:
-            self.captions = _CaptionTable(config.caption_table)
-        else:
-            from ..text_encoders import load_packaged_text_encoder
-            from .data import CaptionEncoder
+    def forward(self, x_c, x_t, context, sigma, text, anchors, holes, anchor_poses, target_poses, rays):
+        """``x_c``, ``x_t`` [B, C, F, h, w] (clean and noisy copies), ``context``, ``sigma`` [B, F] noise levels, the
+        per-clip controller inputs of :func:`weave_sample` (batched) and the base's rays [B, 6, F, h, w]."""
+        b, _, frames, height, width = x_t.shape
+        chunk = self.chunk_frames
+        chunks = frames // chunk
 
-            tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-            if encoder is None:
-                tokenizer, encoder = load_packaged_text_encoder(pipe.config.text_encoder_package)
-            self.captions = CaptionEncoder(tokenizer, encoder, pipe.config.max_sequence_length)
-        self.optimizer = torch.optim.AdamW(self.controller.parameters(), lr=config.lr, weight_decay=0.0)
-        self.ema = EMA(self.controller, config.ema_decay)
-        self.noise = NoiseConfig(context_sigma_max=config.context_sigma_max)
-        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)
-        self.step = 0
-        state = find_state(self.out / "checkpoint")
-        if state is not None:
-            if not resume:
-                raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it")
-            self._load(state)
+        def per_chunk(t: torch.Tensor, axis: int) -> torch.Tensor:  # [..., F, ...] -> [B * chunks, ..., chunk, ...]
+            return t.unflatten(axis, (chunks, chunk)).movedim(axis, 1).flatten(0, 1)
 
-    # ---- data ------------------------------------------------------------------------------------------------
-    def batches(self):
-        """Batches from step ``self.step`` on (clip indices (step // reuse) * batch_size + i: a resumed run sees the
-        same clips, each batch for the steps it has left)."""
-        cfg = self.config
-        first = self.step // cfg.reuse * cfg.batch_size
-        indices = range(first, (cfg.steps // cfg.reuse + 1) * cfg.batch_size)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(_Clips(cfg, self.ray_unit), indices), batch_size=cfg.batch_size, num_workers=cfg.workers,
-            collate_fn=_collate, prefetch_factor=4 if cfg.workers else None,
-            worker_init_fn=lambda _: torch.set_num_threads(1))
-        yield from loader
+        base = self.base
+        positions = torch.arange(frames)
+        rotary = base.rotary(torch.cat((positions, positions)), torch.cat((positions, positions)), height, width)
+        mask = teacher_forcing.dense_mask(frames, chunk, base.tokens_per_frame(height, width), device=x_t.device)
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            # the controller sees one chunk at a time, as in a stream: clean chunks first, then noisy ones
+            residuals = self.controller(
+                torch.cat((per_chunk(x_c, 2), per_chunk(x_t, 2))),
+                torch.cat((per_chunk(context, 1)[:, 0], per_chunk(sigma, 1)[:, 0])) * 1000.0,
+                per_chunk(anchors, 3).repeat(2, 1, 1, 1, 1, 1), per_chunk(holes, 3).repeat(2, 1, 1, 1, 1, 1),
+                per_chunk(anchor_poses, 2).repeat(2, 1, 1, 1), per_chunk(target_poses, 1).repeat(2, 1, 1),
+                text.repeat_interleave(chunks, 0).repeat(2, 1, 1))
+            # [L, 2 * B * chunks, chunk tokens, D] -> [L, B, 2F tokens, D] in the order of [clean | noisy]
+            residuals = residuals.unflatten(1, (2, b, chunks)).permute(0, 2, 1, 3, 4, 5).flatten(2, 4)
+            return base.forward_chunk(torch.cat((x_c, x_t), 2), torch.cat((context, sigma), 1) * 1000.0,
+                                      base.encode_prompt_kv(text), None, rotary, attention_mask=mask,
+                                      camera_tokens=self._base_camera(rays),
+                                      block_residuals=residuals)[:, :, frames:]
 
     def _base_camera(self, rays: torch.Tensor) -> torch.Tensor | None:
         """The frozen base's camera tokens of the doubled clip: its rays, and an empty memory."""
@@ -242,6 +220,77 @@ class WeaveTrainer:
         with torch.no_grad():
             return encoder(rays, *extra)
 
+
+class WeaveTrainer(AcceleratedRun):
+    """``WeaveTrainer(config).run()`` trains the controller, logs, checkpoints and exports into ``config.out``; on one
+    process or N (``torchrun``: each rank renders and trains its share of every batch, the draws made at the whole
+    batch's size from one generator, rank 0 alone writing), as the camera trainer."""
+
+    def __init__(self, config: WeaveTrainConfig, resume: bool = False):
+        import os
+
+        from ..loading import open_pipeline
+
+        config = config.validate()
+        if config.workers is None:
+            config = dataclasses.replace(config, workers=max((os.cpu_count() or 1) - 1, 0))
+        self.config, self.out = config, Path(config.out)
+        state = self._start(config, resume)
+        self.device = self.accelerator.device
+        torch.manual_seed(config.seed)
+        pipe = open_pipeline(config.init)
+        self.source = pipe
+        base = pipe.transformer.to(self.device).eval().requires_grad_(False)
+        encoder, self.ray_unit = pipe.camera_encoder, 1.0
+        if encoder is not None:
+            encoder = encoder.to(self.device).eval().requires_grad_(False)
+            self.ray_unit = float(encoder.config.translation_unit)
+        controller = getattr(pipe, "controller", None)
+        if controller is None:
+            controller = AnchorWeaveController.for_transformer(
+                base, dim=config.dim, num_layers=config.layers, num_heads=config.heads,
+                translation_unit=config.translation_unit)
+        self.controller = controller.to(self.device).train().requires_grad_(True)
+        if config.caption_table:
+            self.captions = _CaptionTable(config.caption_table)
+        else:
+            from ..text_encoders import load_packaged_text_encoder
+            from .data import CaptionEncoder
+
+            tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+            if text_encoder is None:
+                tokenizer, text_encoder = load_packaged_text_encoder(pipe.config.text_encoder_package)
+            self.captions = CaptionEncoder(tokenizer, text_encoder, pipe.config.max_sequence_length)
+        self.flow = WeaveFlow(base, encoder, self.controller, config.chunk_frames, config.bf16)
+        optimizer = torch.optim.AdamW(self.controller.parameters(), lr=config.lr, weight_decay=0.0)
+        self.model, self.optimizer = self.accelerator.prepare(self.flow, optimizer)
+        self.ema = EMA(self.controller, config.ema_decay)
+        self.ema.to(self.device)
+        self.noise = NoiseConfig(context_sigma_max=config.context_sigma_max)
+        # One random stream for the whole batch, the same in every process (each keeps its rows of every draw).
+        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)
+        self.step = 0
+        if state is not None:
+            self._load(state)
+        self._check_same_start(self.step)
+
+    # ---- data ------------------------------------------------------------------------------------------------
+    def batches(self):
+        """This process's rows of every batch from step ``self.step`` on: batch n holds clips n * batch_size + i,
+        rank r of N the r-th of N equal shares; batch n serves steps n * reuse .. n * reuse + reuse - 1 (a resumed
+        run sees the same clips)."""
+        cfg = self.config
+        rank, world = self.shard
+        share = cfg.batch_size // world
+        first = self.step // cfg.reuse
+        indices = [n * cfg.batch_size + rank * share + i for n in range(first, cfg.steps // cfg.reuse + 1)
+                   for i in range(share)]
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(_Clips(cfg, self.ray_unit), indices), batch_size=share, num_workers=cfg.workers,
+            collate_fn=_collate, prefetch_factor=4 if cfg.workers else None,
+            worker_init_fn=lambda _: torch.set_num_threads(1))
+        yield from loader
+
     def _step_batches(self):
         """Each step's batch: every batch ``reuse`` times (a resumed run, the first for the steps it has left)."""
         left = self.config.reuse - self.step % self.config.reuse
@@ -252,100 +301,91 @@ class WeaveTrainer:
 
     # ---- one step --------------------------------------------------------------------------------------------
     def loss(self, batch: dict) -> torch.Tensor:
+        """This process's rows' loss; every random draw is made at the whole batch's size and each process keeps its
+        rows, so the ranks' losses average (DDP) to one process's on the whole batch."""
         cfg, g, dev = self.config, self.generator, self.device
         video = batch["video"]
         b, channels, frames, height, width = video.shape
         chunk = cfg.chunk_frames
         chunks = frames // chunk
-        sigma = noise_levels(self.noise, b, chunks, g).repeat_interleave(chunk, 1)
-        context = (cfg.context_sigma_max * torch.rand(b, chunks, generator=g)).repeat_interleave(chunk, 1)
-        noise, context_noise = torch.randn(video.shape, generator=g), torch.randn(video.shape, generator=g)
+        total, mine = rows(b, *self.shard)
+        sigma = noise_levels(self.noise, total, chunks, g)[mine].repeat_interleave(chunk, 1)
+        context = (cfg.context_sigma_max * torch.rand(total, chunks, generator=g))[mine].repeat_interleave(chunk, 1)
+        noise = torch.randn((total, *video.shape[1:]), generator=g)[mine]
+        context_noise = torch.randn((total, *video.shape[1:]), generator=g)[mine]
+        drop = (torch.rand(total, generator=g) < cfg.caption_dropout)[mine].tolist()
+        k = batch["anchors"].shape[1]
+        dropped = (torch.rand(total, k, generator=g) < cfg.anchor_dropout)[mine][:, :, None, None, None, None]
+        anchors = batch["anchors"].masked_fill(dropped, 0.0).to(dev)
+        holes = batch["holes"].masked_fill(dropped, 1.0).to(dev)
+        text = self.captions(["" if d else cap for cap, d in zip(batch["caption"], drop)]).to(dev)
+        video, noise, context_noise = video.to(dev), noise.to(dev), context_noise.to(dev)
+        sigma, context = sigma.to(dev), context.to(dev)
         s, c = sigma[:, None, :, None, None], context[:, None, :, None, None]
         x_t, x_c = (1 - s) * video + s * noise, (1 - c) * video + c * context_noise
-        drop = (torch.rand(b, generator=g) < cfg.caption_dropout).tolist()
-        text = self.captions(["" if d else cap for cap, d in zip(batch["caption"], drop)])
-        anchors, holes = batch["anchors"], batch["holes"]
-        k = anchors.shape[1]
-        dropped = (torch.rand(b, k, generator=g) < cfg.anchor_dropout)[:, :, None, None, None, None]
-        anchors, holes = anchors.masked_fill(dropped, 0.0), holes.masked_fill(dropped, 1.0)
-
-        video, noise, x_t, x_c, sigma, context, text = (t.to(dev) for t in (video, noise, x_t, x_c, sigma, context,
-                                                                              text))
-        anchors, holes = anchors.to(dev), holes.to(dev)
-        anchor_poses, target_poses = batch["anchor_poses"].to(dev), batch["target_poses"].to(dev)
-
-        def per_chunk(t: torch.Tensor, axis: int) -> torch.Tensor:  # [..., F, ...] -> [B * chunks, ..., chunk, ...]
-            t = t.unflatten(axis, (chunks, chunk)).movedim(axis, 1)
-            return t.flatten(0, 1)
-
-        both = torch.cat((x_c, x_t), 2)  # [B, C, 2F, h, w]: clean then noisy
-        levels = torch.cat((context, sigma), 1) * 1000.0
-        base = self.base
-        tokens = base.tokens_per_frame(height, width)
-        positions = torch.arange(frames, device=dev)
-        rotary = base.rotary(torch.cat((positions, positions)), torch.cat((positions, positions)), height, width)
-        mask = teacher_forcing.dense_mask(frames, chunk, tokens, device=dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            half = [per_chunk(t, 2) for t in (x_c, x_t)]
-            residuals = self.controller(
-                torch.cat(half), torch.cat((per_chunk(context, 1)[:, 0], per_chunk(sigma, 1)[:, 0])) * 1000.0,
-                per_chunk(anchors, 3).repeat(2, 1, 1, 1, 1, 1), per_chunk(holes, 3).repeat(2, 1, 1, 1, 1, 1),
-                per_chunk(anchor_poses, 2).repeat(2, 1, 1, 1), per_chunk(target_poses, 1).repeat(2, 1, 1),
-                text.repeat_interleave(chunks, 0).repeat(2, 1, 1))
-            # [L, 2 * B * chunks, chunk tokens, D] -> [L, B, 2F tokens, D] in the order of `both`
-            residuals = residuals.unflatten(1, (2, b, chunks)).permute(0, 2, 1, 3, 4, 5).flatten(2, 4)
-            pred = base.forward_chunk(both, levels, base.encode_prompt_kv(text), None, rotary, attention_mask=mask,
-                                      camera_tokens=self._base_camera(batch["rays"].to(dev)),
-                                      block_residuals=residuals)[:, :, frames:]
+        pred = self.model(x_c, x_t, context, sigma, text, anchors, holes, batch["anchor_poses"].to(dev),
+                          batch["target_poses"].to(dev), batch["rays"].to(dev))
         error = flow_error(pred, x_t, video, noise, sigma, "sample", cfg.x0_sigma_floor)
         loss = error.pow(2).mean()
-        if cfg.motion_weight:
-            motion = (pred.float().diff(dim=2) - video.diff(dim=2)).pow(2).mean()
-            loss = loss + cfg.motion_weight * motion
+        if cfg.motion_weight:  # AnchorWeave's frame-difference loss on the predicted clean frames
+            loss = loss + cfg.motion_weight * (pred.float().diff(dim=2) - video.diff(dim=2)).pow(2).mean()
         return loss
 
-    def run(self, until: int | None = None, deadline: float | None = None) -> None:
-        """Train to step ``until`` (default: ``steps``), or until ``deadline`` (a time.time()) passes."""
-        cfg = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    def run(self, until: int | None = None, deadline: float | None = None) -> Path:
+        """Train to step ``until`` (default: ``steps``), or until ``deadline`` (a time.time()) passes; the output
+        folder."""
+        cfg, acc = self.config, self.accelerator
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+            self._truncate_log(self.step)
         until = min(until or cfg.steps, cfg.steps)
         window, began = [], time.time()
-        with open(self.out / "log.jsonl", "a") as log:
-            for batch in self._step_batches():
-                if self.step >= until or (deadline is not None and time.time() > deadline):
-                    break
-                for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(cfg.warmup, 1))
-                loss = self.loss(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.controller.parameters(), 1.0)
-                self.optimizer.step()
-                self.ema.update(self.controller)
-                self.step += 1
-                window.append(loss.item())
-                if self.step % 20 == 0 or self.step == until:
-                    log.write(json.dumps({"step": self.step, "loss": float(np.mean(window)),
-                                          "seconds": round(time.time() - began, 1)}) + "\n")
-                    log.flush()
-                    window = []
-                if self.step % cfg.save_every == 0:
-                    self.save()
+        self.model.train()
+        for batch in self._step_batches():
+            out_of_time = deadline is not None and time.time() > deadline
+            if acc.num_processes > 1:  # every rank stops at the same step
+                flag = torch.tensor([float(out_of_time)], device=acc.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                out_of_time = bool(flag[0])
+            if self.step >= until or out_of_time:
+                break
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(cfg.warmup, 1))
+            loss = self.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            acc.clip_grad_norm_(self.controller.parameters(), 1.0)
+            self.optimizer.step()
+            self.ema.update(self.controller)
+            self.step += 1
+            window.append(loss.item())
+            if self.step % cfg.log_every == 0 or self.step == until:
+                self._log({"step": self.step, "loss": self._mean_loss(window),
+                           "seconds": round(time.time() - began, 1)})
+                window = []
+            if self.step % cfg.save_every == 0:
+                self.save()
         self.save()
+        return self.out
 
     # ---- state -----------------------------------------------------------------------------------------------
     def save(self) -> None:
-        folder = self.out / "checkpoint"
-        folder.mkdir(parents=True, exist_ok=True)
-        save_state({"step": self.step, "model": self.controller.state_dict(), "ema": self.ema.state_dict(),
-                    "optimizer": self.optimizer.state_dict(), "scheduler": None,
-                    "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": None, "python_rng": None}, folder / "state.safetensors")
-        self.export(self.out / "pipeline")
+        """The training state (OUT/checkpoint/state.safetensors) and the export, by the main process."""
+        acc = self.accelerator
+        self._wait_for_everyone()
+        if acc.is_main_process:
+            folder = self.out / "checkpoint"
+            folder.mkdir(parents=True, exist_ok=True)
+            save_state({"step": self.step, "model": self.controller.state_dict(), "ema": self.ema.state_dict(),
+                        "optimizer": self.optimizer.state_dict(), "scheduler": None,
+                        "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                        "numpy_rng": None, "python_rng": None, "processes": acc.num_processes},
+                       folder / "state.safetensors")
+            self.export(self.out / "pipeline")
+        self._wait_for_everyone()
 
-    def _load(self, path: Path) -> None:
-        state = load_state(path)
+    def _load(self, state: dict) -> None:
         self.controller.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -354,10 +394,10 @@ class WeaveTrainer:
         self.step = int(state["step"])
 
     def export(self, folder: Path) -> None:
-        """The base pipeline with the EMA controller as its ``controller`` component."""
+        """The base pipeline with the EMA controller as its ``controller`` component, on the CPU."""
         import copy
 
-        controller = self.ema.copy_to(copy.deepcopy(self.controller)).eval().cpu()
+        controller = self.ema.copy_to(copy.deepcopy(self.controller).cpu()).eval()
         pipe = self.source
         original = getattr(pipe, "controller", None)
         pipe.register_modules(controller=controller)
@@ -372,8 +412,7 @@ def train(config: WeaveTrainConfig, resume: bool = False, init: str | Path | Non
     instead of ``config.init``. The output folder."""
     if init is not None:
         config = dataclasses.replace(config, init=str(init))
-    WeaveTrainer(config, resume=resume).run()
-    return Path(config.out)
+    return WeaveTrainer(config, resume=resume).run()
 
 
 def main(argv: list[str] | None = None) -> int:

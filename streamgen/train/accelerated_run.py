@@ -1,0 +1,89 @@
+"""What a trainer's processes share under accelerate (the camera and weave trainers): the process group and its
+device, each rank's share of a step's batch, the checkpoint a run may resume, barriers, the loss logged over all
+ranks, and the log cut back to the checkpoint. The main trainer (:mod:`streamgen.train.trainer`) keeps its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..process_group import process_state, use_cpu
+from .checkpoint import find_state, load_state
+from .trainer import CHECKPOINT
+
+__all__ = ["AcceleratedRun"]
+
+
+class AcceleratedRun:
+    """Mixed into a trainer whose ``config`` has ``device``, ``threads``, ``batch_size`` and whose ``out`` is its
+    output folder. :meth:`_start` before anything else."""
+
+    out: Path
+
+    def _start(self, config, resume: bool) -> dict | None:
+        """One process, or one of a launched run's (gloo on CPUs, NCCL on GPUs): the accelerator, this rank's share
+        of the batch (``self.shard`` = (rank, processes)), and the checkpoint's state when resuming (else None).
+        Mixed precision stays "no" in accelerate (its state is one per process, shared with every Accelerator built
+        in it): a trainer's forward autocasts itself."""
+        from accelerate import Accelerator
+
+        process_state(config.device)
+        self.accelerator = acc = Accelerator(mixed_precision="no", cpu=use_cpu(config.device))
+        torch.set_num_threads(config.threads)
+        if config.batch_size % acc.num_processes:
+            raise ValueError(f"batch_size {config.batch_size} (one optimizer step's, over all processes) must be a "
+                             f"multiple of the {acc.num_processes} processes")
+        self.shard = (acc.process_index, acc.num_processes)
+        path = find_state(self.out / CHECKPOINT)
+        if path is not None and not resume:
+            raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it, or another --out")
+        return load_state(path) if resume and path is not None else None
+
+    def _wait_for_everyone(self) -> None:
+        """accelerate's barrier, but over gloo on the CPU a plain one: accelerate names the local rank's GPU even for
+        a gloo barrier, which fails on rank r of a CPU run on a machine with r GPUs or fewer."""
+        acc = self.accelerator
+        if acc.num_processes > 1 and acc.device.type == "cpu":
+            torch.distributed.barrier()
+        else:
+            acc.wait_for_everyone()
+
+    def _mean_loss(self, window: list[float]) -> float:
+        """The window's mean loss over every process (a rank's loss is the mean of its equal share of the batch)."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return float(np.mean(window))
+        acc = self.accelerator
+        total = acc.reduce(torch.tensor([sum(window)], dtype=torch.float64, device=acc.device), "sum")
+        return float(total[0]) / (world * len(window))
+
+    def _log(self, record: dict) -> None:
+        """Append ``record`` to OUT/log.jsonl (the main process; with several, the record names how many)."""
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            record["processes"] = acc.num_processes
+        if acc.is_main_process:
+            with open(self.out / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+
+    def _check_same_start(self, step: int) -> None:
+        """Every process starts from the same step (a process that found no checkpoint would train from scratch)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return
+        steps = acc.gather(torch.tensor([step], device=acc.device)).cpu().tolist()
+        if len(set(steps)) > 1:
+            raise ValueError(f"{self.out}: the processes start at steps {steps}: on several machines the output "
+                             "folder must be shared (the checkpoint is read by every process)")
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop the log's records past ``step`` (written after the checkpoint by an interrupted run)."""
+        path = self.out / "log.jsonl"
+        if not path.is_file():
+            return
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in keep))
