@@ -315,6 +315,10 @@ def cmd_info(args) -> int:
         ("cache budget", f"{cache_bytes:,} bytes ({frames} latent frames, batch 1, {t.dtype})"),
         ("snapshot", _snapshot_size(sizes, preset, pipe.num_latent_frames(args.frames), height, width)),
     ]
+    parts = [(what, getattr(pipe, name, None)) for name, what in (("camera_encoder", "camera encoder"),
+                                                                   ("controller", "weaving controller"))]
+    rows[2:2] = [(f"{what} parameters", f"{sum(p.numel() for p in module.parameters()):,}")
+                 for what, module in parts if module is not None]  # a camera model's parts (docs/camera-world.md)
     if configs_only:
         rows[0] = ("pipeline", f"{folder} (configs only: sizes without weights)")
     width_ = max(len(k) for k, _ in rows)

@@ -43,6 +43,14 @@ def test_info_prints_sizes_and_the_cache_budget(capsys):
     assert re.search(r"tokens per latent frame +256\n", text)
     # rolling: 12 frames x 256 tokens x 2 heads x 16 dims x 2 layers x (K and V) x 4 bytes
     assert f"{12 * 256 * 2 * 16 * 2 * 2 * 4:,} bytes" in text
+    assert "camera encoder" not in text
+
+
+def test_info_counts_a_camera_models_encoder_and_controller(capsys):
+    assert main(["info", "--pipeline", "shapeworld-cam-tiny"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"camera encoder parameters +[\d,]+\n", text)
+    assert re.search(r"weaving controller parameters +858,369\n", text)
 
 
 def test_bench_speed_writes_every_metric(tmp_path, capsys):
