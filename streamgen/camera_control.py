@@ -110,11 +110,14 @@ class CameraTrack:
     coverage_scale: int = 4  # retrieval's coverage grid, this many times coarser than the latent (1: exact)
     eviction: str = "redundancy"  # which frame a full pool drops: the one its neighbours cover best, or the oldest
     weave: str = "encoder"
+    controller_every: int = 1  # weave="controller": run it every this many passes of a chunk, reusing it between
 
     def __post_init__(self):
         self.poses = check_poses(self.poses, "camera poses")
         if self.weave not in WEAVES:
             raise ValueError(f"weave must be one of {', '.join(WEAVES)}, got {self.weave!r}")
+        if not 1 <= self.controller_every <= 1000:
+            raise ValueError(f"controller_every must be 1..1000, got {self.controller_every}")
         if self.weave != "encoder" and self.retrieval == "fused":
             raise ValueError(f"retrieval='fused' makes one composite, but weave={self.weave!r} takes the retrieved "
                              "frames one by one: choose coverage, greedy, fov or recency")
@@ -182,6 +185,8 @@ class StreamCamera:
         self._tokens: dict[int, torch.Tensor] = {}  # each frame's tokens as it was generated (re-encoding reuses them)
         self._weave: dict[tuple[int, ...], tuple] = {}  # each run of frames' controller inputs, likewise
         self.weave_inputs: tuple | None = None  # the controller inputs of the run of frames being computed
+        self.controller_every = track.controller_every
+        self._passes, self._last_residuals = 0, None
         self.memory, self.latents_of, self.depth_fn = None, latents_of, track.depth_fn
         if self.weave == "context" and (cache is None or RETRIEVED_REGION not in
                                         [r.name for r in cache.layout.regions if r.external] or cache.keys_roped):
@@ -231,6 +236,7 @@ class StreamCamera:
                 for old in [k for k in self._weave if k[-1] < frames[-1] - self.keep]:
                     del self._weave[old]
             self.weave_inputs = self._weave[key]
+            self._passes, self._last_residuals = 0, None
         if self.encoder is None:
             return None
         if reused:
@@ -261,15 +267,19 @@ class StreamCamera:
         the run :meth:`tokens` last prepared); None without a controller."""
         if self.controller is None:
             return None
+        self._passes += 1
+        if self._last_residuals is not None and (self._passes - 1) % self.controller_every:
+            return self._last_residuals  # between the passes that run it, a pass reuses the last injections
         weight = self.controller.patch.weight
         anchors, holes, anchor_poses, target_poses = (t.to(weight.device) for t in self.weave_inputs)
         b = latents.shape[0]
         text = prompt_kv.states
         with torch.no_grad():
-            return self.controller(latents, timestep, anchors.expand(b, *anchors.shape[1:]),
-                                   holes.expand(b, *holes.shape[1:]), anchor_poses.expand(b, *anchor_poses.shape[1:]),
-                                   target_poses.expand(b, *target_poses.shape[1:]),
-                                   None if text is None else text.to(weight.device))
+            self._last_residuals = self.controller(
+                latents, timestep, anchors.expand(b, *anchors.shape[1:]), holes.expand(b, *holes.shape[1:]),
+                anchor_poses.expand(b, *anchor_poses.shape[1:]), target_poses.expand(b, *target_poses.shape[1:]),
+                None if text is None else text.to(weight.device))
+        return self._last_residuals
 
     def _run_poses(self, frames: list[int]) -> torch.Tensor:
         for f in range(frames[0], frames[-1] + 1):

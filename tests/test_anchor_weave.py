@@ -235,3 +235,25 @@ def test_two_cpu_processes_train_the_controller_one_process_trains_and_only_rank
     assert float(b["model/inject.weight"].abs().max()) > 100 * TOLERANCE  # zero-initialised: it did train
     assert [r["step"] for r in log(two)] == [1, 2] and all(r["processes"] == 2 for r in log(two))
     assert all(abs(x["loss"] - y["loss"]) <= TOLERANCE * max(1.0, abs(y["loss"])) for x, y in zip(log(two), log(one)))
+
+
+def test_controller_every_runs_the_controller_on_every_nth_pass_and_reuses_it_between(cam_pipe):
+    def calls(every: int) -> tuple[int, int]:
+        seen = []
+        handle = cam_pipe.controller.register_forward_hook(lambda module, args, out: seen.append(out))
+        try:
+            world, flight, track = _track("controller")
+            track.controller_every = every
+            stream = cam_pipe.stream(world.caption, camera=track, num_frames=6,
+                                     generator=torch.Generator().manual_seed(0))
+            list(stream)
+        finally:
+            handle.remove()
+        return len(seen), stream.engine.sampler.num_inference_steps + 1  # denoising passes + the clean pass
+
+    every_pass, passes = calls(1)
+    assert every_pass == 2 * passes  # two chunks
+    assert calls(3)[0] == 2 * -(-passes // 3)
+    world, flight, _ = _track("controller")
+    with pytest.raises(ValueError, match="controller_every must be 1..1000"):
+        CameraTrack(flight.intrinsics, flight.poses, depth_fn=ground_depth, controller_every=0)

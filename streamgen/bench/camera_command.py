@@ -62,8 +62,9 @@ def _model_revisit(args) -> int:
     if args.weave == "encoder" and (pipe.camera_encoder is None or not pipe.camera_encoder.takes_anchors):
         raise ValueError(f"{args.pipeline}: the revisit with a model needs a camera model that takes anchors")
     rows = run_model_revisit(pipe, away=away, trials=args.trials, memories=memories, cache=args.cache,
-                             seed=args.seed, weave=args.weave)
-    print(f"revisit with {args.pipeline} (memory through the {args.weave}): 9 true frames of a place, then the model flies on under the camera; the "
+                             seed=args.seed, weave=args.weave, controller_every=args.controller_every)
+    every = f", run every {args.controller_every} passes" if args.weave == "controller" else ""
+    print(f"revisit with {args.pipeline} (memory through the {args.weave}{every}): 9 true frames of a place, then the model flies on under the camera; the "
           "last chunk, back over ground the flight has seen, is scored against the true frames "
           f"({args.trials} held-out flights per row; straight: away N chunks and back; two-pass: the place's band "
           "between two parallel passes)")
@@ -74,7 +75,8 @@ def _model_revisit(args) -> int:
 
         if not 30 <= args.speed <= 100_000:
             raise ValueError("--speed must be 30..100000 frames")
-        fps = memory_speed(pipe, memories=memories, frames=args.speed, rounds=3, cache=args.cache, weave=args.weave)
+        fps = memory_speed(pipe, memories=memories, frames=args.speed, rounds=3, cache=args.cache, weave=args.weave,
+                           controller_every=args.controller_every)
         from .revisit import PLAIN_MODEL
 
         reference = PLAIN_MODEL if PLAIN_MODEL in fps else "none"
@@ -133,6 +135,9 @@ def register_cli(bench) -> None:
                    help="with --pipeline: the memory reaches the model through the camera encoder's anchor input "
                         "(default), the pipeline's weaving controller (AnchorWeave's), or the retrieved frames' K/V in "
                         "the cache (context-as-memory; cache preset camera-context unless --cache names another)")
+    p.add_argument("--controller-every", type=int, default=1, metavar="N",
+                   help="with --weave controller: run the controller every N passes of a chunk and reuse its "
+                        "injections between (default 1: every pass, as AnchorWeave)")
     p.add_argument("--speed", type=int, metavar="FRAMES", help="with --pipeline: also time each memory option over "
                    "a FRAMES-frame flight (3 interleaved rounds; run with --threads 1 on a quiet machine)")
     p.add_argument("--away", default="4,8,16", help="chunks flown away before the revisit (default: 4,8,16)")

@@ -278,11 +278,13 @@ def _model_flight(trial: int, context: int, chunk: int, flight: str, away_chunks
 def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
                       flights: tuple[str, ...] = ("straight", "two-pass", "linger"),
                       trials: int = 8, context: int = 9, memories: tuple[str, ...] = tuple(MODEL_MEMORIES),
-                      cache: str | None = None, seed: int = 0, weave: str = "encoder") -> list[ModelRevisitRow]:
+                      cache: str | None = None, seed: int = 0, weave: str = "encoder",
+                      controller_every: int = 1) -> list[ModelRevisitRow]:
     """Per flight and memory option: the camera model continues the flight from the place's true frames; the last
     chunk, back over ground the flight has seen, is scored against the true frames there (PSNR; of the static
     objects wholly in view that some earlier frame showed wholly, the share found in place and colour). ``weave``:
-    how the memory reaches the model (:attr:`streamgen.camera_control.CameraTrack.weave`)."""
+    how the memory reaches the model (:attr:`streamgen.camera_control.CameraTrack.weave`; ``controller_every``, its
+    ``controller_every``)."""
     from ..camera_control import CameraTrack
     from ..world.camera import ground_depth
 
@@ -300,7 +302,7 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
                 world, flight = _model_flight(trial, context, chunk, flight_kind, n_away)
                 track = CameraTrack(flight.intrinsics, flight.poses, depth_fn=ground_depth, memory_frames=pool,
                                     anchors=k, retrieval=retrieval, keep_first=keep_first, eviction=eviction,
-                                    weave=weave)
+                                    weave=weave, controller_every=controller_every)
                 began = time.perf_counter()
                 stream = pipe.stream(world.caption, video=flight.frames[:context], camera=track,
                                      num_frames=len(flight) - context, cache=cache,
@@ -335,7 +337,7 @@ def format_model_table(rows: list[ModelRevisitRow]) -> str:
 
 
 def memory_speed(pipe, *, memories: tuple[str, ...] = ("coverage", "none"), frames: int = 300, rounds: int = 3,
-                 cache: str | None = None, weave: str = "encoder") -> dict[str, list[float]]:
+                 cache: str | None = None, weave: str = "encoder", controller_every: int = 1) -> dict[str, list[float]]:
     """Frames per second of a camera stream per memory option over a ``frames``-frame flight (a pan that turns every
     few chunks, so the pool keeps filling and evicting), the options interleaved round by round: {memory: [fps per
     round]}. Time every option in one run on a quiet machine and compare medians."""
@@ -363,7 +365,8 @@ def memory_speed(pipe, *, memories: tuple[str, ...] = ("coverage", "none"), fram
         for label, name, run_weave, run_cache in runs:
             retrieval, pool, k, keep_first, eviction = MODEL_MEMORIES[name]
             track = CameraTrack(default_intrinsics(), poses, depth_fn=ground_depth, memory_frames=pool, anchors=k,
-                                retrieval=retrieval, keep_first=keep_first, eviction=eviction, weave=run_weave)
+                                retrieval=retrieval, keep_first=keep_first, eviction=eviction, weave=run_weave,
+                                controller_every=controller_every)
             stream = pipe.stream(world.caption, camera=track, num_frames=frames, cache=run_cache,
                                  generator=torch.Generator().manual_seed(0))
             began = time.perf_counter()
