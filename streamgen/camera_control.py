@@ -169,8 +169,8 @@ class CameraTrack:
 
 
 class StreamCamera:
-    """Per stream: poses by frame, the geometric memory (when the encoder takes anchors) and each run of frames'
-    camera tokens. ``latents_of(frames)`` reads the stream's clean latents [B, C, n, h, w] of earlier frames."""
+    """Per stream: poses by frame, the geometric memory (when the encoder takes anchors, or the memory is woven in by
+    the controller or the cache) and each run of frames' camera tokens and controller inputs. ``latents_of(frames)`` reads the stream's clean latents [B, C, n, h, w] of earlier frames."""
 
     def __init__(self, encoder: CameraEncoder | None, track: CameraTrack, *, chunk_frames: int, latent_height: int,
                  latent_width: int, keep: int, latents_of: Callable[[list[int]], torch.Tensor] | None = None,
@@ -246,13 +246,10 @@ class StreamCamera:
                                    float(self.encoder.config.translation_unit), reference=self._reference(frames[0]))
         weight = self.encoder.proj.weight
         inputs = [rays[None].to(weight.device, torch.float32)]
-        if self.encoder.takes_anchors:
-            if self.weave != "encoder":  # the controller or the cache brings the memory; the encoder gets none
-                shape = (1, self.encoder.config.anchor_channels, *rays.shape[1:])
-                inputs += [torch.zeros(shape, device=weight.device), torch.ones(1, 1, *rays.shape[1:],
-                                                                                device=weight.device)]
-            else:
-                inputs += [t[None].to(weight.device, torch.float32) for t in self.anchors(frames[0], poses)]
+        if self.weave != "encoder":  # the controller or the cache brings the memory; the encoder gets none
+            inputs += self.encoder.empty_memory(inputs[0])
+        elif self.encoder.takes_anchors:
+            inputs += [t[None].to(weight.device, torch.float32) for t in self.anchors(frames[0], poses)]
         with torch.no_grad():
             tokens = self.encoder(*inputs)
         per_frame = tokens.shape[1] // len(frames)
@@ -270,15 +267,14 @@ class StreamCamera:
         self._passes += 1
         if self._last_residuals is not None and (self._passes - 1) % self.controller_every:
             return self._last_residuals  # between the passes that run it, a pass reuses the last injections
-        weight = self.controller.patch.weight
-        anchors, holes, anchor_poses, target_poses = (t.to(weight.device) for t in self.weave_inputs)
+        anchors, holes, anchor_poses, target_poses = self.weave_inputs
         b = latents.shape[0]
         text = prompt_kv.states
         with torch.no_grad():
             self._last_residuals = self.controller(
                 latents, timestep, anchors.expand(b, *anchors.shape[1:]), holes.expand(b, *holes.shape[1:]),
                 anchor_poses.expand(b, *anchor_poses.shape[1:]), target_poses.expand(b, *target_poses.shape[1:]),
-                None if text is None else text.to(weight.device))
+                None if text is None else text.to(anchors.device))
         return self._last_residuals
 
     def _run_poses(self, frames: list[int]) -> torch.Tensor:
@@ -292,14 +288,16 @@ class StreamCamera:
         return self.pose(start - 1) if start > 0 else self.pose(start)
 
     def _weave_run(self, frames: list[int]) -> tuple:
-        """The controller's inputs for ``frames`` [1, ...]: anchors retrieved from the memory of earlier frames."""
+        """The controller's inputs for ``frames`` ([1, ...], on its device): anchors retrieved from the memory of
+        earlier frames."""
         poses = self._run_poses(frames)
         self._remember(frames[0])
         picked = self._retrieve(poses)
         unit = float(self.controller.config.translation_unit)
         anchors, holes, anchor_poses = anchor_inputs(self.memory, picked, poses, self.latent_camera, self.k, unit)
         relative = chunk_relative_poses(poses, frames[0], self.chunk_frames, reference=self._reference(frames[0]))
-        return anchors[None], holes[None], anchor_poses[None], pose_features(relative, unit)[None]
+        device = self.controller.patch.weight.device  # moved once here, read at every pass of the run
+        return tuple(t[None].to(device) for t in (anchors, holes, anchor_poses, pose_features(relative, unit)))
 
     def _retrieve(self, poses: torch.Tensor) -> list[int]:
         """Pool indices of the frames the track's retrieval picks for target cameras ``poses``."""

@@ -181,6 +181,16 @@ MODEL_MEMORIES = {
 PLAIN_MODEL = "none, plain model"  # memory_speed's reference row when the memory is woven in another way
 
 
+def _model_track(memory: str, intrinsics, poses: torch.Tensor, weave: str, controller_every: int):
+    """The camera track of memory option ``memory`` (:data:`MODEL_MEMORIES`), with the camera world's depth."""
+    from ..camera_control import CameraTrack
+    from ..world.camera import ground_depth
+
+    retrieval, pool, k, keep_first, eviction = MODEL_MEMORIES[memory]
+    return CameraTrack(intrinsics, poses, depth_fn=ground_depth, memory_frames=pool, anchors=k, retrieval=retrieval,
+                       keep_first=keep_first, eviction=eviction, weave=weave, controller_every=controller_every)
+
+
 @dataclass
 class ModelRevisitRow:
     memory: str
@@ -285,9 +295,6 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
     objects wholly in view that some earlier frame showed wholly, the share found in place and colour). ``weave``:
     how the memory reaches the model (:attr:`streamgen.camera_control.CameraTrack.weave`; ``controller_every``, its
     ``controller_every``)."""
-    from ..camera_control import CameraTrack
-    from ..world.camera import ground_depth
-
     chunk = int(pipe.config.chunk_frames)
     camera = default_intrinsics()
     cases = [("straight", n) for n in away if "straight" in flights]
@@ -296,13 +303,10 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
     rows = []
     for flight_kind, n_away in cases:
         for name in memories:
-            retrieval, pool, k, keep_first, eviction = MODEL_MEMORIES[name]
             psnrs, found, expected, frames, seconds, nbytes = [], 0, 0, 0, 0.0, 0
             for trial in range(trials):
                 world, flight = _model_flight(trial, context, chunk, flight_kind, n_away)
-                track = CameraTrack(flight.intrinsics, flight.poses, depth_fn=ground_depth, memory_frames=pool,
-                                    anchors=k, retrieval=retrieval, keep_first=keep_first, eviction=eviction,
-                                    weave=weave, controller_every=controller_every)
+                track = _model_track(name, flight.intrinsics, flight.poses, weave, controller_every)
                 began = time.perf_counter()
                 stream = pipe.stream(world.caption, video=flight.frames[:context], camera=track,
                                      num_frames=len(flight) - context, cache=cache,
@@ -341,9 +345,6 @@ def memory_speed(pipe, *, memories: tuple[str, ...] = ("coverage", "none"), fram
     """Frames per second of a camera stream per memory option over a ``frames``-frame flight (a pan that turns every
     few chunks, so the pool keeps filling and evicting), the options interleaved round by round: {memory: [fps per
     round]}. Time every option in one run on a quiet machine and compare medians."""
-    from ..camera_control import CameraTrack
-    from ..world.camera import ground_depth
-
     chunk = int(pipe.config.chunk_frames)
     rng = random.Random(7)
     world = sample_map(map_seed("heldout", 0))
@@ -363,10 +364,7 @@ def memory_speed(pipe, *, memories: tuple[str, ...] = ("coverage", "none"), fram
     out: dict[str, list[float]] = {label: [] for label, *_ in runs}
     for _ in range(rounds):
         for label, name, run_weave, run_cache in runs:
-            retrieval, pool, k, keep_first, eviction = MODEL_MEMORIES[name]
-            track = CameraTrack(default_intrinsics(), poses, depth_fn=ground_depth, memory_frames=pool, anchors=k,
-                                retrieval=retrieval, keep_first=keep_first, eviction=eviction, weave=run_weave,
-                                controller_every=controller_every)
+            track = _model_track(name, default_intrinsics(), poses, run_weave, controller_every)
             stream = pipe.stream(world.caption, camera=track, num_frames=frames, cache=run_cache,
                                  generator=torch.Generator().manual_seed(0))
             began = time.perf_counter()

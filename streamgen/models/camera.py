@@ -114,6 +114,14 @@ class CameraEncoder(ModelMixin, ConfigMixin):
     def takes_anchors(self) -> bool:
         return self.config.anchor_channels > 0
 
+    def empty_memory(self, rays: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The anchor inputs that say "no memory" beside ``rays`` [B, 6, f, h, w]: zero anchors, all holes (what the
+        first chunk of a clip is trained with); () for an encoder that takes none."""
+        if not self.takes_anchors:
+            return ()
+        b, _, f, h, w = rays.shape
+        return rays.new_zeros(b, self.config.anchor_channels, f, h, w), rays.new_ones(b, 1, f, h, w)
+
     def forward(self, rays: torch.Tensor, anchors: torch.Tensor | None = None,
                 holes: torch.Tensor | None = None) -> torch.Tensor:
         """``rays`` [B, 6, f, h, w]; with anchors: ``anchors`` [B, C, f, h, w] (zeros in holes) and ``holes``

@@ -19,8 +19,8 @@ __all__ = ["AcceleratedRun"]
 
 
 class AcceleratedRun:
-    """Mixed into a trainer whose ``config`` has ``device``, ``threads``, ``batch_size`` and whose ``out`` is its
-    output folder. :meth:`_start` before anything else."""
+    """Mixed into a trainer whose ``config`` has ``device``, ``threads``, ``batch_size``, ``warmup``, whose ``out``
+    is its output folder and ``step`` its step. :meth:`_start` before anything else."""
 
     out: Path
 
@@ -42,6 +42,10 @@ class AcceleratedRun:
         if path is not None and not resume:
             raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it, or another --out")
         return load_state(path) if resume and path is not None else None
+
+    def lr_factor(self) -> float:
+        """The learning rate's factor at this step: a linear warm-up over ``config.warmup`` steps, then 1."""
+        return min(1.0, (self.step + 1) / max(self.config.warmup, 1))
 
     def _wait_for_everyone(self) -> None:
         """accelerate's barrier, but over gloo on the CPU a plain one: accelerate names the local rank's GPU even for

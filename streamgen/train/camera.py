@@ -49,7 +49,7 @@ from .accelerated_run import AcceleratedRun
 from .distributed import rows
 from .trainer import CHECKPOINT, EMA, flow_error, noise_levels
 
-__all__ = ["FlightTrainConfig", "CameraTrainConfig", "camera_clip", "clip_anchors", "CameraTrainer", "train"]
+__all__ = ["FlightTrainConfig", "CameraTrainConfig", "NoisedClips", "noise_clips", "clip_memory_runs", "camera_clip", "clip_anchors", "CameraTrainer", "train"]
 
 
 @dataclass
@@ -108,6 +108,54 @@ class CameraTrainConfig(FlightTrainConfig):
     hidden_dim: int = 0
 
 
+@dataclass
+class NoisedClips:
+    """One step's draws for this process's rows of a batch (:func:`noise_clips`), on the training device."""
+
+    video: torch.Tensor  # [b, C, F, H, W], the clean clips
+    x_c: torch.Tensor  # the clean copy at its small context noise
+    x_t: torch.Tensor  # the noisy copy
+    noise: torch.Tensor
+    sigma: torch.Tensor  # [b, F] the noisy copy's levels, per chunk
+    context: torch.Tensor  # [b, F] the clean copy's
+    drop: list[bool]  # caption dropped
+
+
+def noise_clips(video: torch.Tensor, config: FlightTrainConfig, noise: NoiseConfig, generator: torch.Generator,
+                shard: tuple[int, int], device) -> NoisedClips:
+    """Dense teacher forcing's draws for this process's rows ``video`` of a batch: every draw made at the whole
+    batch's size from ``generator`` (the same in every process) and each process keeping its rows
+    (:func:`streamgen.train.distributed.rows`), in one order: noise levels, context levels, noise, context noise,
+    caption dropout."""
+    g, chunk = generator, config.chunk_frames
+    b, _, frames = video.shape[:3]
+    chunks = frames // chunk
+    total, mine = rows(b, *shard)
+    sigma = noise_levels(noise, total, chunks, g)[mine].repeat_interleave(chunk, 1)
+    context = (config.context_sigma_max * torch.rand(total, chunks, generator=g))[mine].repeat_interleave(chunk, 1)
+    fresh = torch.randn((total, *video.shape[1:]), generator=g)[mine]
+    context_noise = torch.randn((total, *video.shape[1:]), generator=g)[mine]
+    drop = (torch.rand(total, generator=g) < config.caption_dropout)[mine].tolist()
+    video, fresh, context_noise = video.to(device), fresh.to(device), context_noise.to(device)
+    sigma, context = sigma.to(device), context.to(device)
+    s, c = sigma[:, None, :, None, None], context[:, None, :, None, None]
+    return NoisedClips(video, (1 - c) * video + c * context_noise, (1 - s) * video + s * fresh, fresh, sigma, context,
+                       drop)
+
+
+def clip_memory_runs(latents: torch.Tensor, poses: torch.Tensor, latent_camera, chunk_frames: int,
+                     memory: GeometricMemory):
+    """Each chunk's frames of a clip's latents [C, F, h, w] (a list, yielded) while ``memory`` holds the clip's
+    earlier frames with exact depth, as a stream's memory would; each chunk goes in after its turn."""
+    frames = latents.shape[1]
+    for start in range(0, frames, chunk_frames):
+        run = list(range(start, min(start + chunk_frames, frames)))
+        yield run
+        for f in run:
+            memory.add(latents[:, f].permute(1, 2, 0), poses[f], latent_camera, f,
+                       depth=ground_depth(poses[f], latent_camera))
+
+
 def camera_clip(seed: int, config: CameraTrainConfig, *, split: str = "train"):
     """(frames uint8 [F, H, W, 3], poses [F, 4, 4], caption) of clip ``seed`` (the n-th map of ``split``)."""
     rng = random.Random(seed)
@@ -139,16 +187,12 @@ def clip_anchors(latents: torch.Tensor, poses: torch.Tensor, camera, chunk_frame
     latent_camera = camera.scaled(width / camera.width)
     memory = GeometricMemory(capacity=frames + 1)
     anchors, holes = torch.zeros_like(latents), torch.ones(1, frames, height, width)
-    for start in range(0, frames, chunk_frames):
-        run = list(range(start, min(start + chunk_frames, frames)))
+    for run in clip_memory_runs(latents, poses, latent_camera, chunk_frames, memory):
         if len(memory):
             picked = memory.retrieve(poses[run], latent_camera, k, "recency")
             image, covered = memory.composite(picked, poses[run], latent_camera)
             anchors[:, run] = image.permute(3, 0, 1, 2)
             holes[0, run] = (~covered).float()
-        for f in run:
-            memory.add(latents[:, f].permute(1, 2, 0), poses[f], latent_camera, f,
-                       depth=ground_depth(poses[f], latent_camera))
     return anchors, holes
 
 
@@ -243,29 +287,14 @@ class CameraTrainer(AcceleratedRun):
     def loss(self, video: torch.Tensor, rays: torch.Tensor, captions: list[str], anchors=None) -> torch.Tensor:
         """The mean squared flow error of this process's rows; every random draw is made at the whole batch's size
         and each process keeps its rows, so the ranks' losses average (DDP) to one process's on the whole batch."""
-        cfg, g, device = self.config, self.generator, self.accelerator.device
-        b, _, frames, height, width = video.shape
-        chunk = cfg.chunk_frames
-        chunks = frames // chunk
-        total, mine = rows(b, *self.shard)
-        sigma = noise_levels(self.noise, total, chunks, g)[mine].repeat_interleave(chunk, 1)
-        context = (cfg.context_sigma_max * torch.rand(total, chunks, generator=g))[mine].repeat_interleave(chunk, 1)
-        noise = torch.randn((total, *video.shape[1:]), generator=g)[mine]
-        context_noise = torch.randn((total, *video.shape[1:]), generator=g)[mine]
-        drop = (torch.rand(total, generator=g) < cfg.caption_dropout)[mine]
-        video, noise, context_noise = video.to(device), noise.to(device), context_noise.to(device)
-        sigma, context = sigma.to(device), context.to(device)
-        s, c = sigma[:, None, :, None, None], context[:, None, :, None, None]
-        x_t, x_c = (1 - s) * video + s * noise, (1 - c) * video + c * context_noise
-        text = self.captions(["" if d else cap for cap, d in zip(captions, drop.tolist())]).to(device)
+        device = self.accelerator.device
+        n = noise_clips(video, self.config, self.noise, self.generator, self.shard, device)
+        text = self.captions(["" if d else cap for cap, d in zip(captions, n.drop)]).to(device)
         doubled = None if anchors is None else tuple(torch.cat((a, a), 2).to(device) for a in anchors)
-        pred = self.model(torch.cat((x_c, x_t), 2), torch.cat((context, sigma), 1) * 1000.0, text,
+        pred = self.model(torch.cat((n.x_c, n.x_t), 2), torch.cat((n.context, n.sigma), 1) * 1000.0, text,
                           torch.cat((rays, rays), 2).to(device), doubled)
-        error = flow_error(pred, x_t, video, noise, sigma, "sample", cfg.x0_sigma_floor)
+        error = flow_error(pred, n.x_t, n.video, n.noise, n.sigma, "sample", self.config.x0_sigma_floor)
         return error.pow(2).mean()
-
-    def lr_factor(self) -> float:
-        return min(1.0, (self.step + 1) / max(self.config.warmup, 1))
 
     def run(self, until: int | None = None) -> Path:
         """Train to ``config.steps`` (or stop after step ``until``: a simulated interruption); the output folder."""

@@ -29,14 +29,14 @@ import torch
 from ..geometry import GeometricMemory
 from ..models.anchor_weave import AnchorWeaveController, anchor_inputs, pose_features
 from ..models.camera import chunk_relative_poses, chunk_relative_rays
-from ..world.camera import default_intrinsics, ground_depth
+from ..world.camera import default_intrinsics
 from . import teacher_forcing
-from .camera import FlightTrainConfig, camera_clip
+from .camera import FlightTrainConfig, camera_clip, clip_memory_runs, noise_clips
 from .accelerated_run import AcceleratedRun
-from .checkpoint import save_state
+from .checkpoint import STATE_FILE, save_state
 from .distributed import rows
 from .config import NoiseConfig
-from .trainer import EMA, flow_error, noise_levels
+from .trainer import CHECKPOINT, EMA, flow_error
 
 __all__ = ["WeaveTrainConfig", "weave_sample", "WeaveTrainer", "train", "write_caption_table", "map_captions"]
 
@@ -90,14 +90,10 @@ def weave_sample(index: int, config: WeaveTrainConfig, ray_unit: float = 1.0) ->
     anchors, holes = torch.zeros(k, channels, count, height, width), torch.ones(k, 1, count, height, width)
     anchor_poses = torch.zeros(k, count, 12)
     memory = GeometricMemory(count + 1, coverage_scale=config.coverage_scale)
-    for start in range(0, count, config.chunk_frames):
-        run = list(range(start, min(start + config.chunk_frames, count)))
+    for run in clip_memory_runs(video, poses, latent_camera, config.chunk_frames, memory):
         picked = memory.retrieve(poses[run], latent_camera, k, config.retrieval) if len(memory) else []
         a, h, p = anchor_inputs(memory, picked, poses[run], latent_camera, k, unit)
         anchors[:, :, run], holes[:, :, run], anchor_poses[:, run] = a, h, p
-        for f in run:
-            memory.add(video[:, f].permute(1, 2, 0), poses[f], latent_camera, f,
-                       depth=ground_depth(poses[f], latent_camera))
     relative = chunk_relative_poses(poses, 0, config.chunk_frames)
     rays = chunk_relative_rays(camera, poses, 0, config.chunk_frames, height, width, ray_unit)
     return {"video": video, "anchors": anchors, "holes": holes, "anchor_poses": anchor_poses,
@@ -213,12 +209,8 @@ class WeaveFlow(torch.nn.Module):
         if encoder is None:
             return None
         rays = torch.cat((rays, rays), 2)
-        extra = ()
-        if encoder.takes_anchors:
-            b, _, f, h, w = rays.shape
-            extra = (rays.new_zeros(b, encoder.config.anchor_channels, f, h, w), rays.new_ones(b, 1, f, h, w))
         with torch.no_grad():
-            return encoder(rays, *extra)
+            return encoder(rays, *encoder.empty_memory(rays))
 
 
 class WeaveTrainer(AcceleratedRun):
@@ -303,32 +295,21 @@ class WeaveTrainer(AcceleratedRun):
     def loss(self, batch: dict) -> torch.Tensor:
         """This process's rows' loss; every random draw is made at the whole batch's size and each process keeps its
         rows, so the ranks' losses average (DDP) to one process's on the whole batch."""
-        cfg, g, dev = self.config, self.generator, self.device
-        video = batch["video"]
-        b, channels, frames, height, width = video.shape
-        chunk = cfg.chunk_frames
-        chunks = frames // chunk
-        total, mine = rows(b, *self.shard)
-        sigma = noise_levels(self.noise, total, chunks, g)[mine].repeat_interleave(chunk, 1)
-        context = (cfg.context_sigma_max * torch.rand(total, chunks, generator=g))[mine].repeat_interleave(chunk, 1)
-        noise = torch.randn((total, *video.shape[1:]), generator=g)[mine]
-        context_noise = torch.randn((total, *video.shape[1:]), generator=g)[mine]
-        drop = (torch.rand(total, generator=g) < cfg.caption_dropout)[mine].tolist()
+        cfg, dev = self.config, self.device
+        n = noise_clips(batch["video"], cfg, self.noise, self.generator, self.shard, dev)
+        total, mine = rows(len(n.drop), *self.shard)
         k = batch["anchors"].shape[1]
-        dropped = (torch.rand(total, k, generator=g) < cfg.anchor_dropout)[mine][:, :, None, None, None, None]
+        dropped = (torch.rand(total, k, generator=self.generator) < cfg.anchor_dropout)[mine]
+        dropped = dropped[:, :, None, None, None, None]
         anchors = batch["anchors"].masked_fill(dropped, 0.0).to(dev)
         holes = batch["holes"].masked_fill(dropped, 1.0).to(dev)
-        text = self.captions(["" if d else cap for cap, d in zip(batch["caption"], drop)]).to(dev)
-        video, noise, context_noise = video.to(dev), noise.to(dev), context_noise.to(dev)
-        sigma, context = sigma.to(dev), context.to(dev)
-        s, c = sigma[:, None, :, None, None], context[:, None, :, None, None]
-        x_t, x_c = (1 - s) * video + s * noise, (1 - c) * video + c * context_noise
-        pred = self.model(x_c, x_t, context, sigma, text, anchors, holes, batch["anchor_poses"].to(dev),
+        text = self.captions(["" if d else cap for cap, d in zip(batch["caption"], n.drop)]).to(dev)
+        pred = self.model(n.x_c, n.x_t, n.context, n.sigma, text, anchors, holes, batch["anchor_poses"].to(dev),
                           batch["target_poses"].to(dev), batch["rays"].to(dev))
-        error = flow_error(pred, x_t, video, noise, sigma, "sample", cfg.x0_sigma_floor)
+        error = flow_error(pred, n.x_t, n.video, n.noise, n.sigma, "sample", cfg.x0_sigma_floor)
         loss = error.pow(2).mean()
         if cfg.motion_weight:  # AnchorWeave's frame-difference loss on the predicted clean frames
-            loss = loss + cfg.motion_weight * (pred.float().diff(dim=2) - video.diff(dim=2)).pow(2).mean()
+            loss = loss + cfg.motion_weight * (pred.float().diff(dim=2) - n.video.diff(dim=2)).pow(2).mean()
         return loss
 
     def run(self, until: int | None = None, deadline: float | None = None) -> Path:
@@ -351,7 +332,7 @@ class WeaveTrainer(AcceleratedRun):
             if self.step >= until or out_of_time:
                 break
             for group in self.optimizer.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(cfg.warmup, 1))
+                group["lr"] = cfg.lr * self.lr_factor()
             loss = self.loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
@@ -375,13 +356,13 @@ class WeaveTrainer(AcceleratedRun):
         acc = self.accelerator
         self._wait_for_everyone()
         if acc.is_main_process:
-            folder = self.out / "checkpoint"
+            folder = self.out / CHECKPOINT
             folder.mkdir(parents=True, exist_ok=True)
             save_state({"step": self.step, "model": self.controller.state_dict(), "ema": self.ema.state_dict(),
                         "optimizer": self.optimizer.state_dict(), "scheduler": None,
                         "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                         "numpy_rng": None, "python_rng": None, "processes": acc.num_processes},
-                       folder / "state.safetensors")
+                       folder / STATE_FILE)
             self.export(self.out / "pipeline")
         self._wait_for_everyone()
 
