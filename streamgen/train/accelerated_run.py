@@ -5,6 +5,7 @@ ranks, and the log cut back to the checkpoint. The main trainer (:mod:`streamgen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,8 +20,9 @@ __all__ = ["AcceleratedRun"]
 
 
 class AcceleratedRun:
-    """Mixed into a trainer whose ``config`` has ``device``, ``threads``, ``batch_size``, ``warmup``, whose ``out``
-    is its output folder and ``step`` its step. :meth:`_start` before anything else."""
+    """Mixed into a trainer whose ``config`` (a dataclass) has ``device``, ``threads``, ``batch_size``, ``warmup``,
+    whose ``out`` is its output folder, ``step`` its step and ``optimizer`` its prepared optimizer. :meth:`_start`
+    before anything else."""
 
     out: Path
 
@@ -42,6 +44,21 @@ class AcceleratedRun:
         if path is not None and not resume:
             raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it, or another --out")
         return load_state(path) if resume and path is not None else None
+
+    def _begin_run(self) -> None:
+        """The main process writes OUT/config.json and cuts the log back to the step the run goes on from."""
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=1))
+            self._truncate_log(self.step)
+
+    def _apply(self, loss: torch.Tensor, parameters) -> None:
+        """One optimizer step on ``loss``, the gradients of ``parameters`` clipped to norm 1 (over every process)."""
+        acc = self.accelerator
+        self.optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        acc.clip_grad_norm_(parameters, 1.0)
+        self.optimizer.step()
 
     def lr_factor(self) -> float:
         """The learning rate's factor at this step: a linear warm-up over ``config.warmup`` steps, then 1."""

@@ -28,7 +28,6 @@ checkpoint resumes on any number; the main process alone writes log, checkpoint 
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -298,11 +297,8 @@ class CameraTrainer(AcceleratedRun):
 
     def run(self, until: int | None = None) -> Path:
         """Train to ``config.steps`` (or stop after step ``until``: a simulated interruption); the output folder."""
-        cfg, acc = self.config, self.accelerator
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-            self._truncate_log(self.step)
+        cfg = self.config
+        self._begin_run()
         until = min(until or cfg.steps, cfg.steps)
         window, began = [], time.time()
         self.model.train()
@@ -311,10 +307,7 @@ class CameraTrainer(AcceleratedRun):
             for group, base in zip(self.optimizer.param_groups, (cfg.lr, cfg.encoder_lr)):
                 group["lr"] = base * self.lr_factor()
             loss = self.loss(video, rays, captions, anchors)
-            self.optimizer.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            acc.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.optimizer.step()
+            self._apply(loss, self.model.parameters())
             self.ema_t.update(self.transformer)
             self.ema_e.update(self.encoder)
             self.step += 1

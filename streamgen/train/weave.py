@@ -316,10 +316,7 @@ class WeaveTrainer(AcceleratedRun):
         """Train to step ``until`` (default: ``steps``), or until ``deadline`` (a time.time()) passes; the output
         folder."""
         cfg, acc = self.config, self.accelerator
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-            self._truncate_log(self.step)
+        self._begin_run()
         until = min(until or cfg.steps, cfg.steps)
         window, began = [], time.time()
         self.model.train()
@@ -334,10 +331,7 @@ class WeaveTrainer(AcceleratedRun):
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.lr * self.lr_factor()
             loss = self.loss(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            acc.clip_grad_norm_(self.controller.parameters(), 1.0)
-            self.optimizer.step()
+            self._apply(loss, self.controller.parameters())
             self.ema.update(self.controller)
             self.step += 1
             window.append(loss.item())
