@@ -11,6 +11,7 @@ import torch
 
 from streamgen.train import (ClipSource, FolderVideoClips, Trainer, config_from_dict, load_config, register_cli,
                              sample_sigmas)
+from streamgen.train.cli import load_trainer_config
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,19 @@ def test_a_config_can_extend_another(tmp_path):
         load_config(tmp_path / "loop.yaml")
     realign = load_config("configs/train/shapeworld-tiny-realign.yaml")
     assert realign.positions.preset == "anchor-forcing" and realign.model.num_layers == 3
+
+
+def test_a_bad_config_file_is_refused_in_one_line_naming_the_file(tmp_path):
+    cases = {"unknown.yaml": ("steps: 10\n", r"unknown key\(s\) \['steps'\]"),
+             "negative.yaml": ("max_steps: -2\n", "max_steps must be a whole number >= 0"),
+             "zero.yaml": ("chunk_frames: 0\n", "chunk_frames must be a whole number >= 1"),
+             "odd.yaml": ("data: {clip_frames: 7}\n", "multiple of chunk_frames"),
+             "camera.yaml": ("trainer: camera\nsteps: -1\n", "steps must be >= 0")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=message) as caught:
+            load_trainer_config(tmp_path / name)
+        assert str(caught.value).startswith(str(tmp_path / name)) and "\n" not in str(caught.value)
 
 
 def test_cli_parses():

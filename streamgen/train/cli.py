@@ -34,18 +34,17 @@ def load_trainer_config(path: str | Path) -> tuple[str | None, Any]:
     """(trainer name, its config) of a training YAML: (None, a :class:`TrainConfig`) without a ``trainer:`` key, else
     the named trainer's config dataclass built from the other keys; an unknown key is a one-line ValueError naming it
     and the file."""
-    from .config import _build, _read, config_from_dict
+    from .config import _read, checked, config_from_dict
 
     values = _read(Path(path))
     if "trainer" not in values:
-        return None, config_from_dict(values)  # load_config(path)
+        return None, config_from_dict(values, str(path))
     name = values.pop("trainer")
     if name not in TRAINERS:
         raise ValueError(f"{path}: trainer {name!r} is not one of {sorted(TRAINERS)} (or no trainer: key for the "
                          "causal video model)")
     entry = TRAINERS[name]
-    config = _build(getattr(importlib.import_module(entry.module), entry.config), values, str(path))
-    return name, config.validate()
+    return name, checked(getattr(importlib.import_module(entry.module), entry.config), values, str(path))
 
 
 def _seed_checkpoint(state: Path, out: Path) -> None:

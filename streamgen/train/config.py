@@ -164,6 +164,11 @@ class TrainConfig:
     output_dir: str = "runs/shapeworld-tiny"
 
     def validate(self) -> "TrainConfig":
+        for name, least in (("chunk_frames", 1), ("batch_size", 1), ("max_steps", 0), ("log_every", 1),
+                            ("eval_every", 0), ("eval_videos", 1), ("eval_chunks", 1), ("checkpoint_every", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
         if self.data.clip_frames % self.chunk_frames:
             raise ValueError(f"data.clip_frames ({self.data.clip_frames}) must be a multiple of chunk_frames "
                              f"({self.chunk_frames})")
@@ -238,8 +243,18 @@ def _build(cls, values: dict[str, Any], where: str):
     return cls(**kwargs)
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    return _build(TrainConfig, values or {}, "config").validate()
+def checked(cls, values: dict[str, Any] | None, where: str):
+    """``cls`` built from ``values`` and validated; every error names ``where`` (the file they came from), since
+    ``validate()``'s messages name only the key."""
+    try:
+        return _build(cls, values, where).validate()
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
+    return checked(TrainConfig, values or {}, where)
 
 
 def _merged(base: dict, over: dict) -> dict:
@@ -264,4 +279,4 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def load_config(path: str | Path) -> TrainConfig:
     """A training config from YAML; ``extends: base.yaml`` makes a file a set of changes to another one."""
-    return config_from_dict(_read(Path(path)))
+    return config_from_dict(_read(Path(path)), str(path))
