@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if resumed is not None:
             stream, record = resumed
         else:
-            generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed)
             stream = pipe.stream(schedule=schedule, num_frames=args.frames, cache=args.cache, generator=generator)
             record = RunRecord(str(find_pipeline(args.pipeline)), str(state.device), "fp32", str(path.resolve()), 0,
                                args.snapshot_every or 1)

@@ -139,7 +139,7 @@ def cmd_generate(args) -> int:
             use_default_threads(pipe)
         # --seed wins; else the schedule's own (a JSONL line's "seed"), else 0. It seeds the stream once.
         seed = args.seed if args.seed is not None else schedule.seed if schedule.seed is not None else 0
-        generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
         stream = pipe.stream(
             schedule=schedule, num_frames=args.frames, cache=args.cache, switch=args.switch, height=args.height,
             width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,

@@ -623,7 +623,7 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
             chunk_frames=self.config.chunk_frames,
         )
         if generator is None and schedule.seed is not None:
-            generator = torch.Generator(self.transformer.device).manual_seed(schedule.seed)
+            generator = torch.Generator().manual_seed(schedule.seed)
         context = self.encode_context(image, video, height, width, batch_size)
         # A preset that keeps the whole stream (global) must also hold the init picture / clip written before it.
         stream_frames = None if num_latent is None else num_latent + (0 if context is None else context.shape[2])

@@ -87,7 +87,7 @@ def run_speed_benchmark(
     """One stream's speed; ``recompute``: the no-cache baseline (:func:`recompute_without_cache`) with ``cache``'s
     window."""
     process = psutil.Process()
-    generator = torch.Generator(pipe.transformer.device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     stream = pipe.stream(
         prompt, num_frames=num_frames, cache=cache, height=height, width=width, generator=generator,
         num_inference_steps=num_inference_steps,

@@ -45,7 +45,7 @@ def open_stream(pipe, prompt: str, preset: str, seed: int, stream_frames: int):
 
     from ..cache.presets import load_preset
 
-    generator = torch.Generator(pipe.transformer.device).manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(int(seed))
     num_frames = None
     if load_preset(preset).needs_stream_length:
         num_frames = pipe.num_video_frames(pipe.num_latent_frames(stream_frames))

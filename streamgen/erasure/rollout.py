@@ -144,7 +144,7 @@ def play_rollout(pipe, rollout: Rollout, *, cache: str | None = None, guidance_s
     schedule = Schedule(tuple(Segment(prompt, chunks * chunk_frames, "latent_frames", transition=mode)
                               for prompt, chunks, mode in rollout.parts))
     total_latent = sum(chunks for _, chunks, _ in rollout.parts) * chunk_frames
-    generator = torch.Generator(pipe.transformer.device).manual_seed(rollout.seed)
+    generator = torch.Generator().manual_seed(rollout.seed)
     stream = pipe.stream(schedule=schedule, num_frames=pipe.num_video_frames(total_latent), cache=cache,
                          generator=generator, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps)
     wanted = set(rollout.record_prompts)

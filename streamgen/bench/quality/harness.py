@@ -183,7 +183,7 @@ class PipelineSource:
         schedule = Schedule(tuple(
             Segment(scene.caption, self.layout.chunk_latents(n), "latent_frames", transition=mode)
             for scene, n, mode in video.parts))
-        generator = torch.Generator(self.pipe.transformer.device).manual_seed(video.seed)
+        generator = torch.Generator().manual_seed(video.seed)
         context = video.truth(self.layout).frames[: video.context_frames(self.layout)] if video.context else None
         stream = self.pipe.stream(schedule=schedule, num_frames=len(segment), cache=self.cache, generator=generator,
                                   video=context)
