@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .batch_manifest import Manifest, checkpoint_hash
     from .loading import open_pipeline
+    from .process_group import barrier
     from .progress import quiet_loading
     from .resources import find_pipeline
     from .schedule import ScheduleError, load_schedules
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest.record(wanted, finish_video(snapshot_dir, record, partial, path, writer.frames_written))
         shutil.rmtree(snapshot_dir, ignore_errors=True)
         print(f"{tag} {path}", flush=True)
-    state.wait_for_everyone()
+    barrier(state)
     return 0
 
 

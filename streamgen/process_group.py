@@ -35,3 +35,13 @@ def process_state(device: str | None):
     from accelerate import PartialState
 
     return PartialState(cpu=use_cpu(device), timeout=PROCESS_GROUP_TIMEOUT)
+
+
+def barrier(state) -> None:
+    """Wait for every process of ``state`` (accelerate's process state or an Accelerator). Over gloo on CPUs a plain
+    barrier: accelerate's ``wait_for_everyone`` passes the local rank as a GPU index even to a gloo barrier, which fails
+    on rank r of a CPU run on a machine with r GPUs or fewer."""
+    if state.num_processes > 1 and state.device.type == "cpu":
+        torch.distributed.barrier()
+    else:
+        state.wait_for_everyone()

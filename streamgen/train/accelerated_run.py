@@ -1,5 +1,5 @@
 """What a trainer's processes share under accelerate (the camera and weave trainers): the process group and its
-device, each rank's share of a step's batch, the checkpoint a run may resume, barriers, the loss logged over all
+device, each rank's share of a step's batch, the checkpoint a run may resume, the loss logged over all
 ranks, and the log cut back to the checkpoint. The main trainer (:mod:`streamgen.train.trainer`) keeps its own.
 """
 
@@ -63,15 +63,6 @@ class AcceleratedRun:
     def lr_factor(self) -> float:
         """The learning rate's factor at this step: a linear warm-up over ``config.warmup`` steps, then 1."""
         return min(1.0, (self.step + 1) / max(self.config.warmup, 1))
-
-    def _wait_for_everyone(self) -> None:
-        """accelerate's barrier, but over gloo on the CPU a plain one: accelerate names the local rank's GPU even for
-        a gloo barrier, which fails on rank r of a CPU run on a machine with r GPUs or fewer."""
-        acc = self.accelerator
-        if acc.num_processes > 1 and acc.device.type == "cpu":
-            torch.distributed.barrier()
-        else:
-            acc.wait_for_everyone()
 
     def _mean_loss(self, window: list[float]) -> float:
         """The window's mean loss over every process (a rank's loss is the mean of its equal share of the batch)."""

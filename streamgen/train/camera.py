@@ -39,7 +39,7 @@ from torch import nn
 
 from ..geometry import GeometricMemory
 from ..models.camera import CameraEncoder, chunk_relative_rays
-from ..process_group import accelerator_present
+from ..process_group import accelerator_present, barrier
 from ..world.camera import CameraState, default_intrinsics, ground_depth, map_seed, render_flight, sample_map
 from . import teacher_forcing
 from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, save_state
@@ -318,13 +318,13 @@ class CameraTrainer(AcceleratedRun):
                 window = []
             if self.step % cfg.save_every == 0 or self.step == until:
                 self.save()
-        self._wait_for_everyone()
+        barrier(self.accelerator)
         return self.out
 
     def save(self) -> None:
         """The training state (OUT/checkpoint/state.safetensors, atomically) and the export, by the main process."""
         acc = self.accelerator
-        self._wait_for_everyone()
+        barrier(self.accelerator)
         if acc.is_main_process:
             folder = self.out / CHECKPOINT
             folder.mkdir(parents=True, exist_ok=True)
@@ -336,7 +336,7 @@ class CameraTrainer(AcceleratedRun):
                         "processes": acc.num_processes}, folder / STATE_FILE)
             (folder / LEGACY_STATE_FILE).unlink(missing_ok=True)  # older than the file just written
             self.export(self.out / "pipeline")
-        self._wait_for_everyone()
+        barrier(self.accelerator)
 
     def _load(self, state: dict) -> None:
         self.transformer.load_state_dict(state["model"]["transformer"])

@@ -75,13 +75,13 @@ def _train_other(name: str, config, args) -> int:
     if args.init and args.resume:
         raise SystemExit("--init and --resume exclude each other: --resume continues a checkpoint, --init starts anew")
     config.validate()
-    from ..process_group import process_state
+    from ..process_group import barrier, process_state
 
     state = process_state(config.device)
     if isinstance(args.resume, str):  # a state file from elsewhere: the main process copies it, the others wait
         if state.is_main_process:
             _seed_checkpoint(Path(args.resume), Path(config.out))
-        state.wait_for_everyone()
+        barrier(state)
     train = getattr(importlib.import_module(entry.module), entry.train)
     out = Path(train(config, resume=bool(args.resume), init=args.init))
     if state.is_main_process:
@@ -104,14 +104,14 @@ def cmd_train(args) -> int:
     if args.init and args.resume:
         raise SystemExit("--init and --resume exclude each other: --resume continues a checkpoint, --init starts anew")
     if isinstance(args.resume, str):  # a state file from elsewhere (another run, another machine)
-        from ..process_group import process_state
+        from ..process_group import barrier, process_state
 
         state = process_state(config.device)  # a launched run's processes: the main one copies, the others wait
         if state.is_main_process:
             _seed_checkpoint(Path(args.resume), Path(config.output_dir))
-        state.wait_for_everyone()
+        barrier(state)
     out = train(config, resume=bool(args.resume), init=args.init)
-    from ..process_group import process_state
+    from ..process_group import barrier, process_state
 
     if process_state(config.device).is_main_process:
         print(f"trained to step {config.max_steps}: {out} (pipeline: {out / 'pipeline'})")

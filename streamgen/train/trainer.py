@@ -43,7 +43,7 @@ from .config import TrainConfig
 from .data import CaptionEncoder, ClipSource
 from . import teacher_forcing
 from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, find_state, load_state, save_state
-from ..process_group import process_state, use_cpu
+from ..process_group import barrier, process_state, use_cpu
 from .distributed import rows
 from .positions import StreamPositions
 
@@ -476,7 +476,7 @@ class Trainer:
         self.save_checkpoint()
         if self.step >= cfg.max_steps:
             self.evaluate()
-        acc.wait_for_everyone()
+        barrier(acc)
         return self.out
 
     # ---- eval / export ----------------------------------------------------------------------------------------
@@ -544,7 +544,7 @@ class Trainer:
             if self.config.progress:
                 shown = {k: record[k] for k in ("single_accuracy", "continuation") if k in record}
                 print(f"[eval step {self.step}] {json.dumps(shown)}", flush=True)
-        acc.wait_for_everyone()
+        barrier(acc)
         return record
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
@@ -552,7 +552,7 @@ class Trainer:
         """Overwrite OUT/checkpoint/state.safetensors atomically: model, EMA, optimizer, LR schedule, step, RNG
         states (:mod:`streamgen.train.checkpoint`: no pickle). A legacy state.pt it supersedes is removed."""
         acc = self.accelerator
-        acc.wait_for_everyone()
+        barrier(acc)
         path = self.out / CHECKPOINT / STATE_FILE
         if acc.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -571,7 +571,7 @@ class Trainer:
             }
             save_state(state, path)
             (path.parent / LEGACY_STATE_FILE).unlink(missing_ok=True)  # older than the file just written
-        acc.wait_for_everyone()
+        barrier(acc)
         return path
 
     def _load(self, path: Path) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..geometry import GeometricMemory
+from ..process_group import barrier
 from ..models.anchor_weave import AnchorWeaveController, anchor_inputs, pose_features
 from ..models.camera import chunk_relative_poses, chunk_relative_rays
 from ..world.camera import default_intrinsics
@@ -348,7 +349,7 @@ class WeaveTrainer(AcceleratedRun):
     def save(self) -> None:
         """The training state (OUT/checkpoint/state.safetensors) and the export, by the main process."""
         acc = self.accelerator
-        self._wait_for_everyone()
+        barrier(self.accelerator)
         if acc.is_main_process:
             folder = self.out / CHECKPOINT
             folder.mkdir(parents=True, exist_ok=True)
@@ -358,7 +359,7 @@ class WeaveTrainer(AcceleratedRun):
                         "numpy_rng": None, "python_rng": None, "processes": acc.num_processes},
                        folder / STATE_FILE)
             self.export(self.out / "pipeline")
-        self._wait_for_everyone()
+        barrier(self.accelerator)
 
     def _load(self, state: dict) -> None:
         self.controller.load_state_dict(state["model"])

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ...process_group import barrier
 from .harness import Layout
 from .report import markdown_table, merged_runs
 from .run import check_suites, run_quality, run_quality_compare, source_for
@@ -146,7 +147,7 @@ def cmd_bench_quality(args) -> int:
     if state is not None:  # launched on several processes: (preset, suite) jobs shared out, merged on the main one
         sharded = _sharded(state, args, pipeline, suites, options, log)
         if sharded is None:
-            state.wait_for_everyone()  # stay in the group until the main process has written the result
+            barrier(state)  # stay in the group until the main process has written the result
             return 0
         result, table = sharded
     elif args.compare:
@@ -181,5 +182,5 @@ def cmd_bench_quality(args) -> int:
     if state is not None:
         # The processes leave together: one that exits first closes its gloo connections under a process still
         # working, which can abort it (seen: SIGABRT in 1 of ~10 launches).
-        state.wait_for_everyone()
+        barrier(state)
     return 0
