@@ -155,7 +155,7 @@ class TrainConfig:
     eval_quality: bool = True  # run the oracle (bench quality, suite single) at each eval
     eval_videos: int = 16  # held-out captions per eval, eval_chunks chunks each
     eval_chunks: int = 4
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # 0: none but the last
     seed: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
     device: str | None = None  # None: accelerate's choice; "cpu" forces the CPU
@@ -165,7 +165,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         for name, least in (("chunk_frames", 1), ("batch_size", 1), ("max_steps", 0), ("log_every", 1),
-                            ("eval_every", 0), ("eval_videos", 1), ("eval_chunks", 1), ("checkpoint_every", 1)):
+                            ("eval_every", 0), ("eval_videos", 1), ("eval_chunks", 1), ("checkpoint_every", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
