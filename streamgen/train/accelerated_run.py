@@ -1,6 +1,7 @@
-"""What a trainer's processes share under accelerate (the camera and weave trainers): the process group and its
-device, each rank's share of a step's batch, the checkpoint a run may resume, the loss logged over all
-ranks, and the log cut back to the checkpoint. The main trainer (:mod:`streamgen.train.trainer`) keeps its own.
+"""What a trainer's processes share under accelerate: :func:`start_run` (the process group and its device, each
+rank's share of a step's batch, the checkpoint a run may resume), which every trainer joins its run through, and for
+the camera and weave trainers :class:`AcceleratedRun` (the loss logged over all ranks, the log cut back to the
+checkpoint, one clipped optimizer step).
 """
 
 from __future__ import annotations
@@ -13,10 +14,30 @@ import numpy as np
 import torch
 
 from ..process_group import process_state, use_cpu
-from .checkpoint import find_state, load_state
-from .trainer import CHECKPOINT
+from .checkpoint import CHECKPOINT, find_state, load_state
 
-__all__ = ["AcceleratedRun"]
+__all__ = ["AcceleratedRun", "start_run"]
+
+
+def start_run(out: Path, *, device: str | None, batch_size: int, threads: int | None, resume: bool,
+              **accelerator_options):
+    """Join a training run as one process, or one of a launched run's (torchrun / accelerate launch: gloo on CPUs,
+    NCCL on GPUs): (the Accelerator, this rank's share of the batch as (rank, processes), the checkpoint's state file
+    to resume from or None). ``batch_size`` is one optimizer step's over every process; a checkpoint already in
+    ``out`` is refused unless ``resume``."""
+    from accelerate import Accelerator
+
+    process_state(device)
+    acc = Accelerator(cpu=use_cpu(device), **accelerator_options)
+    if threads:
+        torch.set_num_threads(threads)
+    if batch_size % acc.num_processes:
+        raise ValueError(f"batch_size {batch_size} (one optimizer step's, over all processes) must be a multiple of "
+                         f"the {acc.num_processes} processes")
+    path = find_state(out / CHECKPOINT)
+    if path is not None and not resume:
+        raise ValueError(f"{out} already holds a checkpoint: pass --resume to continue it, or another --out")
+    return acc, (acc.process_index, acc.num_processes), path if resume else None
 
 
 class AcceleratedRun:
@@ -27,23 +48,12 @@ class AcceleratedRun:
     out: Path
 
     def _start(self, config, resume: bool) -> dict | None:
-        """One process, or one of a launched run's (gloo on CPUs, NCCL on GPUs): the accelerator, this rank's share
-        of the batch (``self.shard`` = (rank, processes)), and the checkpoint's state when resuming (else None).
-        Mixed precision stays "no" in accelerate (its state is one per process, shared with every Accelerator built
-        in it): a trainer's forward autocasts itself."""
-        from accelerate import Accelerator
-
-        process_state(config.device)
-        self.accelerator = acc = Accelerator(mixed_precision="no", cpu=use_cpu(config.device))
-        torch.set_num_threads(config.threads)
-        if config.batch_size % acc.num_processes:
-            raise ValueError(f"batch_size {config.batch_size} (one optimizer step's, over all processes) must be a "
-                             f"multiple of the {acc.num_processes} processes")
-        self.shard = (acc.process_index, acc.num_processes)
-        path = find_state(self.out / CHECKPOINT)
-        if path is not None and not resume:
-            raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it, or another --out")
-        return load_state(path) if resume and path is not None else None
+        """Join the run (:func:`start_run`) and return the checkpoint's state when resuming (else None). Mixed
+        precision stays "no" in accelerate (its state is one per process, shared with every Accelerator built in it):
+        a trainer's forward autocasts itself."""
+        self.accelerator, self.shard, path = start_run(self.out, device=config.device, batch_size=config.batch_size,
+                                                       threads=config.threads, resume=resume, mixed_precision="no")
+        return load_state(path) if path is not None else None
 
     def _begin_run(self) -> None:
         """The main process writes OUT/config.json and cuts the log back to the step the run goes on from."""

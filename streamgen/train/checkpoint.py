@@ -24,6 +24,7 @@ import torch
 
 from ..safe_load import UnsafeFileError, short_reason, torch_load
 
+CHECKPOINT = "checkpoint"  # a run's folder of its resumable state
 STATE_FILE = "state.safetensors"
 LEGACY_STATE_FILE = "state.pt"
 FORMAT = "streamgen-train-state"

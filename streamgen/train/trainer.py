@@ -42,13 +42,13 @@ from ..sampling import shift_sigma
 from .config import TrainConfig
 from .data import CaptionEncoder, ClipSource
 from . import teacher_forcing
-from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, find_state, load_state, save_state
-from ..process_group import barrier, process_state, use_cpu
+from .accelerated_run import start_run
+from .checkpoint import CHECKPOINT, LEGACY_STATE_FILE, STATE_FILE, load_state, save_state
+from ..process_group import barrier
 from .distributed import rows
 from .positions import StreamPositions
 
 SIGMA_BINS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0001)
-CHECKPOINT = "checkpoint"
 
 
 def build_transformer(config: TrainConfig) -> CausalWanTransformer3DModel:
@@ -198,28 +198,17 @@ class Trainer:
     """``Trainer(config).run()`` trains, logs, checkpoints, evaluates and exports into ``config.output_dir``."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, text=None, init: str | Path | None = None):
-        from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration
 
         from ..text_encoders import load_packaged_text_encoder
 
         self.config = config.validate()
         self.out = Path(config.output_dir)
-        # One process, or one of a launched run's (torchrun / accelerate launch: gloo on CPUs, NCCL on GPUs). The
-        # config's batch_size is the whole step's (split_batches: the LR schedule steps once per optimizer step).
-        process_state(config.device)
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=use_cpu(config.device),
-                                       dataloader_config=DataLoaderConfiguration(split_batches=True))
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
+        # The config's batch_size is the whole step's (split_batches: the LR schedule steps once per optimizer step).
+        self.accelerator, self.shard, ckpt = start_run(
+            self.out, device=config.device, batch_size=config.batch_size, threads=config.torch_threads, resume=resume,
+            mixed_precision=config.mixed_precision, dataloader_config=DataLoaderConfiguration(split_batches=True))
         acc = self.accelerator
-        if config.batch_size % acc.num_processes:
-            raise ValueError(f"batch_size {config.batch_size} (one optimizer step's, over all processes) must be a "
-                             f"multiple of the {acc.num_processes} processes")
-        self.shard = (acc.process_index, acc.num_processes)
-        ckpt = find_state(self.out / CHECKPOINT)
-        if ckpt is not None and not resume:
-            raise ValueError(f"{self.out} already holds a checkpoint: pass --resume to continue it, or another --out")
 
         torch.manual_seed(config.seed)
         self.transformer = build_transformer(config)
@@ -239,7 +228,7 @@ class Trainer:
         # One random stream for the whole batch, the same in every process (each keeps its rows of every draw).
         self.generator = torch.Generator().manual_seed(config.seed * 1_000_003)
         self.step = 0
-        if resume and ckpt is not None:
+        if ckpt is not None:
             self._load(ckpt)
         elif init is not None:
             self._init_from(Path(init))
