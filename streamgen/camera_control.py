@@ -201,6 +201,7 @@ class StreamCamera:
             self.retrieval, self.k = track.retrieval, track.anchors
             self.latent_camera = track.intrinsics.scaled(latent_width / track.intrinsics.width)
             self._remembered = -1  # frames up to this one are in the memory
+        self.retrieved: list[int] = []  # the stream frames the latest retrieval picked (none for a fused cloud)
 
     def move(self, step: torch.Tensor) -> None:
         """Move by ``step`` [4, 4] (see :func:`camera_step`) per frame from the next chunk on, past the track."""
@@ -300,8 +301,11 @@ class StreamCamera:
         return tuple(t[None].to(device) for t in (anchors, holes, anchor_poses, pose_features(relative, unit)))
 
     def _retrieve(self, poses: torch.Tensor) -> list[int]:
-        """Pool indices of the frames the track's retrieval picks for target cameras ``poses``."""
-        return self.memory.retrieve(poses, self.latent_camera, self.k, self.retrieval) if len(self.memory) else []
+        """Pool indices of the frames the track's retrieval picks for target cameras ``poses`` (their stream frames
+        are kept in :attr:`retrieved`)."""
+        picked = self.memory.retrieve(poses, self.latent_camera, self.k, self.retrieval) if len(self.memory) else []
+        self.retrieved = [self.memory.frames[i].time for i in picked]
+        return picked
 
     def _hold_retrieved(self, frames: list[int]) -> None:
         """Context-as-memory: hold the K/V of the memory frames that best cover ``frames``' cameras in the cache's

@@ -58,6 +58,12 @@ def test_the_model_revisit_runs_a_camera_model_through_every_memory():
     assert all(r.fps > 0 and r.objects_expected >= 2 for r in rows)
     assert rows[0].memory_bytes > rows[1].memory_bytes > 0  # a pool of 32 against the 4 newest
     assert "| straight, 2 chunks away | coverage |" in format_model_table(rows)
+    # which frames the scored chunk's anchors came from: back over the place, coverage takes the first frame and the
+    # true frames the chunk retraces (9 true frames, 2 chunks of 3 away and back: frames 21..23 retrace 8..6); with
+    # no long memory, the 4 frames just before the chunk
+    straight, no_memory = rows[0].anchor_frames, rows[1].anchor_frames
+    assert len(straight) == 1 and 0 in straight[0] and {6, 8} <= set(straight[0]) and max(straight[0]) < 9
+    assert no_memory == [[17, 18, 19, 20]]
 
 
 def test_revisit_flights_come_back_over_seen_ground():

@@ -28,7 +28,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -201,6 +201,8 @@ class ModelRevisitRow:
     objects_expected: int
     fps: float  # generated frames per second over the whole flight
     memory_bytes: int
+    anchor_frames: list[list[int]] = field(default_factory=list)  # per flight: the frames the scored chunk's anchors
+    # came from (0 .. context - 1 are the true frames; empty for the fused cloud)
 
 
 def _place_start(world, rng, path, scored: slice, min_objects: int, attempts: int = 200):
@@ -303,7 +305,7 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
     rows = []
     for flight_kind, n_away in cases:
         for name in memories:
-            psnrs, found, expected, frames, seconds, nbytes = [], 0, 0, 0, 0.0, 0
+            psnrs, found, expected, frames, seconds, nbytes, picks = [], 0, 0, 0, 0.0, 0, []
             for trial in range(trials):
                 world, flight = _model_flight(trial, context, chunk, flight_kind, n_away)
                 track = _model_track(name, flight.intrinsics, flight.poses, weave, controller_every)
@@ -315,6 +317,7 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
                 seconds += time.perf_counter() - began
                 frames += len(video)
                 nbytes = stream.engine.camera.memory.nbytes
+                picks.append(sorted(stream.engine.camera.retrieved))  # the last retrieval: the scored chunk's
                 seen = set()
                 for j in range(len(flight) - chunk):
                     seen |= {o.index for o in visible_objects(world, flight.poses[j], flight.times[j], camera)}
@@ -326,7 +329,7 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
                     score = match_view(read_view(generated, world.background)[1], objects)
                     found, expected = found + score.found, expected + score.expected
             rows.append(ModelRevisitRow(name, flight_kind, n_away, float(np.mean(psnrs)), found / max(expected, 1),
-                                        expected, frames / seconds, nbytes))
+                                        expected, frames / seconds, nbytes, picks))
     return rows
 
 
