@@ -20,18 +20,24 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _depth_note(args) -> str:
+    return f"; depth off by a per-frame scale error, sigma {args.depth_error:g}" if args.depth_error else ""
+
+
 def cmd_revisit(args) -> int:
+    from ..geometry.depth_error import DepthScaleError
     from .revisit import METHODS, format_table, run_revisit, write_json
 
+    DepthScaleError(args.depth_error)  # a bad sigma is refused before anything runs
     if args.pipeline is not None:
         return _model_revisit(args)
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     if not 1 <= args.trials <= 1000 or not 2 <= args.capacity <= 4096 or not 1 <= args.k <= 16:
         raise ValueError("--trials must be 1..1000, --capacity 2..4096 and --k 1..16")
     rows = run_revisit(away=_int_list(args.away), trials=args.trials, capacity=args.capacity, k=args.k,
-                       methods=methods, seed=args.seed)
+                       methods=methods, seed=args.seed, depth_error=args.depth_error)
     print("memory only: the pool holds the true frames, each revisit view is rebuilt from its anchors alone "
-          f"({args.trials} flights per row, pool {args.capacity} frames, k={args.k})")
+          f"({args.trials} flights per row, pool {args.capacity} frames, k={args.k}{_depth_note(args)})")
     print(format_table(rows))
     if args.json:
         write_json(rows, args.json)
@@ -62,12 +68,13 @@ def _model_revisit(args) -> int:
     if args.weave == "encoder" and (pipe.camera_encoder is None or not pipe.camera_encoder.takes_anchors):
         raise ValueError(f"{args.pipeline}: the revisit with a model needs a camera model that takes anchors")
     rows = run_model_revisit(pipe, away=away, trials=args.trials, memories=memories, cache=args.cache,
-                             seed=args.seed, weave=args.weave, controller_every=args.controller_every)
+                             seed=args.seed, weave=args.weave, controller_every=args.controller_every,
+                             depth_error=args.depth_error)
     every = f", run every {args.controller_every} passes" if args.weave == "controller" else ""
     print(f"revisit with {args.pipeline} (memory through the {args.weave}{every}): 9 true frames of a place, then the model flies on under the camera; the "
           "last chunk, back over ground the flight has seen, is scored against the true frames "
           f"({args.trials} held-out flights per row; straight: away N chunks and back; two-pass: the place's band "
-          "between two parallel passes)")
+          f"between two parallel passes{_depth_note(args)})")
     print(format_model_table(rows))
     result = {"rows": [dataclasses.asdict(r) for r in rows]}
     if args.speed:
@@ -146,6 +153,9 @@ def register_cli(bench) -> None:
     p.add_argument("--k", type=int, default=4, help="anchors per chunk, the first frame included (default: 4)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHOD_NAMES)} (with --pipeline: of "
                    f"{','.join(MODEL_MEMORY_NAMES)}; default: all)")
+    p.add_argument("--depth-error", type=float, default=0.0, metavar="SIGMA",
+                   help="the memory's depth is the true depth times a per-frame scale error exp(N(0, SIGMA)), as a "
+                        "monocular estimator's would be (default 0: exact)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows here")
     p.set_defaults(func=cmd_revisit)

@@ -1,8 +1,9 @@
 """Camera geometry for camera-controlled streams: pinhole cameras, poses, Plücker rays, z-buffered reprojection of a
 frame with depth into another camera, and local geometric memory (a bounded pool of posed frames with
 coverage-driven retrieval). General pinhole geometry, so the same code serves the camera world's exact depth and
-estimated depth of real footage."""
+estimated depth of real footage (whose per-frame scale error :class:`DepthScaleError` models)."""
 
+from .depth_error import DepthScaleError
 from .memory import RETRIEVAL_METHODS, Anchors, GeometricMemory, MemoryFrame
 from .pinhole import Intrinsics, in_view, invert_pose, pixel_centres, plucker_rays, project, ray_directions, unproject
 from .retrieval import best_coverage, greedy_coverage, most_recent, top_k, union_size
@@ -12,4 +13,4 @@ __all__ = ["Intrinsics", "invert_pose", "pixel_centres", "unproject", "project",
            "plucker_rays",
            "Splat", "splat", "reproject", "token_holes", "psnr",
            "greedy_coverage", "best_coverage", "top_k", "most_recent", "union_size",
-           "MemoryFrame", "GeometricMemory", "Anchors", "RETRIEVAL_METHODS"]
+           "MemoryFrame", "GeometricMemory", "Anchors", "RETRIEVAL_METHODS", "DepthScaleError"]
