@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .geometry import RETRIEVAL_METHODS, GeometricMemory, Intrinsics
 from .models.anchor_weave import AnchorWeaveController, anchor_inputs, pose_features
@@ -87,8 +88,10 @@ class CameraTrack:
     """The camera of a stream: one pinhole camera and a camera_to_world pose per latent frame, from the stream's
     first frame (an init clip's first) on. ``pipe.stream(prompt, camera=CameraTrack(...))``.
 
-    For an encoder that takes anchors, the stream keeps a local geometric memory of its frames: ``depth_fn(pose,
-    camera)`` gives each frame's depth (the camera world's exact ground depth, or an estimator's), ``memory_frames``
+    For an encoder that takes anchors, the stream keeps a local geometric memory of its frames, each with its depth:
+    ``depth_fn(pose, camera)`` where the scene's depth is known from the pose (the camera world's exact ground), or
+    ``depth_estimator(image, camera)`` where it must be estimated from the frame (real footage: ``image`` the decoded
+    frame, uint8 [H, W, 3], ``camera`` the track's intrinsics; it returns depth [H, W]), ``memory_frames``
     bounds the pool, and each frame's anchor is the composite of the ``anchors`` frames ``retrieval`` picks
     (``coverage``, ``greedy``, ``fov`` or ``recency``; see :class:`~streamgen.geometry.GeometricMemory`), or with
     ``retrieval="fused"`` the whole pool fused into one point cloud and rendered there (``anchors`` unused).
@@ -111,9 +114,13 @@ class CameraTrack:
     eviction: str = "redundancy"  # which frame a full pool drops: the one its neighbours cover best, or the oldest
     weave: str = "encoder"
     controller_every: int = 1  # weave="controller": run it every this many passes of a chunk, reusing it between
+    depth_estimator: Callable[[torch.Tensor, Intrinsics], torch.Tensor] | None = None
 
     def __post_init__(self):
         self.poses = check_poses(self.poses, "camera poses")
+        if self.depth_fn is not None and self.depth_estimator is not None:
+            raise ValueError("give a CameraTrack depth_fn (depth from the pose) or depth_estimator (from the frame), "
+                             "not both")
         if self.weave not in WEAVES:
             raise ValueError(f"weave must be one of {', '.join(WEAVES)}, got {self.weave!r}")
         if not 1 <= self.controller_every <= 1000:
@@ -174,7 +181,7 @@ class StreamCamera:
 
     def __init__(self, encoder: CameraEncoder | None, track: CameraTrack, *, chunk_frames: int, latent_height: int,
                  latent_width: int, keep: int, latents_of: Callable[[list[int]], torch.Tensor] | None = None,
-                 controller: AnchorWeaveController | None = None, cache=None):
+                 controller: AnchorWeaveController | None = None, cache=None, temporal_compression: int = 1):
         self.encoder, self.controller, self.intrinsics = encoder, controller, track.intrinsics
         self.weave, self.cache = track.weave, cache
         self.chunk_frames, self.latent_hw = chunk_frames, (latent_height, latent_width)
@@ -188,20 +195,50 @@ class StreamCamera:
         self.controller_every = track.controller_every
         self._passes, self._last_residuals = 0, None
         self.memory, self.latents_of, self.depth_fn = None, latents_of, track.depth_fn
+        self.depth_estimator, self.temporal_compression = track.depth_estimator, temporal_compression
+        self._pictures: dict[int, torch.Tensor] = {}  # decoded frames awaiting the memory (for depth_estimator)
         if self.weave == "context" and (cache is None or RETRIEVED_REGION not in
                                         [r.name for r in cache.layout.regions if r.external] or cache.keys_roped):
             raise ValueError(f"weave='context' needs a cache preset with an external {RETRIEVED_REGION!r} region and "
                              "un-roped keys (camera-context)")
         if self.weave != "encoder" or (encoder is not None and encoder.takes_anchors):
-            if track.depth_fn is None or latents_of is None:
+            if (track.depth_fn is None and track.depth_estimator is None) or latents_of is None:
                 raise ValueError("this camera model weaves in a geometric memory: give the CameraTrack a depth_fn "
-                                 "(pose, intrinsics) -> depth")
+                                 "(pose, intrinsics) -> depth or a depth_estimator (image, intrinsics) -> depth")
             self.memory = GeometricMemory(track.memory_frames, keep_first=track.keep_first,
                                           coverage_scale=track.coverage_scale, eviction=track.eviction)
             self.retrieval, self.k = track.retrieval, track.anchors
             self.latent_camera = track.intrinsics.scaled(latent_width / track.intrinsics.width)
             self._remembered = -1  # frames up to this one are in the memory
         self.retrieved: list[int] = []  # the stream frames the latest retrieval picked (none for a fused cloud)
+
+    def observe(self, first: int, count: int, video: torch.Tensor) -> None:
+        """The decoded video [B, 3, F, H, W] in [-1, 1] of latent frames first .. first + count - 1: with a
+        ``depth_estimator``, each frame's picture (the last video frame its latent decodes to) is kept until the
+        memory takes the frame in and estimates its depth."""
+        if self.memory is None or self.depth_estimator is None:
+            return
+        from .decoding import to_uint8_frames
+
+        frames = video.shape[2]
+        for i in range(count):
+            picture = video[:1, :, frames - (count - 1 - i) * self.temporal_compression - 1, None]
+            self._pictures[first + i] = torch.from_numpy(to_uint8_frames(picture)[0, 0])
+
+    def _depth(self, frame: int, pose: torch.Tensor) -> torch.Tensor:
+        """Frame ``frame``'s depth at the memory's grid: from its pose (``depth_fn``), or estimated from its decoded
+        picture (``depth_estimator``, at the track's resolution, area-averaged to the grid)."""
+        if self.depth_estimator is None:
+            return self.depth_fn(pose, self.latent_camera)
+        picture = self._pictures.pop(frame, None)
+        if picture is None:
+            raise RuntimeError(f"frame {frame}: no decoded picture to estimate its depth from")
+        depth = torch.as_tensor(self.depth_estimator(picture, self.intrinsics))
+        size = (self.intrinsics.height, self.intrinsics.width)
+        if tuple(depth.shape) != size or not bool(torch.isfinite(depth).all()) or not bool((depth > 0).all()):
+            raise ValueError(f"depth_estimator: frame {frame}'s depth must be finite and positive, {size[0]}x{size[1]} "
+                             f"(H, W); got {tuple(depth.shape)}")
+        return F.interpolate(depth[None, None].float(), size=self.latent_hw, mode="area")[0, 0]
 
     def move(self, step: torch.Tensor) -> None:
         """Move by ``step`` [4, 4] (see :func:`camera_step`) per frame from the next chunk on, past the track."""
@@ -330,7 +367,7 @@ class StreamCamera:
             latents = self.latents_of(missing)[0]  # [C, n, h, w] of the stream's first video
             for i, frame in enumerate(missing):
                 pose = self.pose(frame)
-                depth = self.depth_fn(pose, self.latent_camera)
+                depth = self._depth(frame, pose)
                 payload = None
                 if self.weave == "context":  # the frame's K/V as written, kept with it while the pool keeps it
                     kv = self.cache.frame_kv(frame)

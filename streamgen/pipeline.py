@@ -243,6 +243,8 @@ class VideoStream:
                 "stream stops (check the weights, dtype and inputs)"
             )
         chunk = StreamChunk(self._chunks, self.engine.frame - size, x0, self.decoder.decode(x0), self.prompt)
+        if self.engine.camera is not None:
+            self.engine.camera.observe(chunk.latent_start, size, chunk.video)
         self._chunks += 1
         self._generating = False
         if self.callback_on_chunk_end is not None:
@@ -252,8 +254,10 @@ class VideoStream:
     def _continue_from(self, context: torch.Tensor) -> None:
         """Write the init picture / clip into the cache as clean context and prime the decoder with it, so the
         first generated chunk continues it (a causal VAE's decoder then yields 4f frames per chunk, not 1+4(f-1))."""
+        video = self.decoder.decode(context)
+        if self.engine.camera is not None:  # before the prefill: its later chunks remember the earlier ones
+            self.engine.camera.observe(self.engine.frame, context.shape[2], video)
         self.engine.prefill(context)
-        self.decoder.decode(context)
 
     def _apply_prompt_changes(self, start: int) -> None:
         if self._next_segment < len(self.plan) and self.plan[self._next_segment].start == start:
@@ -668,7 +672,8 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
         latent_h, latent_w = engine.latent_hw
         return StreamCamera(encoder, camera, chunk_frames=self.config.chunk_frames, latent_height=latent_h,
                             latent_width=latent_w, keep=engine.history.capacity + self.config.chunk_frames,
-                            latents_of=engine.history.get, controller=controller, cache=engine.cache)
+                            latents_of=engine.history.get, controller=controller, cache=engine.cache,
+                            temporal_compression=self.vae_scale_factor_temporal)
 
     def resume(
         self, path: str | Path, *, cache: str | CachePreset | None = None,
