@@ -235,9 +235,9 @@ class StreamCamera:
             raise RuntimeError(f"frame {frame}: no decoded picture to estimate its depth from")
         depth = torch.as_tensor(self.depth_estimator(picture, self.intrinsics))
         size = (self.intrinsics.height, self.intrinsics.width)
-        if tuple(depth.shape) != size or not bool(torch.isfinite(depth).all()) or not bool((depth > 0).all()):
-            raise ValueError(f"depth_estimator: frame {frame}'s depth must be finite and positive, {size[0]}x{size[1]} "
-                             f"(H, W); got {tuple(depth.shape)}")
+        if tuple(depth.shape) != size or not bool((depth > 0).all()):  # NaN fails too; inf: nothing there (sky)
+            raise ValueError(f"depth_estimator: frame {frame}'s depth must be positive (inf where nothing is hit), "
+                             f"{size[0]}x{size[1]} (H, W); got {tuple(depth.shape)}")
         return F.interpolate(depth[None, None].float(), size=self.latent_hw, mode="area")[0, 0]
 
     def move(self, step: torch.Tensor) -> None:

@@ -59,10 +59,11 @@ def test_bad_estimates_and_both_depths_are_refused_in_one_line():
         CameraTrack(flight.intrinsics, flight.poses, depth_fn=ground_depth, depth_estimator=lambda i, c: None)
     pipe = anchored_pipeline()
     for bad, shape in ((lambda image, camera: torch.zeros(32, 32), "(32, 32)"),
+                       (lambda image, camera: torch.full((32, 32), float("nan")), "(32, 32)"),
                        (lambda image, camera: torch.ones(16, 16), "(16, 16)")):
         track = CameraTrack(flight.intrinsics, flight.poses, depth_estimator=bad)
         stream = pipe.stream(world.caption, video=flight.frames[:9], camera=track, num_frames=6)
-        with pytest.raises(ValueError, match=r"depth_estimator: frame 0's depth must be finite and positive, 32x32") \
-                as err:
+        with pytest.raises(ValueError, match=r"depth_estimator: frame 0's depth must be positive \(inf where nothing "
+                                             r"is hit\), 32x32") as err:
             next(stream)
         assert shape in str(err.value) and "\n" not in str(err.value)
