@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from ...process_group import barrier
 from .harness import Layout
 from .report import markdown_table, merged_runs
 from .run import check_suites, run_quality, run_quality_compare, source_for
@@ -123,6 +122,8 @@ def _sharded(state, args, pipe, suites, options, log) -> tuple[dict, str] | None
 
 
 def cmd_bench_quality(args) -> int:
+    from ...process_group import barrier  # here, not at the top: building the CLI's parser imports no torch
+
     if args.table:
         print(markdown_table(merged_runs(args.table)))
         return 0
