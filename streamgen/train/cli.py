@@ -111,7 +111,7 @@ def cmd_train(args) -> int:
             _seed_checkpoint(Path(args.resume), Path(config.output_dir))
         barrier(state)
     out = train(config, resume=bool(args.resume), init=args.init)
-    from ..process_group import barrier, process_state
+    from ..process_group import process_state
 
     if process_state(config.device).is_main_process:
         print(f"trained to step {config.max_steps}: {out} (pipeline: {out / 'pipeline'})")
