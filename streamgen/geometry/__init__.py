@@ -4,6 +4,7 @@ coverage-driven retrieval). General pinhole geometry, so the same code serves th
 estimated depth of real footage (whose per-frame scale error :class:`DepthScaleError` models)."""
 
 from .depth_error import DepthScaleError
+from .estimators import TransformersDepth
 from .memory import RETRIEVAL_METHODS, Anchors, GeometricMemory, MemoryFrame
 from .pinhole import Intrinsics, in_view, invert_pose, pixel_centres, plucker_rays, project, ray_directions, unproject
 from .retrieval import best_coverage, greedy_coverage, most_recent, top_k, union_size
@@ -13,4 +14,5 @@ __all__ = ["Intrinsics", "invert_pose", "pixel_centres", "unproject", "project",
            "plucker_rays",
            "Splat", "splat", "reproject", "token_holes", "psnr",
            "greedy_coverage", "best_coverage", "top_k", "most_recent", "union_size",
-           "MemoryFrame", "GeometricMemory", "Anchors", "RETRIEVAL_METHODS", "DepthScaleError"]
+           "MemoryFrame", "GeometricMemory", "Anchors", "RETRIEVAL_METHODS", "DepthScaleError",
+           "TransformersDepth"]
