@@ -119,7 +119,12 @@ def cmd_generate(args) -> int:
         if args.snapshot is not None:
             raise ValueError("--camera with --snapshot: a camera-controlled stream cannot be snapshotted yet")
         camera = CameraTrack.from_json(args.camera)
-        if camera.depth_fn is None:  # a camera file has no depth: an anchor model's memory takes the camera world's
+        if args.depth_model is not None:  # real footage: each frame's depth from a depth model
+            from .geometry.estimators import TransformersDepth
+
+            camera.depth_estimator = TransformersDepth(args.depth_model, output=args.depth_output,
+                                                       scale=args.depth_scale, device=args.device)
+        else:  # a camera file has no depth: an anchor model's memory takes the camera world's ground
             from .world.camera import ground_depth
 
             camera.depth_fn = ground_depth
@@ -129,6 +134,8 @@ def cmd_generate(args) -> int:
             args.cache = "camera-context"
     elif args.weave != "encoder":
         raise ValueError("--weave is for a camera stream: give --camera FILE")
+    elif args.depth_model is not None:
+        raise ValueError("--depth-model is for a camera stream: give --camera FILE")
     out = Path(args.out or DEFAULT_OUT)
     partial = check_output_path(out)
     with StopSignals() as stops:
@@ -167,7 +174,7 @@ def _resume_generate(args) -> int:
 
     given = [flag for flag, value in (("--prompt", args.prompt), ("--prompts", args.prompts), ("--cache", args.cache),
                                       ("--init-image", args.init_image), ("--init-video", args.init_video),
-                                      ("--camera", args.camera))
+                                      ("--camera", args.camera), ("--depth-model", args.depth_model))
              if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)}: a resumed run goes on with its snapshot's schedule and preset")
@@ -461,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --camera: how the geometric memory reaches the model: the camera encoder's anchors "
                           "(default), the pipeline's weaving controller, or the retrieved frames' K/V in the cache "
                           "(cache preset camera-context unless --cache names another)")
+    gen.add_argument("--depth-model", metavar="FOLDER",
+                     help="with --camera: the geometric memory's depth estimated from each frame by this transformers "
+                          "depth-estimation model (a local folder, safetensors; default: the camera world's ground)")
+    gen.add_argument("--depth-output", choices=("metric", "disparity"), default="metric",
+                     help="with --depth-model: its prediction is depth (default) or relative inverse depth")
+    gen.add_argument("--depth-scale", type=float, default=1.0,
+                     help="with --depth-model: depth = scale x prediction, or scale / prediction for disparity")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     gen.add_argument("--out", help=f"the video (default: {DEFAULT_OUT}; with --resume, the snapshot's run's)")

@@ -59,6 +59,25 @@ def test_a_stream_estimates_its_memorys_depth_with_the_model(dpt_folder):
     assert all(bool((d > 0).all()) for d in depths)
 
 
+def test_generate_estimates_a_camera_streams_depth_with_depth_model(dpt_folder, tmp_path, capsys):
+    from streamgen.cli import main
+    from streamgen.video_io import read_video
+
+    world, flight = frame()
+    anchored_pipeline().save_pretrained(tmp_path / "cam")
+    CameraTrack(flight.intrinsics, flight.poses).to_json(tmp_path / "cam.json")
+    args = ["generate", "--prompt", world.caption, "--frames", "6", "--pipeline", str(tmp_path / "cam")]
+    depth = ["--depth-model", str(dpt_folder), "--depth-output", "disparity", "--depth-scale", "48"]
+    assert main(args + ["--camera", str(tmp_path / "cam.json"), *depth, "--out", str(tmp_path / "a.mp4")]) == 0
+    assert len(read_video(str(tmp_path / "a.mp4"))) == 6
+    assert main(args + depth + ["--out", str(tmp_path / "b.mp4")]) == 2  # no --camera
+    assert main(args + ["--camera", str(tmp_path / "cam.json"), "--depth-model", str(tmp_path / "nothing"),
+                        "--out", str(tmp_path / "c.mp4")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "--depth-model is for a camera stream" in err[0] and "no such model folder" in err[1]
+    assert not (tmp_path / "b.mp4").exists() and not (tmp_path / "c.mp4").exists()
+
+
 def test_a_bad_folder_or_setting_is_refused_in_one_line(dpt_folder, tmp_path):
     (tmp_path / "pickled").mkdir()
     for name in ("config.json", "preprocessor_config.json"):
