@@ -115,6 +115,7 @@ class CameraTrack:
     weave: str = "encoder"
     controller_every: int = 1  # weave="controller": run it every this many passes of a chunk, reusing it between
     depth_estimator: Callable[[torch.Tensor, Intrinsics], torch.Tensor] | None = None
+    align_depth: bool = False  # rescale each remembered frame's depth to the pool's (GeometricMemory.align_depth)
 
     def __post_init__(self):
         self.poses = check_poses(self.poses, "camera poses")
@@ -206,7 +207,8 @@ class StreamCamera:
                 raise ValueError("this camera model weaves in a geometric memory: give the CameraTrack a depth_fn "
                                  "(pose, intrinsics) -> depth or a depth_estimator (image, intrinsics) -> depth")
             self.memory = GeometricMemory(track.memory_frames, keep_first=track.keep_first,
-                                          coverage_scale=track.coverage_scale, eviction=track.eviction)
+                                          coverage_scale=track.coverage_scale, eviction=track.eviction,
+                                          align_depth=track.align_depth)
             self.retrieval, self.k = track.retrieval, track.anchors
             self.latent_camera = track.intrinsics.scaled(latent_width / track.intrinsics.width)
             self._remembered = -1  # frames up to this one are in the memory

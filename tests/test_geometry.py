@@ -178,3 +178,28 @@ def test_greedy_coverage_skips_a_frame_that_adds_nothing_and_stops_when_nothing_
     # greedy takes the biggest first and is stuck with it; one swap finds the two that cover everything
     trap = torch.tensor([[0, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]], dtype=torch.bool)
     assert greedy_coverage(trap, 2) == [0, 1] and sorted(greedy_coverage(trap, 2, refine=True)) == [1, 2]
+
+
+def test_aligned_depth_gives_the_whole_pool_the_first_frames_scale():
+    from streamgen.geometry import DepthScaleError
+
+    world = sample_map(11)
+    flight = render_flight(world, pan(CameraState(90, 120), 2.0, 1.0, 10))
+    camera = default_intrinsics()
+    error = DepthScaleError(0.1, seed=4)
+    for align in (False, True):
+        memory = GeometricMemory(16, align_depth=align)
+        for i in range(len(flight)):
+            memory.add(torch.tensor(flight.frames[i]), flight.poses[i], camera, i,
+                       depth=error(torch.tensor(flight.depth[i])) if align else torch.tensor(flight.depth[i]))
+        ratios = torch.stack([(f.depth / torch.tensor(flight.depth[f.time])).flatten() for f in memory.frames])
+        if align:  # every frame at the first frame's (wrong) scale: one consistent world, not ten
+            first = float(ratios[0, 0])
+            assert abs(first - 1) > 0.01 and torch.allclose(ratios, torch.full_like(ratios, first), rtol=1e-5)
+        else:
+            assert torch.equal(ratios, torch.ones_like(ratios))
+    exact = GeometricMemory(4, align_depth=True)
+    exact.add(torch.tensor(flight.frames[0]), flight.poses[0], camera, 0, depth=torch.tensor(flight.depth[0]))
+    assert exact.scale_to_pool(torch.tensor(flight.depth[1]), flight.poses[1], camera) == pytest.approx(1, abs=1e-9)
+    far = CameraState(250, 250).camera_to_world()  # sees nothing the pool saw: left as it is
+    assert exact.scale_to_pool(torch.tensor(flight.depth[1]) * 3, far, camera) == 1.0

@@ -99,10 +99,13 @@ def _memory_flight(kind: str, rng: random.Random, n_away: int, chunk_frames: int
 def run_revisit(*, away: tuple[int, ...] = (4, 8, 16), flights: tuple[str, ...] = ("straight", "linger"),
                 trials: int = 8, chunk_frames: int = 3, prefill: int = 9, capacity: int = 32, k: int = 4,
                 speed: float = 2.0, height: float = 48.0, statics: int = 150, spacing: float = 20.0,
-                methods: tuple[str, ...] = METHODS, seed: int = 0, depth_error: float = 0.0) -> list[RevisitRow]:
+                methods: tuple[str, ...] = METHODS, seed: int = 0, depth_error: float = 0.0,
+                align_depth: bool = False) -> list[RevisitRow]:
     """Average each method over ``trials`` flights: straight ones per distance in ``away``, lingering ones
     ``away[len(away) // 2]`` chunks away. ``depth_error``: the memory's depth is the true depth times a per-frame
-    scale error (:class:`~streamgen.geometry.depth_error.DepthScaleError`, this sigma), as an estimator's would be."""
+    scale error (:class:`~streamgen.geometry.depth_error.DepthScaleError`, this sigma), as an estimator's would be;
+    ``align_depth``: the memory rescales each frame's depth to the pool's
+    (:attr:`~streamgen.geometry.GeometricMemory.align_depth`)."""
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown memory method {method!r}; choose from {', '.join(METHODS)}")
@@ -118,7 +121,8 @@ def run_revisit(*, away: tuple[int, ...] = (4, 8, 16), flights: tuple[str, ...] 
             out, back = _memory_flight(kind, rng, n_away, chunk_frames, prefill, speed, height)
             flight = render_flight(world, out)
             truth = render_flight(world, back, start_time=len(out))
-            memory, estimate = GeometricMemory(capacity), DepthScaleError(depth_error, seed * 1000 + trial)
+            memory = GeometricMemory(capacity, align_depth=align_depth)
+            estimate = DepthScaleError(depth_error, seed * 1000 + trial)
             for i in range(len(flight)):
                 memory.add(torch.tensor(flight.frames[i]), flight.poses[i], camera, i,
                            depth=estimate(torch.tensor(flight.depth[i])))
@@ -184,7 +188,7 @@ PLAIN_MODEL = "none, plain model"  # memory_speed's reference row when the memor
 
 
 def _model_track(memory: str, intrinsics, poses: torch.Tensor, weave: str, controller_every: int,
-                 depth_error: DepthScaleError | None = None):
+                 depth_error: DepthScaleError | None = None, align_depth: bool = False):
     """The camera track of memory option ``memory`` (:data:`MODEL_MEMORIES`), with the camera world's depth (times
     ``depth_error``'s scale errors when given)."""
     from ..camera_control import CameraTrack
@@ -193,7 +197,8 @@ def _model_track(memory: str, intrinsics, poses: torch.Tensor, weave: str, contr
     retrieval, pool, k, keep_first, eviction = MODEL_MEMORIES[memory]
     depth_fn = ground_depth if depth_error is None else depth_error.around(ground_depth)
     return CameraTrack(intrinsics, poses, depth_fn=depth_fn, memory_frames=pool, anchors=k, retrieval=retrieval,
-                       keep_first=keep_first, eviction=eviction, weave=weave, controller_every=controller_every)
+                       keep_first=keep_first, eviction=eviction, weave=weave, controller_every=controller_every,
+                       align_depth=align_depth)
 
 
 @dataclass
@@ -296,12 +301,13 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
                       flights: tuple[str, ...] = ("straight", "two-pass", "linger"),
                       trials: int = 8, context: int = 9, memories: tuple[str, ...] = tuple(MODEL_MEMORIES),
                       cache: str | None = None, seed: int = 0, weave: str = "encoder",
-                      controller_every: int = 1, depth_error: float = 0.0) -> list[ModelRevisitRow]:
+                      controller_every: int = 1, depth_error: float = 0.0,
+                      align_depth: bool = False) -> list[ModelRevisitRow]:
     """Per flight and memory option: the camera model continues the flight from the place's true frames; the last
     chunk, back over ground the flight has seen, is scored against the true frames there (PSNR; of the static
     objects wholly in view that some earlier frame showed wholly, the share found in place and colour). ``weave``:
     how the memory reaches the model (:attr:`streamgen.camera_control.CameraTrack.weave`; ``controller_every``, its
-    ``controller_every``); ``depth_error``, as in :func:`run_revisit`."""
+    ``controller_every``); ``depth_error`` and ``align_depth``, as in :func:`run_revisit`."""
     chunk = int(pipe.config.chunk_frames)
     camera = default_intrinsics()
     cases = [("straight", n) for n in away if "straight" in flights]
@@ -314,7 +320,8 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
             for trial in range(trials):
                 world, flight = _model_flight(trial, context, chunk, flight_kind, n_away)
                 estimate = DepthScaleError(depth_error, seed * 1000 + trial) if depth_error else None
-                track = _model_track(name, flight.intrinsics, flight.poses, weave, controller_every, estimate)
+                track = _model_track(name, flight.intrinsics, flight.poses, weave, controller_every, estimate,
+                                     align_depth)
                 began = time.perf_counter()
                 stream = pipe.stream(world.caption, video=flight.frames[:context], camera=track,
                                      num_frames=len(flight) - context, cache=cache,

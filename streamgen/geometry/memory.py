@@ -9,7 +9,10 @@ frame's redundancy is the share of its pixels' ground points inside the neighbou
 its neighbours change, so memory bytes are constant and the work per frame is bounded, however long the stream.
 
 Depth. Given per frame, or by a ``depth_fn(image, pose, intrinsics) -> depth [H, W]``: the camera world's exact
-depth, or a monocular estimator for real footage.
+depth, or a monocular estimator for real footage. An estimator's frames disagree in scale; ``align_depth`` (streamgen's,
+off for AnchorWeave's behaviour) rescales each new frame's depth to the newest remembered frame's: the median, over
+the pixels that frame's points reach, of their depth seen from the new camera over the new frame's own. The first
+frame's scale stays, so an error in it stays too, but one consistent scale for the whole pool.
 """
 
 from __future__ import annotations
@@ -83,10 +86,12 @@ class GeometricMemory:
     block of the memory frame's depth): a stream retrieves every chunk, and the pixel-exact coverage of a full pool
     costs about as much as the model's own chunk on a CPU; 1 is pixel-exact
     ``eviction``   "redundancy" (above) or "oldest" (a FIFO of the newest frames: no memory beyond them)
+    ``align_depth`` rescale each added frame's depth to the newest frame's (above)
     """
 
     def __init__(self, capacity: int, *, depth_fn: DepthFn | None = None, keep_first: bool = True,
-                 supersample: int = 2, coverage_scale: int = 1, eviction: str = "redundancy"):
+                 supersample: int = 2, coverage_scale: int = 1, eviction: str = "redundancy",
+                 align_depth: bool = False):
         if capacity < 2:
             raise ValueError(f"capacity must be at least 2 frames, got {capacity}")
         if coverage_scale < 1:
@@ -94,7 +99,7 @@ class GeometricMemory:
         if eviction not in EVICTIONS:
             raise ValueError(f"eviction must be one of {', '.join(EVICTIONS)}, got {eviction!r}")
         self.capacity, self.depth_fn, self.keep_first, self.supersample = capacity, depth_fn, keep_first, supersample
-        self.coverage_scale, self.eviction = coverage_scale, eviction
+        self.coverage_scale, self.eviction, self.align_depth = coverage_scale, eviction, align_depth
         self.frames: list[MemoryFrame] = []
 
     def __len__(self) -> int:
@@ -116,6 +121,8 @@ class GeometricMemory:
             if self.depth_fn is None:
                 raise ValueError("a frame without depth needs the memory's depth_fn")
             depth = self.depth_fn(image, pose, intrinsics)
+        if self.align_depth and self.frames:
+            depth = depth * self.scale_to_pool(depth, pose, intrinsics)
         frame = MemoryFrame(image.to(torch.float32), depth.to(torch.float32), intrinsics,
                             pose.to(torch.float64), int(time), payload)
         self.frames.append(frame)
@@ -124,6 +131,18 @@ class GeometricMemory:
         if len(self.frames) > self.capacity:
             self._evict()
         return frame
+
+    def scale_to_pool(self, depth: torch.Tensor, pose: torch.Tensor, intrinsics: Intrinsics) -> float:
+        """The factor that brings ``depth`` [H, W] of a frame seen from ``pose`` to the newest frame's scale: the
+        median ratio of that frame's depth, rendered at this camera, to this one, where both have a surface (1 where
+        none overlap)."""
+        newest = self.frames[-1]
+        seen = reproject(newest.image, newest.depth, newest.intrinsics, newest.pose, intrinsics,
+                         pose.to(torch.float64), supersample=1)
+        both = seen.covered & torch.isfinite(depth) & (depth > 0)
+        if not bool(both.any()):
+            return 1.0
+        return float((seen.depth[both].to(torch.float64) / depth[both].to(torch.float64)).median())
 
     @staticmethod
     def _inside(frame: MemoryFrame, by: MemoryFrame) -> torch.Tensor:
