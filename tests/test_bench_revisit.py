@@ -50,19 +50,35 @@ def test_estimated_depth_smears_the_fused_cloud_more_than_local_anchors():
 
 
 def test_depth_scale_error_is_seeded_and_sized_by_sigma():
-    from streamgen.geometry.depth_error import DepthScaleError
+    from streamgen.geometry.depth_error import DepthError
 
     depth = torch.full((4, 5), 48.0)
-    assert torch.equal(DepthScaleError(0.0)(depth), depth)
-    a, b = DepthScaleError(0.1, seed=3), DepthScaleError(0.1, seed=3)
+    assert torch.equal(DepthError(0.0)(depth), depth)
+    a, b = DepthError(0.1, seed=3), DepthError(0.1, seed=3)
     assert [a.scale() for _ in range(5)] == [b.scale() for _ in range(5)]
     logs = torch.tensor([math.log(a.scale()) for _ in range(4000)])
     assert abs(float(logs.std()) - 0.1) < 0.01 and abs(float(logs.mean())) < 0.01
-    scaled = DepthScaleError(0.1, seed=1).around(lambda pose, camera: depth)(None, None)
+    scaled = DepthError(0.1, seed=1).around(lambda pose, camera: depth)(None, None)
     assert scaled.shape == depth.shape and len(set(scaled.flatten().tolist())) == 1  # one factor per frame
     for bad in (-0.1, 2.0, float("nan")):
         with pytest.raises(ValueError, match="depth error sigma"):
-            DepthScaleError(bad)
+            DepthError(bad)
+        with pytest.raises(ValueError, match="depth error warp"):
+            DepthError(0.1, warp=bad)
+    with pytest.raises(ValueError, match="cells must be 2..64"):
+        DepthError(0.1, warp=0.1, cells=1)
+
+
+def test_a_depth_warp_bends_each_frame_smoothly_and_leaves_the_scales_as_they_were():
+    from streamgen.geometry.depth_error import DepthError
+
+    depth = torch.full((32, 32), 48.0)
+    plain, warped = DepthError(0.1, seed=5), DepthError(0.1, seed=5, warp=0.1)
+    for _ in range(3):
+        a, b = plain(depth), warped(depth)
+        assert len(set(a.flatten().tolist())) == 1  # a scale alone: one factor per frame
+        field = (b / a).log()  # what the warp added: smooth, zero-mean-ish, of about its sigma
+        assert 0.02 < float(field.std()) < 0.3 and float(field.diff(dim=0).abs().max()) < 0.1
 
 
 def test_the_command_refuses_bad_values_in_one_line(capsys):

@@ -181,12 +181,12 @@ def test_greedy_coverage_skips_a_frame_that_adds_nothing_and_stops_when_nothing_
 
 
 def test_aligned_depth_gives_the_whole_pool_the_first_frames_scale():
-    from streamgen.geometry import DepthScaleError
+    from streamgen.geometry import DepthError
 
     world = sample_map(11)
     flight = render_flight(world, pan(CameraState(90, 120), 2.0, 1.0, 10))
     camera = default_intrinsics()
-    error = DepthScaleError(0.1, seed=4)
+    error = DepthError(0.1, seed=4)
     for align in (False, True):
         memory = GeometricMemory(16, align_depth=align)
         for i in range(len(flight)):

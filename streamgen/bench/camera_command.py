@@ -22,21 +22,23 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _depth_note(args) -> str:
     note = f"; depth off by a per-frame scale error, sigma {args.depth_error:g}" if args.depth_error else ""
+    note += f"; depth warped within each frame, sigma {args.depth_warp:g}" if args.depth_warp else ""
     return note + ("; each frame's depth aligned to the pool's scale" if args.align_depth else "")
 
 
 def cmd_revisit(args) -> int:
-    from ..geometry.depth_error import DepthScaleError
+    from ..geometry.depth_error import DepthError
     from .revisit import METHODS, format_table, run_revisit, write_json
 
-    DepthScaleError(args.depth_error)  # a bad sigma is refused before anything runs
+    DepthError(args.depth_error, warp=args.depth_warp)  # a bad sigma is refused before anything runs
     if args.pipeline is not None:
         return _model_revisit(args)
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     if not 1 <= args.trials <= 1000 or not 2 <= args.capacity <= 4096 or not 1 <= args.k <= 16:
         raise ValueError("--trials must be 1..1000, --capacity 2..4096 and --k 1..16")
     rows = run_revisit(away=_int_list(args.away), trials=args.trials, capacity=args.capacity, k=args.k,
-                       methods=methods, seed=args.seed, depth_error=args.depth_error, align_depth=args.align_depth)
+                       methods=methods, seed=args.seed, depth_error=args.depth_error, depth_warp=args.depth_warp,
+                       align_depth=args.align_depth)
     print("memory only: the pool holds the true frames, each revisit view is rebuilt from its anchors alone "
           f"({args.trials} flights per row, pool {args.capacity} frames, k={args.k}{_depth_note(args)})")
     print(format_table(rows))
@@ -70,7 +72,7 @@ def _model_revisit(args) -> int:
         raise ValueError(f"{args.pipeline}: the revisit with a model needs a camera model that takes anchors")
     rows = run_model_revisit(pipe, away=away, trials=args.trials, memories=memories, cache=args.cache,
                              seed=args.seed, weave=args.weave, controller_every=args.controller_every,
-                             depth_error=args.depth_error, align_depth=args.align_depth)
+                             depth_error=args.depth_error, depth_warp=args.depth_warp, align_depth=args.align_depth)
     every = f", run every {args.controller_every} passes" if args.weave == "controller" else ""
     print(f"revisit with {args.pipeline} (memory through the {args.weave}{every}): 9 true frames of a place, then the model flies on under the camera; the "
           "last chunk, back over ground the flight has seen, is scored against the true frames "
@@ -157,6 +159,9 @@ def register_cli(bench) -> None:
     p.add_argument("--depth-error", type=float, default=0.0, metavar="SIGMA",
                    help="the memory's depth is the true depth times a per-frame scale error exp(N(0, SIGMA)), as a "
                         "monocular estimator's would be (default 0: exact)")
+    p.add_argument("--depth-warp", type=float, default=0.0, metavar="SIGMA",
+                   help="also warp each frame's depth within the frame by exp of a smooth N(0, SIGMA) field (4 x 4 "
+                        "cells, bilinear), an estimator's error no rescaling removes (default 0)")
     p.add_argument("--align-depth", action="store_true",
                    help="the memory rescales each frame's depth to the pool's scale as it takes the frame in "
                         "(streamgen's; AnchorWeave does not)")

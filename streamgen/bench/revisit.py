@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..geometry import GeometricMemory, psnr
-from ..geometry.depth_error import DepthScaleError
+from ..geometry.depth_error import DepthError
 from ..world.camera import (
     CameraState, default_intrinsics, map_seed, match_view, pan, read_view, render_flight, sample_map, visible_objects,
 )
@@ -100,10 +100,11 @@ def run_revisit(*, away: tuple[int, ...] = (4, 8, 16), flights: tuple[str, ...] 
                 trials: int = 8, chunk_frames: int = 3, prefill: int = 9, capacity: int = 32, k: int = 4,
                 speed: float = 2.0, height: float = 48.0, statics: int = 150, spacing: float = 20.0,
                 methods: tuple[str, ...] = METHODS, seed: int = 0, depth_error: float = 0.0,
-                align_depth: bool = False) -> list[RevisitRow]:
+                depth_warp: float = 0.0, align_depth: bool = False) -> list[RevisitRow]:
     """Average each method over ``trials`` flights: straight ones per distance in ``away``, lingering ones
     ``away[len(away) // 2]`` chunks away. ``depth_error``: the memory's depth is the true depth times a per-frame
-    scale error (:class:`~streamgen.geometry.depth_error.DepthScaleError`, this sigma), as an estimator's would be;
+    scale error (:class:`~streamgen.geometry.depth_error.DepthError`, this sigma) and ``depth_warp`` a smooth
+    distortion within each frame (its ``warp``), as an estimator's would be;
     ``align_depth``: the memory rescales each frame's depth to the pool's
     (:attr:`~streamgen.geometry.GeometricMemory.align_depth`)."""
     for method in methods:
@@ -122,7 +123,7 @@ def run_revisit(*, away: tuple[int, ...] = (4, 8, 16), flights: tuple[str, ...] 
             flight = render_flight(world, out)
             truth = render_flight(world, back, start_time=len(out))
             memory = GeometricMemory(capacity, align_depth=align_depth)
-            estimate = DepthScaleError(depth_error, seed * 1000 + trial)
+            estimate = DepthError(depth_error, seed * 1000 + trial, warp=depth_warp)
             for i in range(len(flight)):
                 memory.add(torch.tensor(flight.frames[i]), flight.poses[i], camera, i,
                            depth=estimate(torch.tensor(flight.depth[i])))
@@ -188,7 +189,7 @@ PLAIN_MODEL = "none, plain model"  # memory_speed's reference row when the memor
 
 
 def _model_track(memory: str, intrinsics, poses: torch.Tensor, weave: str, controller_every: int,
-                 depth_error: DepthScaleError | None = None, align_depth: bool = False):
+                 depth_error: DepthError | None = None, align_depth: bool = False):
     """The camera track of memory option ``memory`` (:data:`MODEL_MEMORIES`), with the camera world's depth (times
     ``depth_error``'s scale errors when given)."""
     from ..camera_control import CameraTrack
@@ -301,13 +302,13 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
                       flights: tuple[str, ...] = ("straight", "two-pass", "linger"),
                       trials: int = 8, context: int = 9, memories: tuple[str, ...] = tuple(MODEL_MEMORIES),
                       cache: str | None = None, seed: int = 0, weave: str = "encoder",
-                      controller_every: int = 1, depth_error: float = 0.0,
+                      controller_every: int = 1, depth_error: float = 0.0, depth_warp: float = 0.0,
                       align_depth: bool = False) -> list[ModelRevisitRow]:
     """Per flight and memory option: the camera model continues the flight from the place's true frames; the last
     chunk, back over ground the flight has seen, is scored against the true frames there (PSNR; of the static
     objects wholly in view that some earlier frame showed wholly, the share found in place and colour). ``weave``:
     how the memory reaches the model (:attr:`streamgen.camera_control.CameraTrack.weave`; ``controller_every``, its
-    ``controller_every``); ``depth_error`` and ``align_depth``, as in :func:`run_revisit`."""
+    ``controller_every``); ``depth_error``, ``depth_warp`` and ``align_depth``, as in :func:`run_revisit`."""
     chunk = int(pipe.config.chunk_frames)
     camera = default_intrinsics()
     cases = [("straight", n) for n in away if "straight" in flights]
@@ -319,7 +320,8 @@ def run_model_revisit(pipe, *, away: tuple[int, ...] = (8,),
             psnrs, found, expected, frames, seconds, nbytes, picks = [], 0, 0, 0, 0.0, 0, []
             for trial in range(trials):
                 world, flight = _model_flight(trial, context, chunk, flight_kind, n_away)
-                estimate = DepthScaleError(depth_error, seed * 1000 + trial) if depth_error else None
+                estimate = (DepthError(depth_error, seed * 1000 + trial, warp=depth_warp)
+                            if depth_error or depth_warp else None)
                 track = _model_track(name, flight.intrinsics, flight.poses, weave, controller_every, estimate,
                                      align_depth)
                 began = time.perf_counter()
