@@ -9,6 +9,8 @@ clean-latent history's frames and the next chunk's), so memory does not grow wit
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -169,6 +171,18 @@ class CameraTrack:
         except ValueError as err:
             raise ValueError(f"--camera {path}: {err}") from None
 
+    def settings(self) -> dict:
+        """This track as plain data (its poses by checksum, its depth by kind): what a snapshot of its stream
+        records, so that the stream resumes only with the same track."""
+        k = self.intrinsics
+        poses = self.poses.detach().cpu().contiguous()
+        depth = "depth_fn" if self.depth_fn is not None else "depth_estimator" if self.depth_estimator else None
+        return {"intrinsics": [k.fx, k.fy, k.cx, k.cy, k.width, k.height], "frames": len(poses),
+                "poses": hashlib.sha256(poses.numpy().tobytes()).hexdigest()[:16], "depth": depth,
+                "memory_frames": self.memory_frames, "anchors": self.anchors, "retrieval": self.retrieval,
+                "keep_first": self.keep_first, "coverage_scale": self.coverage_scale, "eviction": self.eviction,
+                "weave": self.weave, "controller_every": self.controller_every, "align_depth": self.align_depth}
+
     def to_json(self, path: str | Path) -> None:
         k = self.intrinsics
         Path(path).write_text(json.dumps({
@@ -195,8 +209,13 @@ class StreamCamera:
         self.weave_inputs: tuple | None = None  # the controller inputs of the run of frames being computed
         self.controller_every = track.controller_every
         self._passes, self._last_residuals = 0, None
-        self.memory, self.latents_of, self.depth_fn = None, latents_of, track.depth_fn
-        self.depth_estimator, self.temporal_compression = track.depth_estimator, temporal_compression
+        # The depth sources are behaviour the stream uses, not its state: as partials a snapshot leaves them to the
+        # stream it is resumed into (pipe.resume(path, camera=the same track)), whatever object they are.
+        self.memory, self.latents_of = None, latents_of
+        self.depth_fn = None if track.depth_fn is None else functools.partial(track.depth_fn)
+        self.depth_estimator = None if track.depth_estimator is None else functools.partial(track.depth_estimator)
+        self.temporal_compression = temporal_compression
+        self.track_settings = track.settings()  # what a snapshot records, so it resumes only with this track
         self._pictures: dict[int, torch.Tensor] = {}  # decoded frames awaiting the memory (for depth_estimator)
         if self.weave == "context" and (cache is None or RETRIEVED_REGION not in
                                         [r.name for r in cache.layout.regions if r.external] or cache.keys_roped):

@@ -112,30 +112,9 @@ def cmd_generate(args) -> int:
     for i, segment in enumerate(schedule.segments):
         check_prompt_length(segment.prompt, limit, "--prompt" if args.prompt is not None else f"{args.prompts}: "
                                                                                               f"segment {i}'s prompt")
-    camera = None
-    if args.camera is not None:
-        from .camera_control import CameraTrack
-
-        if args.snapshot is not None:
-            raise ValueError("--camera with --snapshot: a camera-controlled stream cannot be snapshotted yet")
-        camera = CameraTrack.from_json(args.camera)
-        if args.depth_model is not None:  # real footage: each frame's depth from a depth model
-            from .geometry.estimators import TransformersDepth
-
-            camera.depth_estimator = TransformersDepth(args.depth_model, output=args.depth_output,
-                                                       scale=args.depth_scale, device=args.device)
-        else:  # a camera file has no depth: an anchor model's memory takes the camera world's ground
-            from .world.camera import ground_depth
-
-            camera.depth_fn = ground_depth
-        camera.weave = args.weave
-        camera.__post_init__()  # re-checks the weave against the file's retrieval
-        if args.weave == "context" and args.cache is None:
-            args.cache = "camera-context"
-    elif args.weave != "encoder":
-        raise ValueError("--weave is for a camera stream: give --camera FILE")
-    elif args.depth_model is not None:
-        raise ValueError("--depth-model is for a camera stream: give --camera FILE")
+    camera = _camera_track(args)
+    if camera is not None and args.weave == "context" and args.cache is None:
+        args.cache = "camera-context"
     out = Path(args.out or DEFAULT_OUT)
     partial = check_output_path(out)
     with StopSignals() as stops:
@@ -166,15 +145,40 @@ def cmd_generate(args) -> int:
         return _write_stream(pipe, stream, out, partial, stops, snapshots)
 
 
+def _camera_track(args):
+    """The CameraTrack of ``--camera FILE`` with its ``--weave`` and depth (``--depth-model``, else the camera world's
+    ground), or None without ``--camera``."""
+    if args.camera is None:
+        if args.weave != "encoder" or args.depth_model is not None:
+            flag = "--weave" if args.weave != "encoder" else "--depth-model"
+            raise ValueError(f"{flag} is for a camera stream: give --camera FILE")
+        return None
+    from .camera_control import CameraTrack
+
+    camera = CameraTrack.from_json(args.camera)
+    if args.depth_model is not None:  # real footage: each frame's depth from a depth model
+        from .geometry.estimators import TransformersDepth
+
+        camera.depth_estimator = TransformersDepth(args.depth_model, output=args.depth_output, scale=args.depth_scale,
+                                                   device=args.device)
+    else:  # a camera file has no depth: an anchor model's memory takes the camera world's ground
+        from .world.camera import ground_depth
+
+        camera.depth_fn = ground_depth
+    camera.weave = args.weave
+    camera.__post_init__()  # re-checks the weave against the file's retrieval
+    return camera
+
+
 def _resume_generate(args) -> int:
-    """``generate --resume DIR``: go on from the run's snapshot, keeping the video's frames up to it."""
+    """``generate --resume DIR``: go on from the run's snapshot, keeping the video's frames up to it (a camera run
+    takes its ``--camera FILE`` and depth options again: the depth source is not in the snapshot)."""
     from .resumable_run import Snapshotter, keep_frames_before, open_resume
     from .signals import StopSignals
     from .video_io import check_output_path
 
     given = [flag for flag, value in (("--prompt", args.prompt), ("--prompts", args.prompts), ("--cache", args.cache),
-                                      ("--init-image", args.init_image), ("--init-video", args.init_video),
-                                      ("--camera", args.camera), ("--depth-model", args.depth_model))
+                                      ("--init-image", args.init_image), ("--init-video", args.init_video))
              if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)}: a resumed run goes on with its snapshot's schedule and preset")
@@ -185,7 +189,7 @@ def _resume_generate(args) -> int:
         pipe = open_pipeline(Path(record.pipeline), record.device, record.dtype)
         if args.threads is None:
             use_default_threads(pipe)
-        stream = pipe.resume(snapshot)
+        stream = pipe.resume(snapshot, camera=_camera_track(args))
         record = keep_frames_before(directory, record, out, args.snapshot_every)
         print(f"resumed {snapshot} at chunk {stream.chunks}: {record.prefix_frames} video frames kept in "
               f"{directory / record.prefix}", file=sys.stderr)

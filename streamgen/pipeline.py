@@ -136,7 +136,8 @@ class VideoStream:
 
     def snapshot(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write this stream's whole state to ``path`` (one safetensors file, written atomically), between chunks.
-        ``pipe.resume(path)`` then continues it exactly as this stream would go on (:mod:`streamgen.snapshot`).
+        ``pipe.resume(path)`` then continues it exactly as this stream would go on (:mod:`streamgen.snapshot`); a
+        camera stream's (its poses, steering, geometric memory) with ``pipe.resume(path, camera=the same track)``.
         ``extra``: JSON-able notes of the caller's, kept in the snapshot's manifest."""
         from .snapshot import SnapshotError, save
 
@@ -145,8 +146,6 @@ class VideoStream:
         if self._generating:
             raise SnapshotError("a chunk is being generated: snapshot between chunks (between iterations, or in "
                                 "callback_on_chunk_end)")
-        if self.engine.camera is not None:
-            raise SnapshotError("a camera-controlled stream cannot be snapshotted yet (its camera is not saved)")
         return save(self, path, extra)
 
     @property
@@ -678,12 +677,15 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
     def resume(
         self, path: str | Path, *, cache: str | CachePreset | None = None,
         callback_on_chunk_end: Callable[["StreamingVideoPipeline", StreamChunk], None] | None = None,
+        camera: CameraTrack | None = None,
     ) -> VideoStream:
         """The stream a :meth:`VideoStream.snapshot` at ``path`` saved, ready to go on where it stopped: its next
         chunks equal those the uninterrupted stream would have made (the same schedule, pending switch and RNG).
         Switching it, and resuming one snapshot several times, branches the stream. ``cache`` (default: the preset
-        named in the snapshot) must be that preset. A snapshot of another pipeline or preset, or a corrupted or
-        truncated one, is refused (:class:`~streamgen.snapshot.SnapshotError`, one line) before anything runs."""
+        named in the snapshot) must be that preset; ``camera``, for a camera stream, the track it was started with
+        (its depth source is the one thing of the camera a snapshot does not hold). A snapshot of another pipeline,
+        preset or track, or a corrupted or truncated one, is refused (:class:`~streamgen.snapshot.SnapshotError`, one
+        line) before anything runs."""
         from . import snapshot
 
         path = Path(path)
@@ -697,6 +699,7 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
         if isinstance(recorded.get("switch"), str) and recorded["switch"] != preset.switch:
             preset = preset.with_switch(recorded["switch"])
         snapshot.check_compatible(path, manifest, self, preset)
+        snapshot.check_camera(path, manifest, camera)
         build = manifest["build"]
         try:
             engine = StreamEngine(
@@ -707,6 +710,10 @@ class StreamingVideoPipeline(LoraLoaderMixin, DiffusionPipeline):
             )
         except (KeyError, TypeError, ValueError) as err:
             raise snapshot.SnapshotError(f"snapshot {path}: its stream cannot be rebuilt here ({err})") from None
+        if camera is not None:  # its models and depth source; the snapshot puts the rest back
+            spatial = self.vae_scale_factor_spatial
+            engine.camera = self._stream_camera(camera, engine, engine.latent_hw[0] * spatial,
+                                                engine.latent_hw[1] * spatial)
         stream = VideoStream(self, engine, [], None, None, None, callback_on_chunk_end)
         snapshot.load_into(path, manifest, stream)
         stream.callback_on_chunk_end = callback_on_chunk_end  # the saved stream's None would have replaced it

@@ -102,6 +102,7 @@ def save(stream, path: str | os.PathLike, extra: dict | None = None) -> Path:
         "preset": {"name": engine.preset.name, "switch": engine.preset.switch,
                    "settings": _preset_settings(engine.preset)},
         "build": _build(stream),
+        "camera": None if engine.camera is None else engine.camera.track_settings,
         "latent_frame": engine.frame,
         "chunks": stream.chunks,
         "crc32": {name: _crc(t) for name, t in tensors.items()},
@@ -243,6 +244,22 @@ def check_compatible(path: Path, manifest: dict, pipe, preset) -> None:
         )
 
 
+def check_camera(path: Path, manifest: dict, camera) -> None:
+    """SnapshotError unless ``camera`` (a CameraTrack or None) is the track the snapshot's stream had."""
+    recorded = manifest.get("camera")
+    if recorded is None and camera is not None:
+        raise SnapshotError(f"snapshot {path} is of a stream without a camera: resume it without camera=")
+    if recorded is not None and camera is None:
+        raise SnapshotError(f"snapshot {path} is of a camera stream: pass camera= with the CameraTrack it started "
+                            "with (its depth_fn or depth_estimator is not saved)")
+    if recorded is not None:
+        ours = camera.settings()
+        differing = [key for key in sorted(set(recorded) | set(ours)) if recorded.get(key) != ours.get(key)]
+        if differing:
+            raise SnapshotError(f"snapshot {path} was taken with another camera track: its {', '.join(differing)} "
+                                "differ from this one's")
+
+
 def load_into(path: Path, manifest: dict, stream) -> None:
     """Put the snapshot's state into ``stream``, freshly built from the manifest's ``build``."""
     tensors = _load_tensors(path, manifest, stream.pipe)
@@ -252,4 +269,5 @@ def load_into(path: Path, manifest: dict, stream) -> None:
         raise SnapshotError(f"snapshot {path} does not fit this stream: {_one_line(err)}") from None
 
 
-__all__ = ["SnapshotError", "check_compatible", "load_into", "read_manifest", "save", "weights_fingerprint"]
+__all__ = ["SnapshotError", "check_camera", "check_compatible", "load_into", "read_manifest", "save",
+           "weights_fingerprint"]

@@ -10,7 +10,6 @@ import torch
 from streamgen.camera_control import CameraTrack, camera_step
 from streamgen.models.camera import CameraEncoder
 from streamgen.pipeline import StreamingVideoPipeline
-from streamgen.snapshot import SnapshotError
 from streamgen.tiny import build_tiny_pipeline
 from streamgen.world.camera import CameraState, camera_to_world, default_intrinsics, pan
 
@@ -80,8 +79,6 @@ def test_camera_streams_refuse_what_they_cannot_do(pipe):
         pipe.stream("x").move(camera_step(right=1.0))
     stream = pipe.stream("x", camera=track())
     next(stream)
-    with pytest.raises(SnapshotError, match="camera"):
-        stream.snapshot("unused.safetensors")
     with pytest.raises(ValueError, match="pose 0 has a NaN"):
         stream.move(torch.full((4, 4), float("nan")))
 
@@ -139,9 +136,8 @@ def test_generate_takes_a_camera_file(tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"intrinsics": {}, "poses": []}')
     bad = ["generate", "--prompt", "x", "--pipeline", str(tmp_path / "cam"), "--camera", str(tmp_path / "bad.json")]
     assert main(bad + ["--out", str(tmp_path / "c.mp4")]) == 2
-    assert main(args + ["--pipeline", str(tmp_path / "cam"), "--snapshot", str(tmp_path / "s")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(err) == 3 and "camera_encoder" in err[0] and "'fx' is missing" in err[1] and "--snapshot" in err[2]
+    assert len(err) == 2 and "camera_encoder" in err[0] and "'fx' is missing" in err[1]
 
 
 def anchored_pipeline(seed=None):
