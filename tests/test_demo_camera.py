@@ -60,6 +60,21 @@ def test_steering_a_session_moves_the_camera_from_the_next_chunk():
     plain.close()
 
 
+
+def test_a_steered_session_is_saved_and_restored_with_its_camera():
+    pipe = camera_pipeline()
+    session = DemoSession("s", ThreadGeneration(pipe, 1), DemoLimits())
+    session.start("a red circle", "rolling", 5)
+    next(session.stream)
+    session.move("right")
+    next(session.stream)
+    path = session.save_session()
+    restored = DemoSession("t", ThreadGeneration(pipe, 1), DemoLimits())
+    restored.restore_session(path)  # a new stream, built with the demo's camera; the snapshot brings the steering
+    np.testing.assert_array_equal(next(restored.stream).frames, reference(pipe, [None, "right", None])[2])
+    session.close()
+    restored.close()
+
 def test_a_worker_process_steers_the_same_way(tmp_path):
     pipe = camera_pipeline()
     pipe.save_pretrained(tmp_path / "cam")

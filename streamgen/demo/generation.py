@@ -53,6 +53,12 @@ def open_stream(pipe, prompt: str, preset: str, seed: int, stream_frames: int):
     return pipe.stream(prompt, cache=preset, num_frames=num_frames, generator=generator, camera=camera)
 
 
+def resume_stream(pipe, path, preset: str):
+    """``pipe.resume(path)`` as the demo resumes a saved session: a camera model's with the demo's camera (a
+    snapshot does not hold the camera's depth source)."""
+    return pipe.resume(path, cache=preset, camera=demo_camera(pipe) if has_camera(pipe) else None)
+
+
 def has_camera(pipe) -> bool:
     return getattr(pipe, "camera_encoder", None) is not None
 
@@ -134,7 +140,7 @@ class ThreadGeneration:
         return LocalStream(open_stream(self.pipe, prompt, preset, seed, stream_frames))
 
     def resume(self, path: str | Path, preset: str):
-        return LocalStream(self.pipe.resume(path, cache=preset))
+        return LocalStream(resume_stream(self.pipe, path, preset))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)

@@ -14,7 +14,8 @@ import signal
 import sys
 
 from .generation import (
-    STEER_SPEED, has_camera, open_stream, receive_message, release_freed_memory, send_message, stream_info,
+    STEER_SPEED, has_camera, open_stream, receive_message, release_freed_memory, resume_stream, send_message,
+    stream_info,
 )
 
 
@@ -77,7 +78,7 @@ def handle(pipe, streams: dict, op: str, args: tuple):
         return stream_info(streams[sid])
     if op == "resume":
         sid, path, preset = args
-        streams[sid] = pipe.resume(path, cache=preset)
+        streams[sid] = resume_stream(pipe, path, preset)
         return stream_info(streams[sid])
     if op == "close":
         if streams.pop(args[0], None) is not None:
