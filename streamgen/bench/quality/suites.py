@@ -173,7 +173,7 @@ def switch(run: Runner) -> dict:
     and whether the direction read over the chunk is B's. A smooth switch is a cross-fade of SMOOTH_FRAMES frames in
     the reference world, so the reference's own smooth chunk 1 is below 100% by design: it is the target profile, not
     an error."""
-    s, layout = run.sizes, run.layout
+    s = run.sizes
     scenes = held_out_scenes(run, "switch", s.switch_pairs)
     chunks_reported = min(3, s.switch_chunks_after)
     records = {"cut": [], "smooth": []}
