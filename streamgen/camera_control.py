@@ -176,7 +176,8 @@ class CameraTrack:
         records, so that the stream resumes only with the same track."""
         k = self.intrinsics
         poses = self.poses.detach().cpu().contiguous()
-        depth = "depth_fn" if self.depth_fn is not None else "depth_estimator" if self.depth_estimator else None
+        depth = ("depth_fn" if self.depth_fn is not None else
+                 "depth_estimator" if self.depth_estimator is not None else None)
         return {"intrinsics": [k.fx, k.fy, k.cx, k.cy, k.width, k.height], "frames": len(poses),
                 "poses": hashlib.sha256(poses.numpy().tobytes()).hexdigest()[:16], "depth": depth,
                 "memory_frames": self.memory_frames, "anchors": self.anchors, "retrieval": self.retrieval,
