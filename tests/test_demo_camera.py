@@ -84,7 +84,9 @@ def test_a_worker_process_steers_the_same_way(tmp_path):
         stream = host.open("a red circle", "rolling", 5, 100)
         got = [next(stream).frames]
         stream.move("up")
-        got += [next(stream).frames for _ in range(2)]
+        got.append(next(stream).frames)
+        stream.snapshot(tmp_path / "session.safetensors")  # saved steered, resumed in the worker with its camera
+        got.append(next(host.resume(tmp_path / "session.safetensors", "rolling")).frames)
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
