@@ -203,3 +203,28 @@ def test_aligned_depth_gives_the_whole_pool_the_first_frames_scale():
     assert exact.scale_to_pool(torch.tensor(flight.depth[1]), flight.poses[1], camera) == pytest.approx(1, abs=1e-9)
     far = CameraState(250, 250).camera_to_world()  # sees nothing the pool saw: left as it is
     assert exact.scale_to_pool(torch.tensor(flight.depth[1]) * 3, far, camera) == 1.0
+
+
+def test_aligned_depth_does_not_drift_along_a_long_flight():
+    """Each frame's own error (scale and a warp within it) makes every alignment a little off; matched against the
+    whole pool (the first frame always in it), the scale stays near the first frame's instead of walking away.
+    Measured at 600 frames: at most 0.056 in log scale (the newest frame alone: 0.087, and 0.245 by frame 2,000)."""
+    from streamgen.geometry import DepthError
+
+    world, rng, states = sample_map(2), random.Random(0), []
+    x, y, velocity = 128.0, 128.0, (2, 0)
+    for k in range(600):  # pans that turn every 12 frames, kept over the map
+        if k % 12 == 0:
+            velocity = rng.choice([(2, 0), (-2, 0), (0, 2), (0, -2)])
+        if not (40 < x + velocity[0] < 216 and 40 < y + velocity[1] < 216):
+            velocity = (-velocity[0], -velocity[1])
+        x, y = x + velocity[0], y + velocity[1]
+        states.append(CameraState(x, y))
+    flight, camera = render_flight(world, states), default_intrinsics()
+    error, memory = DepthError(0.05, seed=1, warp=0.05), GeometricMemory(32, align_depth=True, coverage_scale=4)
+    drift = []
+    for i in range(len(flight)):
+        frame = memory.add(torch.tensor(flight.frames[i]), flight.poses[i], camera, i,
+                           depth=error(torch.tensor(flight.depth[i])))
+        drift.append(math.log(float((frame.depth / torch.tensor(flight.depth[i])).median())))
+    assert max(abs(d - drift[0]) for d in drift) < 0.08

@@ -10,9 +10,11 @@ its neighbours change, so memory bytes are constant and the work per frame is bo
 
 Depth. Given per frame, or by a ``depth_fn(image, pose, intrinsics) -> depth [H, W]``: the camera world's exact
 depth, or a monocular estimator for real footage. An estimator's frames disagree in scale; ``align_depth`` (streamgen's,
-off for AnchorWeave's behaviour) rescales each new frame's depth to the newest remembered frame's: the median, over
-the pixels that frame's points reach, of their depth seen from the new camera over the new frame's own. The first
-frame's scale stays, so an error in it stays too, but one consistent scale for the whole pool.
+off for AnchorWeave's behaviour) rescales each new frame's depth to the pool's: the median, over every pool frame's
+points that land in the new view (on the coverage grid), of their depth seen from the new camera over the new
+frame's own. The first frame's scale stays, so an error in it stays too, but one consistent scale for the whole
+pool; matching the whole pool rather than the newest frame alone keeps that scale from drifting along a long stream
+(the first frame is always in the pool).
 """
 
 from __future__ import annotations
@@ -133,16 +135,22 @@ class GeometricMemory:
         return frame
 
     def scale_to_pool(self, depth: torch.Tensor, pose: torch.Tensor, intrinsics: Intrinsics) -> float:
-        """The factor that brings ``depth`` [H, W] of a frame seen from ``pose`` to the newest frame's scale: the
-        median ratio of that frame's depth, rendered at this camera, to this one, where both have a surface (1 where
-        none overlap)."""
-        newest = self.frames[-1]
-        seen = reproject(newest.image, newest.depth, newest.intrinsics, newest.pose, intrinsics,
-                         pose.to(torch.float64), supersample=1)
-        both = seen.covered & torch.isfinite(depth) & (depth > 0)
-        if not bool(both.any()):
-            return 1.0
-        return float((seen.depth[both].to(torch.float64) / depth[both].to(torch.float64)).median())
+        """The factor that brings ``depth`` [H, W] of a frame seen from ``pose`` to the pool's scale: the median
+        ratio of the pool frames' depths, rendered at this camera, to this one, where both have a surface (on the
+        ``coverage_scale`` grid; 1 where nothing overlaps)."""
+        scale = self.coverage_scale
+        own = depth.to(torch.float64)
+        if scale > 1:
+            own = F.avg_pool2d(own[None, None], scale)[0, 0]
+        target, view = intrinsics.scaled(1 / scale), invert_pose(pose.to(torch.float64))
+        ratios = []
+        for frame in self.frames:
+            points = frame.coarse_points(scale) if scale > 1 else frame.points().reshape(-1, 3)
+            seen = splat(points, torch.ones(len(points), 1, dtype=points.dtype), target, view)
+            both = seen.covered & torch.isfinite(own) & (own > 0)
+            if bool(both.any()):
+                ratios.append(seen.depth[both] / own[both])
+        return float(torch.cat(ratios).median()) if ratios else 1.0
 
     @staticmethod
     def _inside(frame: MemoryFrame, by: MemoryFrame) -> torch.Tensor:
