@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..process_group import process_state, use_cpu
-from .checkpoint import CHECKPOINT, find_state, load_state
+from ..process_group import barrier, process_state, use_cpu
+from .checkpoint import CHECKPOINT, LEGACY_STATE_FILE, STATE_FILE, find_state, load_state, save_state
 
 __all__ = ["AcceleratedRun", "start_run"]
 
@@ -61,6 +61,23 @@ class AcceleratedRun:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=1))
             self._truncate_log(self.step)
+
+    def _save(self, model: dict, ema: dict, **extra) -> None:
+        """The training state (OUT/checkpoint/state.safetensors, atomically: the trainer's ``model`` and ``ema``
+        weights, ``extra`` entries, the optimizer and RNG states) and the export (``self.export``), written by the
+        main process while the others wait."""
+        acc = self.accelerator
+        barrier(acc)
+        if acc.is_main_process:
+            folder = self.out / CHECKPOINT
+            folder.mkdir(parents=True, exist_ok=True)
+            save_state({"step": self.step, "model": model, "ema": ema, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": None, "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                        "numpy_rng": None, "python_rng": None, **extra, "processes": acc.num_processes},
+                       folder / STATE_FILE)
+            (folder / LEGACY_STATE_FILE).unlink(missing_ok=True)  # older than the file just written
+            self.export(self.out / "pipeline")
+        barrier(acc)
 
     def _apply(self, loss: torch.Tensor, parameters) -> None:
         """One optimizer step on ``loss``, the gradients of ``parameters`` clipped to norm 1 (over every process)."""

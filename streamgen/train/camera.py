@@ -42,11 +42,10 @@ from ..models.camera import CameraEncoder, chunk_relative_rays
 from ..process_group import accelerator_present, barrier
 from ..world.camera import CameraState, default_intrinsics, ground_depth, map_seed, render_flight, sample_map
 from . import teacher_forcing
-from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, save_state
 from .config import NoiseConfig
 from .accelerated_run import AcceleratedRun
 from .distributed import rows
-from .trainer import CHECKPOINT, EMA, flow_error, noise_levels
+from .trainer import EMA, flow_error, noise_levels
 
 __all__ = ["FlightTrainConfig", "CameraTrainConfig", "NoisedClips", "noise_clips", "clip_memory_runs", "camera_clip", "clip_anchors", "CameraTrainer", "train"]
 
@@ -322,21 +321,10 @@ class CameraTrainer(AcceleratedRun):
         return self.out
 
     def save(self) -> None:
-        """The training state (OUT/checkpoint/state.safetensors, atomically) and the export, by the main process."""
-        acc = self.accelerator
-        barrier(self.accelerator)
-        if acc.is_main_process:
-            folder = self.out / CHECKPOINT
-            folder.mkdir(parents=True, exist_ok=True)
-            model = {"transformer": self.transformer.state_dict(), "encoder": self.encoder.state_dict()}
-            ema = {"transformer": self.ema_t.state_dict(), "encoder": self.ema_e.state_dict()}
-            save_state({"step": self.step, "model": model, "ema": ema, "optimizer": self.optimizer.state_dict(),
-                        "scheduler": None, "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                        "numpy_rng": None, "python_rng": None, "config": dataclasses.asdict(self.config),
-                        "processes": acc.num_processes}, folder / STATE_FILE)
-            (folder / LEGACY_STATE_FILE).unlink(missing_ok=True)  # older than the file just written
-            self.export(self.out / "pipeline")
-        barrier(self.accelerator)
+        """The training state and the export (:meth:`AcceleratedRun._save`)."""
+        self._save({"transformer": self.transformer.state_dict(), "encoder": self.encoder.state_dict()},
+                   {"transformer": self.ema_t.state_dict(), "encoder": self.ema_e.state_dict()},
+                   config=dataclasses.asdict(self.config))
 
     def _load(self, state: dict) -> None:
         self.transformer.load_state_dict(state["model"]["transformer"])

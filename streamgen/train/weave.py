@@ -27,17 +27,15 @@ from pathlib import Path
 import torch
 
 from ..geometry import GeometricMemory
-from ..process_group import barrier
 from ..models.anchor_weave import AnchorWeaveController, anchor_inputs, pose_features
 from ..models.camera import chunk_relative_poses, chunk_relative_rays
 from ..world.camera import default_intrinsics
 from . import teacher_forcing
 from .camera import FlightTrainConfig, camera_clip, clip_memory_runs, noise_clips
 from .accelerated_run import AcceleratedRun
-from .checkpoint import STATE_FILE, save_state
 from .distributed import rows
 from .config import NoiseConfig
-from .trainer import CHECKPOINT, EMA, flow_error
+from .trainer import EMA, flow_error
 
 __all__ = ["WeaveTrainConfig", "weave_sample", "WeaveTrainer", "train", "write_caption_table", "map_captions"]
 
@@ -347,19 +345,8 @@ class WeaveTrainer(AcceleratedRun):
 
     # ---- state -----------------------------------------------------------------------------------------------
     def save(self) -> None:
-        """The training state (OUT/checkpoint/state.safetensors) and the export, by the main process."""
-        acc = self.accelerator
-        barrier(self.accelerator)
-        if acc.is_main_process:
-            folder = self.out / CHECKPOINT
-            folder.mkdir(parents=True, exist_ok=True)
-            save_state({"step": self.step, "model": self.controller.state_dict(), "ema": self.ema.state_dict(),
-                        "optimizer": self.optimizer.state_dict(), "scheduler": None,
-                        "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                        "numpy_rng": None, "python_rng": None, "processes": acc.num_processes},
-                       folder / STATE_FILE)
-            self.export(self.out / "pipeline")
-        barrier(self.accelerator)
+        """The training state and the export (:meth:`AcceleratedRun._save`)."""
+        self._save(self.controller.state_dict(), self.ema.state_dict())
 
     def _load(self, state: dict) -> None:
         self.controller.load_state_dict(state["model"])
