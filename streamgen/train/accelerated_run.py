@@ -79,6 +79,14 @@ class AcceleratedRun:
             self.export(self.out / "pipeline")
         barrier(acc)
 
+    def _load_run(self, state: dict) -> None:
+        """What :meth:`_save` wrote beside the weights back into the run: the optimizer, the step and the random
+        streams (every process holds the same ones, whatever number of processes saved them)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+
     def _apply(self, loss: torch.Tensor, parameters) -> None:
         """One optimizer step on ``loss``, the gradients of ``parameters`` clipped to norm 1 (over every process)."""
         acc = self.accelerator

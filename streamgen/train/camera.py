@@ -331,11 +331,7 @@ class CameraTrainer(AcceleratedRun):
         self.encoder.load_state_dict(state["model"]["encoder"])
         self.ema_t.load_state_dict(state["ema"]["transformer"])
         self.ema_e.load_state_dict(state["ema"]["encoder"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        # Every process holds the same random stream, whatever number of processes saved it.
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
+        self._load_run(state)
 
     def export(self, folder: Path) -> None:
         """The EMA weights as a pipeline folder (the init pipeline's, plus camera_encoder/), on the CPU."""

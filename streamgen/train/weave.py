@@ -351,10 +351,7 @@ class WeaveTrainer(AcceleratedRun):
     def _load(self, state: dict) -> None:
         self.controller.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
+        self._load_run(state)
 
     def export(self, folder: Path) -> None:
         """The base pipeline with the EMA controller as its ``controller`` component, on the CPU."""
